@@ -1,0 +1,60 @@
+"""Calibration statistics of a linear layer's inputs, accumulated over all calibration tokens.
+
+One ``LayerStats`` serves every linear that reads the same input (q/k/v, gate/up), so the
+statistics are computed once per input, not once per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+INPUT_SQ_NORMS = "input_sq_norms"  # sum_t x_tj^2 per input feature j (Wanda, RIA)
+HESSIAN = "hessian"  # sum_t x_t x_t^T (SparseGPT); its diagonal is INPUT_SQ_NORMS
+KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN)
+
+
+@dataclass
+class LayerStats:
+    """Sums over calibration tokens of one input; ``num_tokens`` counts the tokens summed."""
+
+    num_tokens: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def input_sq_norms(self) -> Tensor:
+        if INPUT_SQ_NORMS in self.sums:
+            return self.sums[INPUT_SQ_NORMS]
+        if HESSIAN in self.sums:
+            return torch.diagonal(self.sums[HESSIAN])
+        raise KeyError("these statistics hold neither input norms nor a Hessian")
+
+    @property
+    def hessian(self) -> Tensor:
+        return self.sums[HESSIAN]
+
+
+class StatsAccumulator:
+    """Adds batches of layer inputs ``[..., features]`` to running float32 sums."""
+
+    def __init__(self, needs: frozenset[str]):
+        unknown = set(needs) - set(KNOWN_STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {KNOWN_STATISTICS}")
+        self.needs = needs
+        self.stats = LayerStats()
+
+    def add(self, inputs: Tensor) -> None:
+        x = inputs.reshape(-1, inputs.shape[-1]).float()
+        sums = self.stats.sums
+        if HESSIAN in self.needs:
+            if HESSIAN not in sums:
+                sums[HESSIAN] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
+            sums[HESSIAN].addmm_(x.T, x)
+        if INPUT_SQ_NORMS in self.needs and HESSIAN not in self.needs:
+            if INPUT_SQ_NORMS not in sums:
+                sums[INPUT_SQ_NORMS] = torch.zeros(x.shape[1], device=x.device)
+            sums[INPUT_SQ_NORMS].add_(x.pow(2).sum(0))
+        self.stats.num_tokens += x.shape[0]
