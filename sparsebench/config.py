@@ -20,6 +20,7 @@ from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
 from sparsebench.models.loading import DTYPES
+from sparsebench.models.sources import check_path
 
 # ----------------------------------------------------------------------------- schema (Hydra)
 
@@ -182,6 +183,7 @@ def validate(config: dict) -> CaseSpec:
     model = config["model"]
     if not model.get("path") or model["path"] == "???":
         raise ConfigError("model.path: required (a hub id, a local folder, a .gguf file, or pick a preset with model=NAME)")
+    check_path(model["path"])
     _choice("model.family", model["family"], ["auto", *supported_families()])
     _choice("model.dtype", model["dtype"], ["auto", *DTYPES])
 

@@ -13,7 +13,7 @@ from transformers import (
     Qwen2Config,
 )
 
-VOCAB = 128
+VOCAB = 320
 
 TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
@@ -31,3 +31,24 @@ def tiny_model(family: str, seed: int = 0, dtype=torch.float32):
     model.eval()
     model.config.use_cache = False
     return model
+
+
+def train_tiny_tokenizer(text_lines: list[str]):
+    """A byte-level BPE tokenizer with VOCAB entries, trained offline on the given lines."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(text_lines, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
+
+
+def save_tiny_model(folder, family: str, text_lines: list[str], seed: int = 0):
+    """A tiny model of ``family`` and a tokenizer, saved as a Hugging Face folder."""
+    model = tiny_model(family, seed)
+    model.save_pretrained(folder)
+    train_tiny_tokenizer(text_lines).save_pretrained(folder)
+    return folder

