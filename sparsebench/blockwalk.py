@@ -83,12 +83,19 @@ def capture_block_inputs(
 
 @torch.inference_mode()
 def run_block(block: nn.Module, inputs: BlockInputs, batch_size: int, out: Tensor | None = None) -> Tensor:
-    """The block's outputs for every captured sequence, computed in micro-batches."""
+    """The block's outputs for every captured sequence, computed in micro-batches (``out`` may be the input)."""
     hidden = inputs.hidden
     result = torch.empty_like(hidden) if out is None else out
     for part in batches(hidden.shape[0], batch_size):
         result[part] = _block_output(block(hidden[part], **inputs.kwargs))
     return result
+
+
+@torch.inference_mode()
+def run_block_for_hooks(block: nn.Module, inputs: BlockInputs, batch_size: int) -> None:
+    """Run the block for what its hooks observe; its outputs are dropped batch by batch."""
+    for part in batches(inputs.hidden.shape[0], batch_size):
+        block(inputs.hidden[part], **inputs.kwargs)
 
 
 def synchronize(device: torch.device | str) -> None:

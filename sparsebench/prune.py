@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparsebench.allocators import PrunableLayer
-from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules, run_block, synchronize
+from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules, run_block, run_block_for_hooks, synchronize
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import MetricSpec
 from sparsebench.models.adapters import FamilyAdapter
@@ -118,7 +118,7 @@ def prune_model(
             ]
             try:
                 with clock.phase("statistics_forward_s"):
-                    run_block(block, inputs, batch_size)
+                    run_block_for_hooks(block, inputs, batch_size)
             finally:
                 for handle in handles:
                     handle.remove()

@@ -6,6 +6,7 @@ statistics are computed once per input, not once per layer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,25 @@ class LayerStats:
         return self.sums[HESSIAN]
 
 
+@contextmanager
+def _tensor_cores_for(inputs: Tensor):
+    """Let float32 products of half-precision activations run on tensor cores (TF32).
+
+    TF32 keeps 10 mantissa bits, as many as float16 has (bfloat16 has 7), so products of
+    upcast fp16/bf16 values are exact and accumulate in float32: only the summation order
+    changes. For float32 activations the flag is left alone.
+    """
+    matmul = torch.backends.cuda.matmul
+    if inputs.is_cuda and inputs.dtype in (torch.float16, torch.bfloat16) and not matmul.allow_tf32:
+        matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = False
+    else:
+        yield
+
+
 class StatsAccumulator:
     """Adds batches of layer inputs ``[..., features]`` to running float32 sums."""
 
@@ -47,14 +67,16 @@ class StatsAccumulator:
         self.stats = LayerStats()
 
     def add(self, inputs: Tensor) -> None:
-        x = inputs.reshape(-1, inputs.shape[-1]).float()
+        flat = inputs.reshape(-1, inputs.shape[-1])
         sums = self.stats.sums
         if HESSIAN in self.needs:
+            x = flat.float()
             if HESSIAN not in sums:
                 sums[HESSIAN] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-            sums[HESSIAN].addmm_(x.T, x)
-        if INPUT_SQ_NORMS in self.needs and HESSIAN not in self.needs:
+            with _tensor_cores_for(flat):
+                sums[HESSIAN].addmm_(x.T, x)
+        elif INPUT_SQ_NORMS in self.needs:
             if INPUT_SQ_NORMS not in sums:
-                sums[INPUT_SQ_NORMS] = torch.zeros(x.shape[1], device=x.device)
-            sums[INPUT_SQ_NORMS].add_(x.pow(2).sum(0))
-        self.stats.num_tokens += x.shape[0]
+                sums[INPUT_SQ_NORMS] = torch.zeros(flat.shape[1], device=flat.device)
+            sums[INPUT_SQ_NORMS].add_(torch.linalg.vector_norm(flat, dim=0, dtype=torch.float32).square())
+        self.stats.num_tokens += flat.shape[0]

@@ -13,13 +13,10 @@ WIKITEXT_TEST = SHARED_DATA / "wikitext2-tok" / "test.txt"
 PTB_TEST = SHARED_DATA / "ptb" / "test.txt"
 
 
-def pytest_configure(config):
-    if not WIKITEXT_TEST.exists():
-        raise pytest.UsageError(f"the shared data is missing: {WIKITEXT_TEST} (the tests read ../shared/data beside the checkout)")
-
-
 @pytest.fixture(scope="session")
 def wikitext_lines() -> list[str]:
+    if not WIKITEXT_TEST.exists():
+        pytest.fail(f"the shared data is missing: {WIKITEXT_TEST} (the tests read ../shared/data beside the checkout)")
     return WIKITEXT_TEST.read_text(encoding="utf-8").splitlines()[:400]
 
 
