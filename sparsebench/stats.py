@@ -37,6 +37,27 @@ class LayerStats:
         return self.sums[HESSIAN]
 
 
+def _half_gram_on_gpu(inputs: Tensor) -> Tensor | None:
+    """``inputs^T inputs`` in float32 from fp16/bf16 inputs on tensor cores, or None where unsupported.
+
+    The products of half-precision values are exact in the float32 accumulator, so this equals
+    the float32 product up to summation order, without an upcast copy of the activations.
+    """
+    global _HALF_GRAM_SUPPORTED
+    if not (inputs.is_cuda and inputs.dtype in (torch.float16, torch.bfloat16)) or _HALF_GRAM_SUPPORTED is False:
+        return None
+    try:
+        gram = torch.mm(inputs.T, inputs, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        _HALF_GRAM_SUPPORTED = False  # older PyTorch: the TF32 path below computes the same sums
+        return None
+    _HALF_GRAM_SUPPORTED = True
+    return gram
+
+
+_HALF_GRAM_SUPPORTED: bool | None = None
+
+
 @contextmanager
 def _tensor_cores_for(inputs: Tensor):
     """Let float32 products of half-precision activations run on tensor cores (TF32).
@@ -70,11 +91,15 @@ class StatsAccumulator:
         flat = inputs.reshape(-1, inputs.shape[-1])
         sums = self.stats.sums
         if HESSIAN in self.needs:
-            x = flat.float()
             if HESSIAN not in sums:
-                sums[HESSIAN] = torch.zeros(x.shape[1], x.shape[1], device=x.device)
-            with _tensor_cores_for(flat):
-                sums[HESSIAN].addmm_(x.T, x)
+                sums[HESSIAN] = torch.zeros(flat.shape[1], flat.shape[1], device=flat.device)
+            gram = _half_gram_on_gpu(flat)
+            if gram is not None:
+                sums[HESSIAN] += gram
+            else:
+                x = flat.float()
+                with _tensor_cores_for(flat):
+                    sums[HESSIAN].addmm_(x.T, x)
         elif INPUT_SQ_NORMS in self.needs:
             if INPUT_SQ_NORMS not in sums:
                 sums[INPUT_SQ_NORMS] = torch.zeros(flat.shape[1], device=flat.device)

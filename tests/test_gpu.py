@@ -49,3 +49,14 @@ def test_sparsegpt_on_the_gpu_agrees_with_the_float64_reference():
     ours = METRICS.get("sparsegpt").prune(weight.float().cuda(), LayerStats(4096, {HESSIAN: hessian.float().cuda()}), SparsityTarget(0.5)).double().cpu()
     assert ((ours == 0) != (reference == 0)).float().mean() < 2e-3
     assert torch.linalg.norm(ours - reference) / torch.linalg.norm(reference) < 1e-3
+
+
+def test_half_precision_hessian_on_tensor_cores_equals_float64():
+    from sparsebench.stats import StatsAccumulator
+
+    x = torch.randn(4096, 512, device="cuda").half()
+    accumulator = StatsAccumulator(frozenset({HESSIAN}))
+    accumulator.add(x[:2048])
+    accumulator.add(x[2048:])
+    exact = x.double().T @ x.double()
+    assert torch.linalg.norm(accumulator.stats.hessian.double() - exact) / torch.linalg.norm(exact) < 1e-6

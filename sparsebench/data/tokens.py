@@ -88,12 +88,10 @@ def calibration_tokens(
                 start = rng.randint(0, tokens.numel() - seqlen - 1)
                 segments.append(tokens[start : start + seqlen])
         else:
-            long_enough = 0
             for _ in range(nsamples):
                 for _attempt in range(100 * len(rows) + 1000):
                     document = _encode(tokenizer, rows[rng.randint(0, len(rows) - 1)])
                     if document.numel() > seqlen:
-                        long_enough += 1
                         break
                 else:
                     raise DataError(f"calibration: no document of {source.describe()} has more than calibration.seqlen={seqlen} tokens")
