@@ -59,4 +59,5 @@ def test_half_precision_hessian_on_tensor_cores_equals_float64():
     accumulator.add(x[:2048])
     accumulator.add(x[2048:])
     exact = x.double().T @ x.double()
-    assert torch.linalg.norm(accumulator.stats.hessian.double() - exact) / torch.linalg.norm(exact) < 1e-6
+    # float32 accumulation of exact products: ~1e-6 relative (TF32-truncated inputs would give ~1e-3)
+    assert torch.linalg.norm(accumulator.stats.hessian.double() - exact) / torch.linalg.norm(exact) < 5e-5
