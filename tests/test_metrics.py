@@ -81,3 +81,14 @@ def test_sparsegpt_keeps_dtype_and_rejects_row_ratios():
     assert METRICS.get("sparsegpt").prune(weight.half(), stats, SparsityTarget(0.5)).dtype == torch.float16
     with pytest.raises(ValueError, match="per-row"):
         METRICS.get("sparsegpt").prune(weight, stats, SparsityTarget(torch.full((weight.shape[0],), 0.5)))
+
+
+def test_sparsegpt_group_solve_is_the_same_in_one_solve_or_in_sub_blocks():
+    from sparsebench.metrics.sparsegpt import inverse_hessian_factor, solve_fixed_mask_group
+
+    weight, inputs = _layer(rows=32, cols=64)
+    factor = inverse_hessian_factor(inputs.T @ inputs, 0.01)
+    mask = torch.rand(32, 64, generator=torch.Generator().manual_seed(3)) < 0.5
+    one = solve_fixed_mask_group(weight, factor, mask)
+    blocked = solve_fixed_mask_group(weight, factor, mask, sub_block=16)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(one, blocked))
