@@ -33,5 +33,5 @@ def test_hub_corpus_offline_names_the_local_data_key():
         "except DataError as error:\n"
         "    print('DataError', error)\n"
     )
-    assert "DataError ptb: could not load ptb_text_only (test) from the hub" in done.stdout, done.stderr[-2000:]
+    assert "DataError ptb: could not load ptb-text-only/ptb_text_only (test) from the hub" in done.stdout, done.stderr[-2000:]
     assert "offline, give a local copy with data.ptb=PATH" in done.stdout

@@ -34,6 +34,7 @@ class Corpus:
     eval_max_documents: int | None = None  # C4: the first 1100 validation documents
     eval_max_segments: int | None = None  # C4: 256 segments
     keep_line_ends: bool = False  # WikiText rows end with a newline; PTB sentences are stripped
+    hub_revision: str | None = None
 
 
 CORPORA: dict[str, Corpus] = {
@@ -42,7 +43,9 @@ CORPORA: dict[str, Corpus] = {
         # Wanda/SparseGPT: test rows joined with "\n\n"; calibration windows from the train rows joined with " ".
         Corpus("wikitext2", "wikitext", "wikitext-2-raw-v1", "text", "test", "\n\n", " ", keep_line_ends=True),
         # SparseGPT datautils: PTB sentences joined with a space.
-        Corpus("ptb", "ptb_text_only", "penn_treebank", "sentence", "test", " ", " "),
+        # ptb_text_only is a script dataset, which datasets >= 4 no longer runs: read the hub's
+        # automatic parquet conversion of it instead (same rows; not exercised offline here).
+        Corpus("ptb", "ptb-text-only/ptb_text_only", "penn_treebank", "sentence", "test", " ", " ", hub_revision="refs/convert/parquet"),
         # Wanda/SparseGPT: calibration from the first train shard; evaluation on the first 1100
         # documents of the first validation shard, joined with a space, cut to 256 segments.
         Corpus(
@@ -81,7 +84,7 @@ class TextSource:
     def identity(self) -> dict:
         """What makes this source's text what it is (for cache keys and result documents)."""
         if self.path is None:
-            return {"corpus": self.corpus.name, "hub": self.corpus.hub_path, "hub_name": self.corpus.hub_name, "split": self.split}
+            return {"corpus": self.corpus.name, "hub": self.corpus.hub_path, "hub_name": self.corpus.hub_name, "revision": self.corpus.hub_revision, "split": self.split}
         stat = self.path.stat()
         return {"corpus": self.corpus.name, "path": str(self.path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -141,7 +144,7 @@ def _read_hub_rows(source: TextSource) -> list[str]:
         if corpus.hub_data_files:
             dataset = load_dataset(corpus.hub_path, data_files={source.split: corpus.hub_data_files[source.split]}, split=source.split)
         else:
-            dataset = load_dataset(corpus.hub_path, corpus.hub_name, split=source.split)
+            dataset = load_dataset(corpus.hub_path, corpus.hub_name, split=source.split, revision=corpus.hub_revision)
     except Exception as error:
         raise DataError(
             f"{corpus.name}: could not load {corpus.hub_path} ({source.split}) from the hub: {error}; "
