@@ -107,3 +107,14 @@ def test_cli_records_a_failed_case_and_exits_non_zero(base, tmp_path):
 
 def test_errors_are_sparsebench_errors():
     assert issubclass(ConfigError, SparsebenchError) and issubclass(ModelLoadError, SparsebenchError)
+
+
+def test_unsupported_architecture_lists_the_supported_ones(base, tmp_path, cache_dir):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from sparsebench.models.loading import load_model
+
+    folder = tmp_path / "gpt2"
+    AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"architecture 'gpt2' is not supported; supported model types: gpt_neox, llama, mistral, opt, phi, qwen2"):
+        load_model(str(folder), cache_dir)

@@ -1,0 +1,272 @@
+"""The configuration schema (structured configs) and its validation into a plain ``CaseSpec``.
+
+The dataclasses below are registered with Hydra, so a misspelt key fails at composition. The
+values are then checked by ``validate`` before any model is loaded; each problem is one
+``ConfigError`` line naming the key and the allowed values. Nothing below the CLI sees Hydra or
+OmegaConf: it gets a ``CaseSpec`` of plain values.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from sparsebench.allocators import ALLOCATORS, AllocatorSpec
+from sparsebench.data.corpora import CORPORA, Corpus, corpus_named
+from sparsebench.errors import ConfigError
+from sparsebench.masks import NMPattern, parse_pattern
+from sparsebench.metrics import METRICS, MetricSpec
+from sparsebench.models.adapters import supported_families
+from sparsebench.models.loading import DTYPES
+from sparsebench.models.sources import check_path
+
+# ----------------------------------------------------------------------------- schema (Hydra)
+
+
+@dataclass
+class ModelConfig:
+    path: str = "???"
+    name: Optional[str] = None  # shown in case ids and tables; default: derived from path
+    family: str = "auto"
+    dtype: str = "auto"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SparsityConfig:
+    ratio: float = 0.5
+    pattern: str = "unstructured"
+
+
+@dataclass
+class CalibrationConfig:
+    dataset: str = "c4"
+    split: str = "train"
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    batch_size: int = 8  # sequences per block forward; changes speed and memory, not results
+
+
+@dataclass
+class PerplexityConfig:
+    datasets: List[str] = field(default_factory=lambda: ["wikitext2"])
+    seqlen: Optional[int] = None  # default: the model's context length, capped at max_seqlen
+    max_seqlen: int = 4096
+    max_segments: Optional[int] = None  # for quick runs; None evaluates every segment
+    batch_size: int = 4
+
+
+@dataclass
+class EvalConfig:
+    ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
+
+
+@dataclass
+class DataConfig:
+    """Local copies of corpora: ``data.<name>=PATH`` (a file, or a folder with one file per split)."""
+
+    wikitext2: Optional[str] = None
+    c4: Optional[str] = None
+    ptb: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    metric: Dict[str, Any] = field(default_factory=dict)
+    allocator: Dict[str, Any] = field(default_factory=dict)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    device: str = "auto"
+    offload: bool = False
+    results_dir: str = "results"
+    cache_dir: str = "~/.cache/sparsebench"
+    rerun: bool = False
+    progress: bool = True
+
+
+def register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sparsebench_schema", node=Config)
+
+
+# ----------------------------------------------------------------------------- validated spec
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    corpus: Corpus
+    split: str
+    nsamples: int
+    seqlen: int
+    seed: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    corpora: tuple[Corpus, ...]
+    seqlen: int | None
+    max_seqlen: int
+    max_segments: int | None
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    model_path: str
+    model_name: str
+    family: str
+    dtype: str
+    revision: str | None
+    trust_remote_code: bool
+    ratio: float  # 0 for the dense model
+    pattern: NMPattern | None
+    metric: MetricSpec
+    metric_params: dict
+    allocator: AllocatorSpec
+    allocator_params: dict
+    calibration: CalibrationSpec
+    perplexity: PerplexitySpec
+    data_paths: dict[str, str]
+    device: str
+    offload: bool
+    results_dir: Path
+    cache_dir: Path
+    rerun: bool
+    progress: bool
+    resolved: dict  # the full resolved configuration, recorded in the result document
+
+    @property
+    def is_dense(self) -> bool:
+        return self.metric.prune is None
+
+
+def _choice(key: str, value: Any, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={device!r}: no CUDA GPU is visible to PyTorch; use device=cpu or device=auto")
+        return device
+    raise ConfigError(f"device={device!r}: allowed values are auto, cpu, cuda, cuda:N")
+
+
+def model_name_from_path(path: str) -> str:
+    tail = path.split("#", 1)[0].rstrip("/").split("/")[-1]
+    return tail.removesuffix(".gguf") or "model"
+
+
+def validate(config: dict) -> CaseSpec:
+    """Check every value of a resolved configuration; returns the plain spec of one case."""
+    model = config["model"]
+    if not model.get("path") or model["path"] == "???":
+        raise ConfigError("model.path: required (a hub id, a local folder, a .gguf file, or pick a preset with model=NAME)")
+    check_path(model["path"])
+    _choice("model.family", model["family"], ["auto", *supported_families()])
+    _choice("model.dtype", model["dtype"], ["auto", *DTYPES])
+
+    if "name" not in config["metric"]:
+        raise ConfigError(f"metric.name: required; allowed values are {', '.join(METRICS.names())}")
+    metric = METRICS.get(config["metric"]["name"])
+    metric_params = metric.make_params({k: v for k, v in config["metric"].items() if k != "name"})
+    if "name" not in config["allocator"]:
+        raise ConfigError(f"allocator.name: required; allowed values are {', '.join(ALLOCATORS.names())}")
+    allocator = ALLOCATORS.get(config["allocator"]["name"])
+    allocator_params = allocator.make_params({k: v for k, v in config["allocator"].items() if k != "name"})
+
+    sparsity = config["sparsity"]
+    try:
+        pattern = parse_pattern(str(sparsity["pattern"]))
+    except ValueError as error:
+        raise ConfigError(f"sparsity.pattern: {error}") from None
+    ratio = sparsity["ratio"]
+    if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+        raise ConfigError(f"sparsity.ratio={ratio!r}: must be a number in (0, 1)")
+    if pattern is not None:
+        if abs(ratio - pattern.ratio) > 1e-9:
+            raise ConfigError(
+                f"sparsity.ratio={ratio} contradicts sparsity.pattern={pattern} (which prunes {pattern.n} of every "
+                f"{pattern.m} = {pattern.ratio:g}); set sparsity.ratio={pattern.ratio:g} or sparsity.pattern=unstructured"
+            )
+        if not allocator.supports_nm:
+            supporting = [name for name in ALLOCATORS.names() if ALLOCATORS.get(name).supports_nm]
+            raise ConfigError(
+                f"allocator={allocator.name!r} cannot honour sparsity.pattern={pattern} (N:M fixes every layer's ratio); "
+                f"allocators that can: {', '.join(supporting)}"
+            )
+
+    calibration = config["calibration"]
+    corpus = corpus_named(calibration["dataset"], "calibration.dataset")
+    _choice("calibration.split", calibration["split"], ["train", "validation", "test"])
+    _positive("calibration.nsamples", calibration["nsamples"])
+    _positive("calibration.seqlen", calibration["seqlen"], 2)
+    _positive("calibration.batch_size", calibration["batch_size"])
+    if not isinstance(calibration["seed"], int):
+        raise ConfigError(f"calibration.seed={calibration['seed']!r}: must be an integer")
+
+    ppl = config["eval"]["ppl"]
+    corpora = tuple(corpus_named(name, "eval.ppl.datasets") for name in ppl["datasets"])
+    if ppl["seqlen"] is not None:
+        _positive("eval.ppl.seqlen", ppl["seqlen"], 2)
+    _positive("eval.ppl.max_seqlen", ppl["max_seqlen"], 2)
+    if ppl["max_segments"] is not None:
+        _positive("eval.ppl.max_segments", ppl["max_segments"])
+    _positive("eval.ppl.batch_size", ppl["batch_size"])
+
+    data_paths = {name: path for name, path in config["data"].items() if path is not None}
+    for name, path in data_paths.items():
+        if name not in CORPORA:
+            raise ConfigError(f"data.{name}: not a known dataset; allowed: {', '.join(sorted(CORPORA))}")
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"data.{name}={path!r}: no such file or folder")
+
+    device = resolve_device(config["device"])
+    if config["offload"] and not device.startswith("cuda"):
+        raise ConfigError(f"offload=true keeps the model on the CPU and moves blocks to a GPU; it needs device=cuda (device resolved to {device!r})")
+
+    return CaseSpec(
+        model_path=model["path"],
+        model_name=model.get("name") or model_name_from_path(model["path"]),
+        family=model["family"],
+        dtype=model["dtype"],
+        revision=model.get("revision"),
+        trust_remote_code=bool(model.get("trust_remote_code", False)),
+        ratio=0.0 if metric.prune is None else float(ratio),
+        pattern=None if metric.prune is None else pattern,
+        metric=metric,
+        metric_params=metric_params,
+        allocator=allocator,
+        allocator_params=allocator_params,
+        calibration=CalibrationSpec(corpus, calibration["split"], calibration["nsamples"], calibration["seqlen"], calibration["seed"], calibration["batch_size"]),
+        perplexity=PerplexitySpec(corpora, ppl["seqlen"], ppl["max_seqlen"], ppl["max_segments"], ppl["batch_size"]),
+        data_paths=data_paths,
+        device=device,
+        offload=bool(config["offload"]),
+        results_dir=Path(config["results_dir"]).expanduser(),
+        cache_dir=Path(os.path.expanduser(config["cache_dir"])),
+        rerun=bool(config["rerun"]),
+        progress=bool(config.get("progress", True)),
+        resolved=config,
+    )

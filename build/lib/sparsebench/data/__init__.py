@@ -1,0 +1,1 @@
+"""Text corpora for calibration and perplexity, from the hub or local files."""

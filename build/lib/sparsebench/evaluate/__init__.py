@@ -1,0 +1,1 @@
+"""Evaluation suites: perplexity (and, later, zero-shot)."""

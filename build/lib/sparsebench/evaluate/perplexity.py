@@ -1,0 +1,96 @@
+"""Perplexity with the community protocol (Wanda / SparseGPT ``eval_ppl``).
+
+The evaluation text is tokenised once and cut into non-overlapping segments of ``seqlen`` tokens
+(the tail that does not fill a segment is dropped); each segment is scored on its own from its
+first token, and ``ppl = exp(mean over segments of the mean next-token NLL)``, which equals
+``exp(total NLL / predicted tokens)`` because every segment predicts ``seqlen - 1`` tokens.
+The model is run block by block on all segments, so the same code serves offloaded models.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sparsebench.blockwalk import batches, capture_block_inputs, move_non_block_modules, run_block
+from sparsebench.models.adapters import FamilyAdapter
+
+
+@dataclass
+class PerplexityResult:
+    ppl: float
+    segments: int
+    seqlen: int
+    tokens_scored: int
+
+    def as_dict(self) -> dict:
+        return {"ppl": self.ppl, "segments": self.segments, "seqlen": self.seqlen, "tokens_scored": self.tokens_scored}
+
+
+def segment(tokens: Tensor, seqlen: int, max_segments: int | None) -> Tensor:
+    count = tokens.numel() // seqlen
+    if max_segments is not None:
+        count = min(count, max_segments)
+    if count == 0:
+        raise ValueError(f"the evaluation text has {tokens.numel()} tokens, fewer than one segment of {seqlen}")
+    return tokens[: count * seqlen].view(count, seqlen)
+
+
+def mean_nll(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """Mean next-token NLL of each sequence: logits [b, s, vocab], input_ids [b, s] -> [b]."""
+    shift_logits = logits[:, :-1].float()
+    targets = input_ids[:, 1:].to(shift_logits.device)
+    nll = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape).mean(dim=1)
+
+
+def chunked_mean_nll(head, hidden: Tensor, input_ids: Tensor, positions_per_chunk: int = 1024) -> Tensor:
+    """``mean_nll(head(hidden), input_ids)`` without holding [b, s, vocab] logits at once."""
+    batch, length = input_ids.shape
+    total = torch.zeros(batch, dtype=torch.float32, device=hidden.device)
+    for start in range(0, length - 1, positions_per_chunk):
+        stop = min(length - 1, start + positions_per_chunk)
+        logits = head(hidden[:, start:stop]).float()
+        targets = input_ids[:, start + 1 : stop + 1].to(logits.device)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        total += nll.view(batch, -1).sum(dim=1)
+    return total / (length - 1)
+
+
+@torch.inference_mode()
+def perplexity(
+    model,
+    adapter: FamilyAdapter,
+    segments: Tensor,
+    device: str,
+    offload: bool,
+    batch_size: int,
+    progress: bool = True,
+    desc: str = "perplexity",
+) -> PerplexityResult:
+    blocks = adapter.get_blocks(model)
+    if offload:
+        move_non_block_modules(model, blocks, device)
+    inputs = capture_block_inputs(model, adapter, segments, device, batch_size)
+    for block in tqdm(blocks, desc=desc, unit="block", disable=not progress):
+        if offload:
+            block.to(device)
+        inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        if offload:
+            block.to("cpu")
+    final_modules = adapter.get_final_modules(model)
+    head = adapter.get_head(model)
+    nlls = []
+    for part in batches(segments.shape[0], batch_size):
+        hidden = inputs.hidden[part]
+        for module in final_modules:
+            hidden = module(hidden)
+        nlls.append(chunked_mean_nll(head, hidden, segments[part]))
+    mean = torch.cat(nlls).mean().item()
+    count, seqlen = segments.shape
+    return PerplexityResult(math.exp(mean), count, seqlen, count * (seqlen - 1))

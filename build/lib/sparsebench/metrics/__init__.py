@@ -1,0 +1,71 @@
+"""Pruning metrics, one module each, registered by name.
+
+A metric is a pure function ``prune(weight, stats, target, **params) -> pruned weight``:
+it scores the weights of one linear layer (from the weight and calibration statistics of its
+input), picks the mask for ``target`` and returns the new weight with pruned entries set to zero
+(a solver such as SparseGPT also updates the weights it keeps). ``params`` are the keys of the
+metric's YAML in ``conf/metric/``, declared by its ``Params`` dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import Tensor
+
+from sparsebench.errors import ConfigError
+from sparsebench.masks import SparsityTarget, select_mask
+from sparsebench.registry import Registry
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    prune: Callable[..., Tensor] | None  # None: the dense model (metric=none)
+    params: type  # dataclass of the metric's configuration keys
+    needs: frozenset[str] = frozenset()  # calibration statistics it reads (see sparsebench.stats)
+    paper: str = ""
+
+    @property
+    def needs_calibration(self) -> bool:
+        return bool(self.needs)
+
+    def make_params(self, values: dict[str, Any], key: str = "metric") -> dict[str, Any]:
+        """Check configuration keys against ``Params``; returns plain keyword arguments."""
+        allowed = {f.name for f in dataclasses.fields(self.params)}
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{key}.{unknown[0]}: not a key of metric {self.name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        params = self.params(**values)
+        check = getattr(params, "check", None)
+        if check is not None:
+            check(key)
+        return dataclasses.asdict(params)
+
+
+METRICS: Registry[MetricSpec] = Registry("metric", __name__)
+
+
+def register_metric(name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = ""):
+    """Decorator: ``@register_metric("wanda", WandaParams, needs={INPUT_SQ_NORMS})``."""
+
+    def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper))
+        return fn
+
+    return decorate
+
+
+def prune_by_scores(weight: Tensor, scores: Tensor, target: SparsityTarget, comparison: str) -> Tensor:
+    """Zero the weights whose scores the mask selector picks (lowest first)."""
+    mask = select_mask(scores, target, comparison)
+    return weight.masked_fill(mask, 0)
+
+
+def check_choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: allowed values are {', '.join(allowed)}")

@@ -1,0 +1,148 @@
+"""Load a causal LM and its tokenizer from a hub id, a local folder or a ``.gguf`` file.
+
+GGUF files are de-quantised by transformers (``gguf_file=``), which takes tens of seconds; the
+de-quantised model is kept in the user cache, keyed by the file's sha256, so later runs load it
+in about a second. The cached copy holds exactly the tensors transformers produced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsebench.errors import ModelLoadError
+from sparsebench.models.adapters import FamilyAdapter, adapter_for
+from sparsebench.models.sources import ModelSource, check_gguf_magic, resolve_source, sha256_of
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    adapter: FamilyAdapter
+    source: ModelSource
+    dtype: torch.dtype
+
+    @property
+    def context_length(self) -> int | None:
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(config, key, None)
+            if value:
+                return int(value)
+        return None
+
+    def facts(self) -> dict:
+        blocks = self.adapter.get_blocks(self.model)
+        prunable = sum(
+            linear.weight.numel() for block in blocks for linear in self.adapter.get_linears(block).values()
+        )
+        return {
+            "family": self.adapter.name,
+            "model_type": getattr(self.model.config, "model_type", None),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "prunable_parameters": prunable,
+            "num_blocks": len(blocks),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "context_length": self.context_length,
+        }
+
+
+def resolve_dtype(name: str, device: str, config_dtype: torch.dtype | None) -> torch.dtype:
+    """``auto``: float32 on the CPU; on a GPU the checkpoint's own half type (float16 if it is float32)."""
+    if name != "auto":
+        return DTYPES[name]
+    if device == "cpu":
+        return torch.float32
+    if config_dtype in (torch.float16, torch.bfloat16):
+        return config_dtype
+    return torch.float16
+
+
+def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
+    """A cached, de-quantised copy of a GGUF model as a plain Hugging Face folder."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = source.gguf_path
+    check_gguf_magic(gguf_path)
+    folder = cache_dir / "converted" / sha256_of(gguf_path)[:24]
+    if (folder / "model.safetensors").exists():
+        return ModelSource(str(folder), None, is_local=True)
+    log.info("de-quantising %s (once; cached in %s)", gguf_path, folder)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, gguf_file=source.gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
+    except Exception as error:  # transformers raises many types for a bad file
+        raise ModelLoadError(f"model.path={str(gguf_path)!r}: could not read the GGUF file: {error}") from error
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
+    try:
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (partial / "config.json").write_text(json.dumps(config, indent=2))
+        tokenizer.save_pretrained(partial)
+        save_model(model, str(partial / "model.safetensors"))
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return ModelSource(str(folder), None, is_local=True)
+
+
+def load_config(path: str, cache_dir: Path, revision: str | None = None, trust_remote_code: bool = False):
+    """Resolve the source and read only the model's config (cheap; used to validate before loading)."""
+    from transformers import AutoConfig
+
+    source = resolve_source(path, cache_dir)
+    if source.gguf_file:
+        source = _converted_gguf(source, cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(f"model.path={path!r}: could not read the model config: {error}") from error
+    return source, config
+
+
+def load_model(
+    path: str,
+    cache_dir: Path,
+    family: str = "auto",
+    dtype: str = "auto",
+    device: str = "cpu",
+    offload: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load model and tokenizer; the model goes to ``device`` unless ``offload`` keeps it on the CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, config = load_config(path, cache_dir, revision, trust_remote_code)
+    adapter = adapter_for(family, getattr(config, "model_type", None))
+    torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
+    target_device = "cpu" if offload else device
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location,
+            revision=revision,
+            dtype=torch_dtype,
+            device_map=target_device,
+            trust_remote_code=trust_remote_code,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelLoadError(f"model.path={path!r}: could not load the model: {error}") from error
+    model.eval()
+    model.config.use_cache = False
+    return LoadedModel(model, tokenizer, adapter, source, torch_dtype)

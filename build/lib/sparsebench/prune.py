@@ -1,0 +1,134 @@
+"""The block-by-block pruning walk (the shared protocol of Wanda and SparseGPT).
+
+For each decoder block in order: collect the calibration statistics of every prunable linear's
+input from one forward of the block (inputs: the outputs of the already pruned previous block),
+prune each linear with the metric, then run the pruned block to produce the next block's inputs.
+Metrics that need no calibration data (magnitude) skip the forwards entirely.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from sparsebench.allocators import PrunableLayer
+from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules, run_block, run_block_for_hooks, synchronize
+from sparsebench.masks import NMPattern, SparsityTarget
+from sparsebench.metrics import MetricSpec
+from sparsebench.models.adapters import FamilyAdapter
+from sparsebench.sparsity import LayerSparsity, count_zeros, target_mean
+from sparsebench.stats import StatsAccumulator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneReport:
+    layers: list[LayerSparsity]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def prunable_layers(model, adapter: FamilyAdapter) -> list[PrunableLayer]:
+    layers = []
+    for index, block in enumerate(adapter.get_blocks(model)):
+        for name, linear in adapter.get_linears(block).items():
+            rows, cols = linear.weight.shape
+            layers.append(PrunableLayer(f"{index}.{name}", index, rows, cols))
+    return layers
+
+
+class _Clock:
+    """Adds up wall time per phase, synchronising the GPU so that asynchronous work is counted."""
+
+    def __init__(self, device):
+        self.device = device
+        self.totals: dict[str, float] = {}
+
+    def phase(self, name: str):
+        clock = self
+
+        class _Phase:
+            def __enter__(self):
+                synchronize(clock.device)
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                synchronize(clock.device)
+                clock.totals[name] = clock.totals.get(name, 0.0) + time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_index, stats_by_group, device, records):
+    for group in adapter.input_groups:
+        stats = stats_by_group.get(group[0]) if stats_by_group else None
+        for name in group:
+            linear = block.get_submodule(name)
+            weight = linear.weight.data
+            ratio = ratios[f"{block_index}.{name}"]
+            rows, cols = weight.shape
+            record = LayerSparsity(f"{block_index}.{name}", weight.numel(), rows, cols, target_mean(ratio), count_zeros(weight))
+            work = weight.to(device)
+            pruned = metric.prune(work, stats, SparsityTarget(ratio, pattern), **params)
+            weight.copy_(pruned.to(weight.device))
+            record.zeros = count_zeros(weight)
+            records.append(record)
+
+
+@torch.inference_mode()
+def prune_model(
+    model,
+    adapter: FamilyAdapter,
+    metric: MetricSpec,
+    params: dict,
+    ratios: dict[str, float | Tensor],
+    pattern: NMPattern | None,
+    calibration_ids: Tensor | None,
+    device: str,
+    offload: bool,
+    batch_size: int,
+    progress: bool = True,
+) -> PruneReport:
+    """Prune every prunable linear of ``model`` in place; returns per-layer records and timings."""
+    blocks = adapter.get_blocks(model)
+    clock = _Clock(device)
+    records: list[LayerSparsity] = []
+    inputs: BlockInputs | None = None
+    if metric.needs_calibration:
+        if calibration_ids is None:
+            raise ValueError(f"metric {metric.name!r} needs calibration data")
+        if offload:
+            move_non_block_modules(model, blocks, device)
+        with clock.phase("capture_s"):
+            inputs = capture_block_inputs(model, adapter, calibration_ids, device, batch_size)
+    for index, block in enumerate(tqdm(blocks, desc=f"prune ({metric.name})", unit="block", disable=not progress)):
+        if offload:
+            block.to(device)
+        stats_by_group = None
+        if inputs is not None:
+            accumulators = {group[0]: StatsAccumulator(metric.needs) for group in adapter.input_groups}
+            handles = [
+                block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
+                for first, acc in accumulators.items()
+            ]
+            try:
+                with clock.phase("statistics_forward_s"):
+                    run_block_for_hooks(block, inputs, batch_size)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            stats_by_group = {first: acc.stats for first, acc in accumulators.items()}
+        with clock.phase("solve_s"):
+            _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records)
+        del stats_by_group
+        if inputs is not None:
+            with clock.phase("pruned_forward_s"):
+                inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        if offload:
+            block.to("cpu")
+    return PruneReport(records, clock.totals)

@@ -1,0 +1,134 @@
+"""One case end to end: load, calibrate, prune, check sparsity, evaluate, record.
+
+A case whose document already says ``ok`` is skipped unless ``rerun`` is set. Any error inside
+the case is caught and recorded as a ``failed`` document (type, message, traceback), so a grid
+goes on; the document is written atomically either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from datetime import datetime, timezone
+
+from sparsebench import environment, sparsity
+from sparsebench.config import CaseSpec
+from sparsebench.data.corpora import resolve_source
+from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
+from sparsebench.errors import ConfigError
+from sparsebench.evaluate.perplexity import perplexity, segment
+from sparsebench.models.loading import LoadedModel, load_model
+from sparsebench.prune import PruneReport, prunable_layers, prune_model
+from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
+    """Check sequence lengths against the model's context; returns the perplexity seqlen."""
+    context = loaded.context_length
+    ppl_seqlen = spec.perplexity.seqlen or min(context or spec.perplexity.max_seqlen, spec.perplexity.max_seqlen)
+    if context is not None:
+        if spec.metric.needs_calibration and spec.calibration.seqlen > context:
+            raise ConfigError(f"calibration.seqlen={spec.calibration.seqlen}: longer than the model's context ({context})")
+        if ppl_seqlen > context:
+            raise ConfigError(f"eval.ppl.seqlen={ppl_seqlen}: longer than the model's context ({context})")
+    return ppl_seqlen
+
+
+def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict) -> PruneReport:
+    calibration_ids = None
+    if spec.metric.needs_calibration:
+        calib = spec.calibration
+        source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
+        eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
+        if source.path is not None and source.path in eval_paths:
+            log.warning("calibration reads %s, which is also evaluated: the perplexity is not held out", source.path)
+            notes["calibration_overlaps_evaluation"] = True
+        started = time.perf_counter()
+        calibration_ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"])
+        timings["calibration_data_s"] = time.perf_counter() - started
+        notes["calibration_source"] = source.describe()
+    layers = prunable_layers(loaded.model, loaded.adapter)
+    ratios = spec.allocator.allocate(layers, spec.ratio, **spec.allocator_params)
+    started = time.perf_counter()
+    report = prune_model(
+        loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
+        spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+    )
+    timings["prune_s"] = time.perf_counter() - started
+    timings.update({f"prune_{name}": value for name, value in report.timings.items()})
+    return report
+
+
+def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict) -> dict:
+    results = {}
+    for corpus in spec.perplexity.corpora:
+        started = time.perf_counter()
+        source = resolve_source(corpus, corpus.eval_split, spec.data_paths.get(corpus.name))
+        tokens = evaluation_tokens(source, loaded.tokenizer, spec.cache_dir, notes["tokenizer"])
+        limits = [n for n in (spec.perplexity.max_segments, corpus.eval_max_segments) if n is not None]
+        segments = segment(tokens, seqlen, min(limits) if limits else None)
+        result = perplexity(loaded.model, loaded.adapter, segments, spec.device, spec.offload, spec.perplexity.batch_size, spec.progress, desc=f"ppl {corpus.name}")
+        results[corpus.name] = {**result.as_dict(), "source": source.describe()}
+        timings[f"eval_ppl_{corpus.name}_s"] = time.perf_counter() - started
+        log.info("%s perplexity on %s: %.3f (%d segments of %d tokens)", spec.model_name, corpus.name, result.ppl, result.segments, seqlen)
+    return results
+
+
+def run_case(spec: CaseSpec) -> dict:
+    """Run one case and write its result document; returns the document."""
+    case = case_id(spec.resolved, spec.model_name, spec.device.split(":")[0])
+    path = document_path(spec.results_dir, case)
+    existing = read_document(path)
+    if existing is not None and existing["status"] == "ok" and not spec.rerun:
+        log.info("skipping %s: already done (%s); rerun=true runs it again", case, path)
+        return existing
+
+    document = {"schema_version": SCHEMA_VERSION, "case_id": case, "status": "failed", "config": spec.resolved, "started_at": _now()}
+    timings: dict[str, float] = {}
+    notes: dict = {}
+    environment.reset_peak_memory(spec.device)
+    started = time.perf_counter()
+    try:
+        phase = time.perf_counter()
+        loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
+        timings["load_s"] = time.perf_counter() - phase
+        facts = loaded.facts()
+        document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
+        notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
+        ppl_seqlen = _check_lengths(spec, loaded)
+
+        if spec.is_dense:
+            document["sparsity"] = {"target": 0.0, "pattern": "dense"}
+        else:
+            report = _prune(spec, loaded, timings, notes)
+            summary = sparsity.summarize(report.layers, facts["parameters"])
+            document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
+            sparsity.check(report.layers)
+
+        phase = time.perf_counter()
+        document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
+        timings["eval_s"] = time.perf_counter() - phase
+        document["status"] = "ok"
+    except Exception as error:  # recorded, so that the grid goes on
+        log.error("case %s failed: %s: %s", case, type(error).__name__, error)
+        document["error"] = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
+    timings["total_s"] = time.perf_counter() - started
+    document.update(
+        {
+            "timings": timings,
+            "memory": environment.peak_memory(spec.device),
+            "notes": notes,
+            "environment": environment.describe(spec.device),
+            "finished_at": _now(),
+        }
+    )
+    write_document(path, document)
+    log.info("result: %s (%s)", path, document["status"])
+    return document

@@ -1,0 +1,107 @@
+"""Calibration statistics of a linear layer's inputs, accumulated over all calibration tokens.
+
+One ``LayerStats`` serves every linear that reads the same input (q/k/v, gate/up), so the
+statistics are computed once per input, not once per layer.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+INPUT_SQ_NORMS = "input_sq_norms"  # sum_t x_tj^2 per input feature j (Wanda, RIA)
+HESSIAN = "hessian"  # sum_t x_t x_t^T (SparseGPT); its diagonal is INPUT_SQ_NORMS
+KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN)
+
+
+@dataclass
+class LayerStats:
+    """Sums over calibration tokens of one input; ``num_tokens`` counts the tokens summed."""
+
+    num_tokens: int = 0
+    sums: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def input_sq_norms(self) -> Tensor:
+        if INPUT_SQ_NORMS in self.sums:
+            return self.sums[INPUT_SQ_NORMS]
+        if HESSIAN in self.sums:
+            return torch.diagonal(self.sums[HESSIAN])
+        raise KeyError("these statistics hold neither input norms nor a Hessian")
+
+    @property
+    def hessian(self) -> Tensor:
+        return self.sums[HESSIAN]
+
+
+def _half_gram_on_gpu(inputs: Tensor) -> Tensor | None:
+    """``inputs^T inputs`` in float32 from fp16/bf16 inputs on tensor cores, or None where unsupported.
+
+    The products of half-precision values are exact in the float32 accumulator, so this equals
+    the float32 product up to summation order, without an upcast copy of the activations.
+    """
+    global _HALF_GRAM_SUPPORTED
+    if not (inputs.is_cuda and inputs.dtype in (torch.float16, torch.bfloat16)) or _HALF_GRAM_SUPPORTED is False:
+        return None
+    try:
+        gram = torch.mm(inputs.T, inputs, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        _HALF_GRAM_SUPPORTED = False  # older PyTorch: the TF32 path below computes the same sums
+        return None
+    _HALF_GRAM_SUPPORTED = True
+    return gram
+
+
+_HALF_GRAM_SUPPORTED: bool | None = None
+
+
+@contextmanager
+def _tensor_cores_for(inputs: Tensor):
+    """Let float32 products of half-precision activations run on tensor cores (TF32).
+
+    TF32 keeps 10 mantissa bits, as many as float16 has (bfloat16 has 7), so products of
+    upcast fp16/bf16 values are exact and accumulate in float32: only the summation order
+    changes. For float32 activations the flag is left alone.
+    """
+    matmul = torch.backends.cuda.matmul
+    if inputs.is_cuda and inputs.dtype in (torch.float16, torch.bfloat16) and not matmul.allow_tf32:
+        matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = False
+    else:
+        yield
+
+
+class StatsAccumulator:
+    """Adds batches of layer inputs ``[..., features]`` to running float32 sums."""
+
+    def __init__(self, needs: frozenset[str]):
+        unknown = set(needs) - set(KNOWN_STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; known: {KNOWN_STATISTICS}")
+        self.needs = needs
+        self.stats = LayerStats()
+
+    def add(self, inputs: Tensor) -> None:
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        sums = self.stats.sums
+        if HESSIAN in self.needs:
+            if HESSIAN not in sums:
+                sums[HESSIAN] = torch.zeros(flat.shape[1], flat.shape[1], device=flat.device)
+            gram = _half_gram_on_gpu(flat)
+            if gram is not None:
+                sums[HESSIAN] += gram
+            else:
+                x = flat.float()
+                with _tensor_cores_for(flat):
+                    sums[HESSIAN].addmm_(x.T, x)
+        elif INPUT_SQ_NORMS in self.needs:
+            if INPUT_SQ_NORMS not in sums:
+                sums[INPUT_SQ_NORMS] = torch.zeros(flat.shape[1], device=flat.device)
+            sums[INPUT_SQ_NORMS].add_(torch.linalg.vector_norm(flat, dim=0, dtype=torch.float32).square())
+        self.stats.num_tokens += flat.shape[0]
