@@ -33,6 +33,19 @@ def wanda_nm_mask(weight: torch.Tensor, inputs: torch.Tensor, n: int, m: int) ->
     return mask
 
 
+def ria_mask(weight: torch.Tensor, inputs: torch.Tensor, ratio: float, a: float = 0.5, per_outneuron: bool = False) -> torch.Tensor:
+    """RIA's ``prune_ria`` for one layer, with exactly floor(numel * ratio) pruned per group."""
+    scaler_row = (inputs.float() ** 2).sum(0) / inputs.shape[0]
+    w = torch.abs(weight)
+    metric = (w / torch.sum(w, dim=0) + w / torch.sum(w, dim=1).reshape(-1, 1)) * (torch.sqrt(scaler_row.reshape((1, -1)))) ** a
+    mask = torch.zeros_like(metric, dtype=torch.bool)
+    if per_outneuron:
+        mask.scatter_(1, torch.sort(metric, dim=-1, stable=True)[1][:, : int(metric.shape[1] * ratio)], True)
+    else:
+        mask.view(-1)[torch.sort(metric.flatten(), stable=True)[1][: int(metric.numel() * ratio)]] = True
+    return mask
+
+
 def sparsegpt_column_by_column(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01):
     W = W.clone()
     H = H.clone()

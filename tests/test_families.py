@@ -26,7 +26,7 @@ def test_block_walk_reproduces_the_full_forward(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("metric", ["magnitude", "wanda", "sparsegpt"])
+@pytest.mark.parametrize("metric", ["magnitude", "wanda", "sparsegpt", "ria"])
 @pytest.mark.parametrize("sparsity", ["sparsity=unstructured", "sparsity=2of4"])
 def test_family_prunes_to_exact_sparsity_and_evaluates(family, metric, sparsity, tiny_model_dirs, tmp_path, cache_dir):
     spec = validate(compose_config(tiny_case_overrides(tiny_model_dirs[family], tmp_path, cache_dir, metric, [sparsity])))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reference_impls import sparsegpt_column_by_column, wanda_mask, wanda_nm_mask
+from reference_impls import ria_mask, sparsegpt_column_by_column, wanda_mask, wanda_nm_mask
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import METRICS
 from sparsebench.stats import HESSIAN, INPUT_SQ_NORMS, StatsAccumulator
@@ -25,7 +25,14 @@ def _stats(inputs, needs):
 
 
 def test_metric_registry_lists_the_core_metrics():
-    assert {"none", "magnitude", "wanda", "sparsegpt"} <= set(METRICS.names())
+    assert {"none", "magnitude", "wanda", "sparsegpt", "ria"} <= set(METRICS.names())
+
+
+@pytest.mark.parametrize("comparison,per_outneuron", [("layer", False), ("row", True)])
+def test_ria_mask_equals_reference(comparison, per_outneuron):
+    weight, inputs = _layer(dtype=torch.float32)
+    pruned = METRICS.get("ria").prune(weight, _stats(inputs, {INPUT_SQ_NORMS}), SparsityTarget(0.6), a=0.5, comparison=comparison)
+    assert torch.equal(pruned == 0, ria_mask(weight, inputs, 0.6, 0.5, per_outneuron))
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.7])

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def smollm2_results(tmp_path_factory):
     results_dir = tmp_path_factory.mktemp("smollm2-results")
     perplexities = {}
-    for metric in ("none", "magnitude", "wanda", "sparsegpt"):
+    for metric in ("none", "magnitude", "wanda", "sparsegpt", "ria"):
         overrides = [
             "model=smollm2-135m-q4",
             f"metric={metric}",
@@ -45,7 +45,8 @@ def test_dense_perplexity_is_that_of_a_trained_model(smollm2_results):
     assert 5 < smollm2_results["none"] < 60  # a random model of this size scores tens of thousands
 
 
-def test_wanda_and_sparsegpt_beat_magnitude_at_half_sparsity(smollm2_results):
+def test_wanda_sparsegpt_and_ria_beat_magnitude_at_half_sparsity(smollm2_results):
     assert smollm2_results["wanda"] < smollm2_results["magnitude"]
+    assert smollm2_results["ria"] < smollm2_results["magnitude"]
     assert smollm2_results["sparsegpt"] < smollm2_results["magnitude"]
     assert smollm2_results["none"] < min(smollm2_results["wanda"], smollm2_results["sparsegpt"])
