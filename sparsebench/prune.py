@@ -80,6 +80,49 @@ def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_
             records.append(record)
 
 
+def collect_block_stats(block, adapter: FamilyAdapter, inputs: BlockInputs, needs: frozenset[str], batch_size: int) -> dict:
+    """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}."""
+    accumulators = {group[0]: StatsAccumulator(needs) for group in adapter.input_groups}
+    handles = [
+        block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
+        for first, acc in accumulators.items()
+    ]
+    try:
+        run_block_for_hooks(block, inputs, batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {first: acc.stats for first, acc in accumulators.items()}
+
+
+@torch.inference_mode()
+def dense_block_summaries(
+    model, adapter: FamilyAdapter, calibration_ids: Tensor, needs: frozenset[str], summarize, params: dict,
+    device: str, offload: bool, batch_size: int, progress: bool = True,
+) -> list:
+    """One value per block from ``summarize(weights, stats, **params)`` over a pass of the dense model.
+
+    Inputs are propagated through the unpruned blocks (as OWL's reference does); weights and
+    statistics are given per linear name.
+    """
+    blocks = adapter.get_blocks(model)
+    if offload:
+        move_non_block_modules(model, blocks, device)
+    inputs = capture_block_inputs(model, adapter, calibration_ids, device, batch_size)
+    summaries = []
+    for block in tqdm(blocks, desc="dense statistics", unit="block", disable=not progress):
+        if offload:
+            block.to(device)
+        stats_by_group = collect_block_stats(block, adapter, inputs, needs, batch_size)
+        weights = {name: block.get_submodule(name).weight.data for name in adapter.linear_names}
+        stats = {name: stats_by_group[group[0]] for group in adapter.input_groups for name in group}
+        summaries.append(summarize(weights, stats, **params))
+        inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        if offload:
+            block.to("cpu")
+    return summaries
+
+
 @torch.inference_mode()
 def prune_model(
     model,
@@ -111,18 +154,8 @@ def prune_model(
             block.to(device)
         stats_by_group = None
         if inputs is not None:
-            accumulators = {group[0]: StatsAccumulator(metric.needs) for group in adapter.input_groups}
-            handles = [
-                block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
-                for first, acc in accumulators.items()
-            ]
-            try:
-                with clock.phase("statistics_forward_s"):
-                    run_block_for_hooks(block, inputs, batch_size)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            stats_by_group = {first: acc.stats for first, acc in accumulators.items()}
+            with clock.phase("statistics_forward_s"):
+                stats_by_group = collect_block_stats(block, adapter, inputs, metric.needs, batch_size)
         with clock.phase("solve_s"):
             _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records)
         del stats_by_group

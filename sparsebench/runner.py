@@ -19,7 +19,8 @@ from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, token
 from sparsebench.errors import ConfigError
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
-from sparsebench.prune import PruneReport, prunable_layers, prune_model
+from sparsebench.prune import PruneReport, dense_block_summaries, prunable_layers, prune_model
+from sparsebench.sparsity import target_mean
 from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
     return ppl_seqlen
 
 
-def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict) -> PruneReport:
+def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
     calibration_ids = None
-    if spec.metric.needs_calibration:
+    if spec.metric.needs_calibration or spec.allocator.needs:
         calib = spec.calibration
         source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
         eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
@@ -55,7 +56,16 @@ def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict) -> P
         timings["calibration_data_s"] = time.perf_counter() - started
         notes["calibration_source"] = source.describe()
     layers = prunable_layers(loaded.model, loaded.adapter)
-    ratios = spec.allocator.allocate(layers, spec.ratio, **spec.allocator_params)
+    summaries = None
+    if spec.allocator.needs:
+        started = time.perf_counter()
+        summaries = dense_block_summaries(
+            loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
+            spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+        )
+        timings["allocate_s"] = time.perf_counter() - started
+    ratios = spec.allocator.allocate(layers, spec.ratio, summaries, **spec.allocator_params)
+    document["allocation"] = {"allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, ratios)}
     started = time.perf_counter()
     report = prune_model(
         loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
@@ -64,6 +74,14 @@ def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict) -> P
     timings["prune_s"] = time.perf_counter() - started
     timings.update({f"prune_{name}": value for name, value in report.timings.items()})
     return report
+
+
+def _block_ratios(layers, ratios) -> list[float]:
+    """Mean target ratio of each block (per-row ratios averaged), for the result document."""
+    per_block: dict[int, list[float]] = {}
+    for layer in layers:
+        per_block.setdefault(layer.block, []).append(target_mean(ratios[layer.name]))
+    return [sum(values) / len(values) for _, values in sorted(per_block.items())]
 
 
 def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict) -> dict:
@@ -107,7 +125,7 @@ def run_case(spec: CaseSpec) -> dict:
         if spec.is_dense:
             document["sparsity"] = {"target": 0.0, "pattern": "dense"}
         else:
-            report = _prune(spec, loaded, timings, notes)
+            report = _prune(spec, loaded, timings, notes, document)
             summary = sparsity.summarize(report.layers, facts["parameters"])
             document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
             sparsity.check(report.layers)

@@ -2,8 +2,11 @@
 
 An allocator decides how much of each layer (or each row) to prune so that the model as a whole
 reaches the target sparsity. It is a pure function
-``allocate(layers, sparsity, **params) -> {layer name: ratio}`` where a ratio is a float for the
-whole layer or a tensor with one ratio per output row.
+``allocate(layers, sparsity, block_summaries, **params) -> {layer name: ratio}`` where a ratio is
+a float for the whole layer or a tensor with one ratio per output row. An allocator that looks
+at the dense model (OWL) declares the calibration statistics it ``needs`` and a
+``summarize_block(weights, stats, **params)`` that a dense pass over the blocks calls once per
+block; ``block_summaries`` is then the list of what it returned, else None.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class AllocatorSpec:
     params: type
     supports_nm: bool = False  # an N:M pattern fixes every layer's ratio; only uniform honours it
     paper: str = ""
+    needs: frozenset[str] = frozenset()  # statistics of the dense model, per block (see sparsebench.stats)
+    summarize_block: Callable[..., Any] | None = None
 
     def make_params(self, values: dict[str, Any], key: str = "allocator") -> dict[str, Any]:
         allowed = {f.name for f in dataclasses.fields(self.params)}
@@ -45,15 +50,26 @@ class AllocatorSpec:
             raise ConfigError(
                 f"{key}.{unknown[0]}: not a key of allocator {self.name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}"
             )
-        return dataclasses.asdict(self.params(**values))
+        params = self.params(**values)
+        check = getattr(params, "check", None)
+        if check is not None:
+            check(key)
+        return dataclasses.asdict(params)
 
 
 ALLOCATORS: Registry[AllocatorSpec] = Registry("allocator", __name__)
 
 
-def register_allocator(name: str, params: type, supports_nm: bool = False, paper: str = ""):
+def register_allocator(
+    name: str,
+    params: type,
+    supports_nm: bool = False,
+    paper: str = "",
+    needs: frozenset[str] = frozenset(),
+    summarize_block: Callable[..., Any] | None = None,
+):
     def decorate(fn):
-        ALLOCATORS.add(name, AllocatorSpec(name, fn, params, supports_nm, paper))
+        ALLOCATORS.add(name, AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block))
         return fn
 
     return decorate

@@ -11,5 +11,5 @@ class UniformParams:
 
 
 @register_allocator("uniform", UniformParams, supports_nm=True, paper="Wanda / SparseGPT default")
-def uniform(layers: list[PrunableLayer], sparsity: float) -> dict[str, float]:
+def uniform(layers: list[PrunableLayer], sparsity: float, block_summaries=None) -> dict[str, float]:
     return {layer.name: sparsity for layer in layers}

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import compose_config, tiny_case_overrides
+from sparsebench.allocators import ALLOCATORS, PrunableLayer
+from sparsebench.allocators.owl import outlier_ratio, owl_block_sparsities
+from sparsebench.config import validate
+from sparsebench.errors import ConfigError
+from sparsebench.models.adapters import adapter_for
+from sparsebench.prune import dense_block_summaries, prunable_layers
+from sparsebench.runner import run_case
+from sparsebench.stats import INPUT_SQ_NORMS
+from tiny_models import tiny_model
+
+
+@settings(max_examples=80, deadline=None)
+@given(ratios=st.lists(st.floats(0, 100), min_size=2, max_size=40), sparsity=st.floats(0.3, 0.8), lam=st.floats(0.0, 0.15))
+def test_owl_ratios_keep_the_mean_and_span_two_lambda(ratios, sparsity, lam):
+    d = torch.tensor(ratios, dtype=torch.float64)
+    block = owl_block_sparsities(d, sparsity, lam)
+    assert abs(block.mean().item() - sparsity) < 1e-9
+    assert ((block >= 0) & (block < 1)).all()
+    if d.max() > d.min():
+        assert block.max() - block.min() == pytest.approx(2 * lam, abs=1e-9)
+        assert block[d.argmax()] == block.min()  # the block with most outliers is pruned least
+    else:
+        assert torch.allclose(block, torch.full_like(block, sparsity))
+
+
+def test_owl_uniform_statistics_give_uniform_ratios():
+    layers = [PrunableLayer(f"{b}.x", b, 4, 4) for b in range(5)]
+    ratios = ALLOCATORS.get("owl").allocate(layers, 0.6, [0.02] * 5)
+    assert set(ratios.values()) == {0.6}
+
+
+def _reference_owl(model, ids, sparsity, m=5.0, lam=0.08):
+    """OWL's computation, transcribed: dense forward, Wanda metric per block, outlier %, normalisation."""
+    adapter = adapter_for("auto", model.config.model_type)
+    inputs = {}
+    handles = []
+    for b, block in enumerate(adapter.get_blocks(model)):
+        for name in adapter.linear_names:
+            module = block.get_submodule(name)
+            handles.append(module.register_forward_pre_hook(lambda mod, args, key=(b, name): inputs.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1]))))
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    all_layer_ratio = []
+    for b, block in enumerate(adapter.get_blocks(model)):
+        metrics = []
+        for name in adapter.linear_names:
+            x = torch.cat(inputs[(b, name)])
+            scaler_row = torch.norm(x, p=2, dim=0) ** 2 / ids.shape[0]
+            metrics.append((torch.abs(block.get_submodule(name).weight.data) * torch.sqrt(scaler_row.reshape((1, -1)))).flatten())
+        layer_wmetric = torch.cat(metrics)
+        all_layer_ratio.append(((layer_wmetric > torch.mean(layer_wmetric) * m).sum() / layer_wmetric.numel()).item() * 100)
+    ratio = np.array(all_layer_ratio)
+    ratio = (ratio - ratio.min()) * (1 / (ratio.max() - ratio.min()) * lam * 2)
+    ratio = ratio - np.mean(ratio) + (1 - sparsity)
+    return 1 - ratio
+
+
+def test_owl_matches_the_reference_computation():
+    model = tiny_model("llama")
+    with torch.no_grad():  # spread the blocks' weight scales so that their outlier shares differ
+        for b, block in enumerate(model.model.layers):
+            block.mlp.down_proj.weight[:, : 4 * (b + 1)] *= 8
+    adapter = adapter_for("auto", model.config.model_type)
+    ids = torch.randint(0, 300, (4, 48), generator=torch.Generator().manual_seed(0))
+    summaries = dense_block_summaries(model, adapter, ids, frozenset({INPUT_SQ_NORMS}), outlier_ratio, {"m": 5.0, "lam": 0.08}, "cpu", False, 2, progress=False)
+    ratios = ALLOCATORS.get("owl").allocate(prunable_layers(model, adapter), 0.7, summaries, m=5.0, lam=0.08)
+    ours = [ratios[f"{b}.mlp.down_proj"] for b in range(2)]
+    assert np.allclose(ours, _reference_owl(model, ids, 0.7), atol=1e-6)
+    assert ours[0] != ours[1]
+
+
+def test_owl_with_wanda_end_to_end(tiny_model_dirs, tmp_path, cache_dir):
+    document = run_case(validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda", ["allocator=owl", "sparsity.ratio=0.6"]))))
+    assert document["status"] == "ok", document.get("error")
+    allocation = document["allocation"]
+    assert allocation["allocator"] == "owl" and len(allocation["block_summaries"]) == 2
+    assert sum(allocation["block_ratios"]) / 2 == pytest.approx(0.6)
+    for name, layer in document["sparsity"]["per_layer"].items():
+        assert layer["target"] == pytest.approx(allocation["block_ratios"][int(name.split(".")[0])])
+    assert document["sparsity"]["achieved"] == pytest.approx(0.6, abs=0.01)
+
+
+def test_owl_rejects_n_m_patterns(tiny_model_dirs, tmp_path, cache_dir):
+    with pytest.raises(ConfigError, match="allocator='owl' cannot honour sparsity.pattern=2:4 .* allocators that can: uniform"):
+        validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda", ["allocator=owl", "sparsity=2of4"])))
+    with pytest.raises(ConfigError, match="allocator.lam=0.7"):
+        validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda", ["allocator=owl", "allocator.lam=0.7"])))
