@@ -42,19 +42,25 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
     return ppl_seqlen
 
 
-def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
-    calibration_ids = None
-    if spec.metric.needs_calibration or spec.allocator.needs:
-        calib = spec.calibration
-        source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
-        eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
-        if source.path is not None and source.path in eval_paths:
-            log.warning("calibration reads %s, which is also evaluated: the perplexity is not held out", source.path)
-            notes["calibration_overlaps_evaluation"] = True
-        started = time.perf_counter()
-        calibration_ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"])
-        timings["calibration_data_s"] = time.perf_counter() - started
-        notes["calibration_source"] = source.describe()
+def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
+    """The calibration segments, or None when neither the metric nor the allocator reads data."""
+    if not (spec.metric.needs_calibration or spec.allocator.needs):
+        return None
+    calib = spec.calibration
+    source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
+    eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
+    if source.path is not None and source.path in eval_paths:
+        log.warning("calibration reads %s, which is also evaluated: the perplexity is not held out", source.path)
+        notes["calibration_overlaps_evaluation"] = True
+    started = time.perf_counter()
+    ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"])
+    timings["calibration_data_s"] = time.perf_counter() - started
+    notes["calibration_source"] = source.describe()
+    return ids
+
+
+def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, document: dict) -> dict:
+    """Each layer's target ratio from the allocator (after its dense pass, if it has one)."""
     layers = prunable_layers(loaded.model, loaded.adapter)
     summaries = None
     if spec.allocator.needs:
@@ -66,6 +72,12 @@ def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, docu
         timings["allocate_s"] = time.perf_counter() - started
     ratios = spec.allocator.allocate(layers, spec.ratio, summaries, **spec.allocator_params)
     document["allocation"] = {"allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, ratios)}
+    return ratios
+
+
+def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
+    calibration_ids = _calibration_ids(spec, loaded, timings, notes)
+    ratios = _allocate(spec, loaded, calibration_ids, timings, document)
     started = time.perf_counter()
     report = prune_model(
         loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
