@@ -109,6 +109,14 @@ def reference_comparison(model, adapter, ids) -> None:
     print(f"      extrapolated to 32 blocks: reference {32 * reference_total:.0f} s, ours {32 * ours_total:.0f} s (solve only)")
 
 
+@torch.inference_mode()
+def _restore(model, original: dict) -> None:
+    """Put the dense weights back before the next metric prunes."""
+    for name, parameter in model.named_parameters():
+        if name in original:
+            parameter.copy_(original[name])
+
+
 def gpu_case(args) -> None:
     from sparsebench.allocators import ALLOCATORS
     from sparsebench.evaluate.perplexity import perplexity
@@ -139,10 +147,7 @@ def gpu_case(args) -> None:
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     results = {}
     for metric in args.metrics:
-        with torch.inference_mode():
-            for name, p in model.named_parameters():
-                if name in original:
-                    p.copy_(original[name])
+        _restore(model, original)
         torch.cuda.reset_peak_memory_stats()
         ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)
         report, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), {}, ratios, None, ids, "cuda", False, 8, progress=False))
@@ -155,10 +160,7 @@ def gpu_case(args) -> None:
     if args.offload:
         model.cpu()
         for metric in args.metrics:
-            with torch.inference_mode():
-                for name, p in model.named_parameters():
-                    if name in original:
-                        p.copy_(original[name])
+            _restore(model, original)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)

@@ -1,1 +1,0 @@
-"""Text corpora for calibration and perplexity, from the hub or local files."""

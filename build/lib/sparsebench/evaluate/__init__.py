@@ -1,1 +1,0 @@
-"""Evaluation suites: perplexity (and, later, zero-shot)."""
