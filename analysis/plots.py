@@ -23,6 +23,14 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in text)
 
 
+def _finish(pyplot, figure, axes, path: Path) -> Path:
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+    return path
+
+
 def ppl_vs_sparsity(table: Table, out_dir: Path) -> list[Path]:
     """One figure per dataset: a line per pruned method, the dense model as a dashed line."""
     pyplot = _pyplot()
@@ -37,12 +45,7 @@ def ppl_vs_sparsity(table: Table, out_dir: Path) -> list[Path]:
             elif points:
                 axes.plot(*zip(*points), marker="o", label=method)
         axes.set(xlabel="sparsity (%)", ylabel=f"{dataset} perplexity", yscale="log", title=table.model)
-        axes.legend(fontsize=7)
-        figure.tight_layout()
-        path = Path(out_dir) / f"ppl_vs_sparsity_{_safe(table.model)}_{_safe(dataset)}.png"
-        figure.savefig(path, dpi=100)
-        pyplot.close(figure)
-        written.append(path)
+        written.append(_finish(pyplot, figure, axes, Path(out_dir) / f"ppl_vs_sparsity_{_safe(table.model)}_{_safe(dataset)}.png"))
     return written
 
 
@@ -63,10 +66,5 @@ def per_layer_ratios(documents: list[dict], out_dir: Path) -> list[Path]:
         for allocator, layers in sorted(by_allocator.items()):
             axes.plot([layer["target"] for layer in layers.values()], label=allocator, linewidth=1)
         axes.set(xlabel="prunable layer (model order)", ylabel="target sparsity", title=f"{model}, mean target {target:g}")
-        axes.legend(fontsize=7)
-        figure.tight_layout()
-        path = Path(out_dir) / f"per_layer_{_safe(model)}_{target:g}.png"
-        figure.savefig(path, dpi=100)
-        pyplot.close(figure)
-        written.append(path)
+        written.append(_finish(pyplot, figure, axes, Path(out_dir) / f"per_layer_{_safe(model)}_{target:g}.png"))
     return written
