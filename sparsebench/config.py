@@ -16,11 +16,13 @@ from typing import Any, Dict, List, Optional
 from sparsebench.allocators import ALLOCATORS, AllocatorSpec
 from sparsebench.data.corpora import CORPORA, Corpus, corpus_named
 from sparsebench.errors import ConfigError
+from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
 from sparsebench.models.loading import DTYPES
 from sparsebench.models.sources import check_path
+from sparsebench.tracking import LOCAL_TRACKER, TrackerSpec, validate_tracker
 
 # ----------------------------------------------------------------------------- schema (Hydra)
 
@@ -74,6 +76,32 @@ class DataConfig:
     ptb: Optional[str] = None
 
 
+# --- tracking and fault injection (issue 5) ---------------------------------------------------
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "online"  # online | offline | disabled
+    project: str = "sparsebench"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # default: experiment_name
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None  # default: W&B's own (./wandb)
+
+
+@dataclass
+class TrackerConfig:
+    name: str = "local"  # local | wandb
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class DebugConfig:
+    fail_at: Optional[str] = None  # null | load | prune | eval | write
+    fail_mode: str = "raise"  # raise (failed document) | kill (SIGKILL, no document)
+    fail_cases: str = "*"  # glob on the case id
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -89,6 +117,9 @@ class Config:
     cache_dir: str = "~/.cache/sparsebench"
     rerun: bool = False
     progress: bool = True
+    experiment_name: str = "adhoc"  # groups the cases of a grid (W&B group, analysis filter)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def register_schema() -> None:
@@ -143,6 +174,8 @@ class CaseSpec:
     rerun: bool
     progress: bool
     resolved: dict  # the full resolved configuration, recorded in the result document
+    tracker: TrackerSpec = LOCAL_TRACKER
+    fault: FaultSpec = NO_FAULT
 
     @property
     def is_dense(self) -> bool:
@@ -269,4 +302,6 @@ def validate(config: dict) -> CaseSpec:
         rerun=bool(config["rerun"]),
         progress=bool(config.get("progress", True)),
         resolved=config,
+        tracker=validate_tracker(config.get("tracker") or {}, config.get("experiment_name", "adhoc")),
+        fault=validate_fault(config.get("debug")),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import subprocess
@@ -44,6 +45,7 @@ def describe(device: str) -> dict:
         "git": git_revision(),
         "device": device,
         "cpu_threads": torch.get_num_threads(),
+        "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the slot of a gpu_pool job
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)

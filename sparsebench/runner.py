@@ -12,11 +12,12 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-from sparsebench import environment, sparsity
+from sparsebench import environment, sparsity, tracking
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
 from sparsebench.errors import ConfigError
+from sparsebench.faults import inject
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, dense_block_summaries, prunable_layers, prune_model
@@ -126,6 +127,7 @@ def run_case(spec: CaseSpec) -> dict:
     environment.reset_peak_memory(spec.device)
     started = time.perf_counter()
     try:
+        inject(spec.fault, "load", case)
         phase = time.perf_counter()
         loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
         timings["load_s"] = time.perf_counter() - phase
@@ -137,14 +139,17 @@ def run_case(spec: CaseSpec) -> dict:
         if spec.is_dense:
             document["sparsity"] = {"target": 0.0, "pattern": "dense"}
         else:
+            inject(spec.fault, "prune", case)
             report = _prune(spec, loaded, timings, notes, document)
             summary = sparsity.summarize(report.layers, facts["parameters"])
             document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
             sparsity.check(report.layers)
 
+        inject(spec.fault, "eval", case)
         phase = time.perf_counter()
         document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
         timings["eval_s"] = time.perf_counter() - phase
+        inject(spec.fault, "write", case)
         document["status"] = "ok"
     except Exception as error:  # recorded, so that the grid goes on
         log.error("case %s failed: %s: %s", case, type(error).__name__, error)
@@ -161,4 +166,5 @@ def run_case(spec: CaseSpec) -> dict:
     )
     write_document(path, document)
     log.info("result: %s (%s)", path, document["status"])
+    document = tracking.mirror(spec.tracker, document, path)  # after the local write: a mirror never loses a result
     return document

@@ -1,0 +1,59 @@
+"""Read result documents: from a local results folder, or from W&B runs logged by ``tracker=wandb``.
+
+Both give the same minimal shape (case_id, status, config, metrics, sparsity), so the tables do
+not know where the numbers came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sparsebench.results import read_document
+
+log = logging.getLogger(__name__)
+
+
+def local_documents(results_dir: Path, experiment: str | None = None) -> list[dict]:
+    """Every valid result document in ``results_dir`` (optionally only one ``experiment_name``)."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"--results {results_dir}: no such folder")
+    found = []
+    for path in sorted(results_dir.glob("*.json")):
+        document = read_document(path)
+        if document is None:
+            log.warning("not a result document, left out: %s", path)
+            continue
+        if experiment is None or document["config"].get("experiment_name") == experiment:
+            found.append(document)
+    return found
+
+
+def wandb_documents(project: str, entity: str | None = None, group: str | None = None, tags: tuple[str, ...] = (), api=None) -> list[dict]:
+    """Runs of a W&B project as documents, filtered by group and tags (all must match)."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    filters: dict = {}
+    if group:
+        filters["group"] = group
+    if tags:
+        filters["tags"] = {"$all": list(tags)}
+    path = f"{entity}/{project}" if entity else project
+    found = []
+    for run in api.runs(path, filters=filters):
+        summary = dict(run.summary)
+        ppl = {key.split("/", 1)[1]: {"ppl": value} for key, value in summary.items() if key.startswith("ppl/")}
+        found.append(
+            {
+                "case_id": run.name,
+                "status": summary.get("status", "failed"),
+                "config": dict(run.config),
+                "metrics": {"ppl": ppl},
+                "sparsity": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("sparsity/")},
+                "error": {"type": "", "message": summary["error"]} if "error" in summary else None,
+            }
+        )
+    return found

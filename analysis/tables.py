@@ -1,0 +1,159 @@
+"""Paper-style tables: rows are methods (metric + allocator), columns sparsity x dataset, then a mean.
+
+One table per model. The best (lowest perplexity) pruned value of each column is bold; the dense
+row is shown but never bold. A cell with no ``ok`` document stays blank and is listed in
+``Table.missing`` (with the error, when the case failed): nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+
+DENSE = "dense"
+
+
+class AnalysisError(ValueError):
+    """The documents cannot make one unambiguous table."""
+
+
+@dataclass
+class Table:
+    model: str
+    methods: list[str]
+    columns: list[tuple[str, str]]  # (sparsity label, dataset)
+    values: dict[tuple[str, tuple[str, str]], float]
+    missing: list[str] = field(default_factory=list)
+
+    def row_mean(self, method: str) -> float | None:
+        row = [self.values.get((method, column)) for column in self.columns]
+        return None if any(value is None for value in row) or not row else sum(row) / len(row)
+
+    def best(self, column: tuple[str, str]) -> float | None:
+        pruned = [self.values[(m, column)] for m in self.methods if m != DENSE and (m, column) in self.values]
+        return min(pruned) if pruned else None
+
+    def best_mean(self) -> float | None:
+        means = [self.row_mean(m) for m in self.methods if m != DENSE]
+        means = [mean for mean in means if mean is not None]
+        return min(means) if means else None
+
+
+def method_of(config: dict) -> str:
+    metric = config["metric"].get("name", "?")
+    return DENSE if metric == "none" else f"{metric} + {config['allocator'].get('name', '?')}"
+
+
+def sparsity_of(config: dict) -> str:
+    pattern = str(config["sparsity"].get("pattern", "unstructured"))
+    return pattern if pattern != "unstructured" else f"{float(config['sparsity']['ratio']) * 100:g}%"
+
+
+def model_of(config: dict) -> str:
+    return config["model"].get("name") or config["model"]["path"]
+
+
+def _sparsity_order(label: str) -> tuple[int, float, str]:
+    return (0, float(label[:-1]), label) if label.endswith("%") else (1, 0.0, label)
+
+
+def build_tables(documents: list[dict], datasets: list[str] | None = None) -> dict[str, Table]:
+    """Tables by model name from result documents (ok and failed)."""
+    by_model: dict[str, list[dict]] = {}
+    for document in documents:
+        by_model.setdefault(model_of(document["config"]), []).append(document)
+    return {model: _table(model, docs, datasets) for model, docs in sorted(by_model.items())}
+
+
+def _table(model: str, documents: list[dict], datasets: list[str] | None) -> Table:
+    pruned = [d for d in documents if method_of(d["config"]) != DENSE]
+    sparsities = sorted({sparsity_of(d["config"]) for d in pruned}, key=_sparsity_order)
+    wanted = datasets or sorted({name for d in documents for name in d["config"]["eval"]["ppl"]["datasets"]})
+    methods = sorted({method_of(d["config"]) for d in documents}, key=lambda m: (m != DENSE, m))
+    columns = [(sparsity, dataset) for sparsity in sparsities for dataset in wanted]
+    values: dict = {}
+    sources: dict = {}
+    failures: dict = {}
+    for document in documents:
+        method = method_of(document["config"])
+        keys = columns if method == DENSE else [(sparsity_of(document["config"]), dataset) for dataset in wanted]
+        for column in keys:
+            if document["status"] != "ok":
+                failures[(method, column)] = document
+                continue
+            result = document.get("metrics", {}).get("ppl", {}).get(column[1])
+            if result is None:
+                continue
+            if (method, column) in sources:
+                raise AnalysisError(
+                    f"two ok documents for {model} / {method} / {column[0]} / {column[1]}: {sources[(method, column)]} and "
+                    f"{document['case_id']}; filter them apart (--experiment) or keep one results folder per grid"
+                )
+            values[(method, column)] = float(result["ppl"])
+            sources[(method, column)] = document["case_id"]
+    missing = []
+    for method in methods:
+        for column in columns:
+            if (method, column) not in values:
+                failed = failures.get((method, column))
+                reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else "not run"
+                missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
+    return Table(model, methods, columns, values, missing)
+
+
+def _cell(value: float | None, best: float | None, bold: tuple[str, str]) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    text = f"{value:.2f}"
+    return f"{bold[0]}{text}{bold[1]}" if best is not None and value == best else text
+
+
+def _rows(table: Table, bold: tuple[str, str]) -> list[list[str]]:
+    rows = []
+    for method in table.methods:
+        dense = method == DENSE
+        cells = [_cell(table.values.get((method, c)), None if dense else table.best(c), bold) for c in table.columns]
+        cells.append(_cell(table.row_mean(method), None if dense else table.best_mean(), bold))
+        rows.append([method, *cells])
+    return rows
+
+
+def _header(table: Table) -> list[str]:
+    return ["method", *[f"{sparsity} {dataset}" for sparsity, dataset in table.columns], "mean"]
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"**{table.model}** (perplexity, lower is better)", "", "| " + " | ".join(_header(table)) + " |"]
+    lines.append("|" + "---|" + "---:|" * (len(table.columns) + 1))
+    lines += ["| " + " | ".join(row) + " |" for row in _rows(table, ("**", "**"))]
+    if table.missing:
+        lines += ["", "Missing cases:", *[f"- {entry}" for entry in table.missing]]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("%", r"\%").replace("_", r"\_").replace("&", r"\&")
+
+
+def to_latex(table: Table) -> str:
+    lines = [f"% {table.model}: perplexity, lower is better; blank = missing", r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
+    lines.append(" & ".join(_latex_escape(cell) for cell in _header(table)) + r" \\")
+    lines.append(r"\midrule")
+    for row in _rows(table, (r"\textbf{", "}")):
+        lines.append(" & ".join([_latex_escape(row[0]), *row[1:]]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [f"% missing: {_latex_escape(entry)}" for entry in table.missing]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """Full-precision numbers, blanks for missing cells, no emphasis."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["model", *_header(table)])
+    for method in table.methods:
+        values = [table.values.get((method, column)) for column in table.columns] + [table.row_mean(method)]
+        writer.writerow([table.model, method, *["" if v is None else repr(v) for v in values]])
+    return out.getvalue()

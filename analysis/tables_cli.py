@@ -1,0 +1,61 @@
+"""``sparsebench-tables``: rebuild tables (Markdown, LaTeX, CSV) and figures (PNG) from results.
+
+    sparsebench-tables --results results --experiment smoke --out tables/smoke --figures
+    sparsebench-tables --wandb-project sparsebench --wandb-group owl_grid --out tables/owl
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from analysis import plots, store, tables
+
+log = logging.getLogger("sparsebench.tables")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="sparsebench-tables", description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", type=Path, help="a local results folder (result documents)")
+    source.add_argument("--wandb-project", help="a W&B project logged with tracker=wandb")
+    parser.add_argument("--wandb-entity")
+    parser.add_argument("--wandb-group", help="only runs of this group (experiment_name)")
+    parser.add_argument("--wandb-tag", action="append", default=[], help="only runs with this tag (repeatable)")
+    parser.add_argument("--experiment", help="local store: only documents with this experiment_name")
+    parser.add_argument("--datasets", nargs="+", help="columns, in this order (default: every dataset evaluated)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for tables.md, tables.tex, tables.csv and figures")
+    parser.add_argument("--figures", action="store_true", help="also write PNG figures (needs matplotlib)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    if args.results is not None:
+        documents = store.local_documents(args.results, args.experiment)
+    else:
+        documents = store.wandb_documents(args.wandb_project, args.wandb_entity, args.wandb_group, tuple(args.wandb_tag))
+    if not documents:
+        log.error("no result documents found")
+        return 1
+    built = tables.build_tables(documents, args.datasets)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tables.md").write_text("\n".join(tables.to_markdown(t) for t in built.values()))
+    (args.out / "tables.tex").write_text("\n".join(tables.to_latex(t) for t in built.values()))
+    (args.out / "tables.csv").write_text("".join(tables.to_csv(t) if i == 0 else tables.to_csv(t).split("\n", 1)[1] for i, t in enumerate(built.values())))
+    for table in built.values():
+        for entry in table.missing:
+            log.warning("missing: %s", entry)
+    if args.figures:
+        for table in built.values():
+            plots.ppl_vs_sparsity(table, args.out)
+        plots.per_layer_ratios(documents, args.out)
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Hydra launchers shipped with sparsebench (Hydra finds plugins only in the ``hydra_plugins`` package)."""

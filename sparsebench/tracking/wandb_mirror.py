@@ -1,0 +1,79 @@
+"""Log one result document as one W&B run: name = case id, group = experiment, tags from the case.
+
+The run's config is the resolved configuration; its summary holds the metrics, timings and the
+sparsity summary; the per-layer sparsity allocation is a ``wandb.Table``. Offline runs land in
+``DIR/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sparsebench.tracking import WandbSpec
+
+log = logging.getLogger(__name__)
+
+PER_LAYER_COLUMNS = ("layer", "numel", "target", "achieved")
+
+
+def case_tags(document: dict) -> list[str]:
+    config = document["config"]
+    sparsity = document.get("sparsity", {})
+    level = sparsity.get("pattern") if sparsity.get("pattern") not in (None, "unstructured") else f"{config['sparsity']['ratio']:g}"
+    if config["metric"].get("name") == "none":
+        level = "dense"
+    return [
+        f"model:{document.get('model', {}).get('name') or config['model'].get('name') or config['model']['path']}",
+        f"metric:{config['metric'].get('name')}",
+        f"allocator:{config['allocator'].get('name')}",
+        f"sparsity:{level}",
+    ]
+
+
+def flat_summary(document: dict) -> dict:
+    """Scalars for the run summary: ``ppl/<dataset>``, ``timings/<phase>``, ``sparsity/<key>``, ``status``."""
+    summary = {"status": document["status"], "case_id": document["case_id"]}
+    for dataset, result in document.get("metrics", {}).get("ppl", {}).items():
+        summary[f"ppl/{dataset}"] = result["ppl"]
+    for phase, seconds in document.get("timings", {}).items():
+        summary[f"timings/{phase}"] = seconds
+    for key, value in document.get("sparsity", {}).items():
+        if key != "per_layer":
+            summary[f"sparsity/{key}"] = value
+    if "error" in document:
+        summary["error"] = f"{document['error']['type']}: {document['error']['message']}"
+    return summary
+
+
+def log_case(spec: WandbSpec, document: dict) -> dict:
+    """Create, fill and finish the run; returns what identifies it (recorded in the document)."""
+    import wandb
+
+    if spec.dir is not None:
+        spec.dir.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=spec.project,
+        entity=spec.entity,
+        group=spec.group,
+        name=document["case_id"],
+        job_type="case",
+        tags=[*case_tags(document), *spec.tags],
+        config=document["config"],
+        mode=spec.mode,
+        dir=str(spec.dir) if spec.dir is not None else None,
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+    )
+    try:
+        per_layer = document.get("sparsity", {}).get("per_layer", {})
+        if per_layer:
+            table = wandb.Table(columns=list(PER_LAYER_COLUMNS), data=[[name, layer["numel"], layer["target"], layer["achieved"]] for name, layer in per_layer.items()])
+            run.log({"per_layer_sparsity": table})
+        run.summary.update(flat_summary(document))
+        outcome = {"mode": spec.mode, "project": spec.project, "group": spec.group, "run_id": run.id, "run_dir": getattr(run.settings, "sync_dir", None)}
+        if spec.mode == "online":
+            outcome["url"] = run.url
+    finally:
+        run.finish()
+    log.info("W&B run %s (%s) for %s", outcome["run_id"], spec.mode, document["case_id"])
+    return outcome
