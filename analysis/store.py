@@ -52,6 +52,7 @@ def wandb_documents(project: str, entity: str | None = None, group: str | None =
                 "status": summary.get("status", "failed"),
                 "config": dict(run.config),
                 "metrics": {"ppl": ppl},
+                "timings": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("timings/")},
                 "sparsity": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("sparsity/")},
                 "error": {"type": "", "message": summary["error"]} if "error" in summary else None,
             }

@@ -1,7 +1,8 @@
 """Paper-style tables: rows are methods (metric + allocator), columns sparsity x dataset, then a mean.
 
-One table per model. The best (lowest perplexity) pruned value of each column is bold; the dense
-row is shown but never bold. A cell with no ``ok`` document stays blank and is listed in
+One table per model and measure (perplexity; prune time; zero-shot accuracy). The best pruned value
+of each column (lowest or highest, as the measure says) is bold; the dense row is shown but never
+bold. A cell with no ``ok`` document stays blank and is listed in
 ``Table.missing`` (with the error, when the case failed): nothing is dropped silently.
 """
 
@@ -11,6 +12,7 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 DENSE = "dense"
 
@@ -19,26 +21,61 @@ class AnalysisError(ValueError):
     """The documents cannot make one unambiguous table."""
 
 
+@dataclass(frozen=True)
+class Measure:
+    """What a table shows: one number per (document, column name), and which direction is better."""
+
+    name: str
+    title: str  # under the model's name, e.g. "perplexity, lower is better"
+    lower_is_better: bool
+    columns: Callable[[dict], list[str]]  # the column names a document's config asks for
+    read: Callable[[dict, str], float | None]  # a document's value for a column name, None if absent
+    shows_dense: bool = True
+
+
+def _ppl(document: dict, dataset: str) -> float | None:
+    result = document.get("metrics", {}).get("ppl", {}).get(dataset)
+    return None if result is None else float(result["ppl"])
+
+
+def _prune_seconds(document: dict, column: str) -> float | None:
+    timings = document.get("timings", {})
+    if "prune_s" not in timings:
+        return None
+    return float(timings["prune_s"]) + float(timings.get("allocate_s", 0.0))
+
+
+PERPLEXITY = Measure("ppl", "perplexity, lower is better", True, lambda config: list(config["eval"]["ppl"]["datasets"]), _ppl)
+PRUNE_TIME = Measure(
+    "prune_time", "prune time in seconds (allocation + pruning), lower is better", True, lambda config: ["prune s"], _prune_seconds, shows_dense=False
+)
+MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME)}
+
+
 @dataclass
 class Table:
     model: str
     methods: list[str]
-    columns: list[tuple[str, str]]  # (sparsity label, dataset)
+    columns: list[tuple[str, str]]  # (sparsity label, dataset or task)
     values: dict[tuple[str, tuple[str, str]], float]
     missing: list[str] = field(default_factory=list)
+    measure: Measure = PERPLEXITY
 
     def row_mean(self, method: str) -> float | None:
         row = [self.values.get((method, column)) for column in self.columns]
         return None if any(value is None for value in row) or not row else sum(row) / len(row)
 
+    def _pick(self, values: list[float]) -> float | None:
+        if not values:
+            return None
+        return min(values) if self.measure.lower_is_better else max(values)
+
     def best(self, column: tuple[str, str]) -> float | None:
-        pruned = [self.values[(m, column)] for m in self.methods if m != DENSE and (m, column) in self.values]
-        return min(pruned) if pruned else None
+        return self._pick([self.values[(m, column)] for m in self.methods if m != DENSE and (m, column) in self.values])
 
     def best_mean(self) -> float | None:
         means = [self.row_mean(m) for m in self.methods if m != DENSE]
-        means = [mean for mean in means if mean is not None]
-        return min(means) if means else None
+        return self._pick([mean for mean in means if mean is not None])
 
 
 def method_of(config: dict) -> str:
@@ -59,18 +96,20 @@ def _sparsity_order(label: str) -> tuple[int, float, str]:
     return (0, float(label[:-1]), label) if label.endswith("%") else (1, 0.0, label)
 
 
-def build_tables(documents: list[dict], datasets: list[str] | None = None) -> dict[str, Table]:
+def build_tables(documents: list[dict], datasets: list[str] | None = None, measure: Measure = PERPLEXITY) -> dict[str, Table]:
     """Tables by model name from result documents (ok and failed)."""
     by_model: dict[str, list[dict]] = {}
     for document in documents:
         by_model.setdefault(model_of(document["config"]), []).append(document)
-    return {model: _table(model, docs, datasets) for model, docs in sorted(by_model.items())}
+    return {model: _table(model, docs, datasets, measure) for model, docs in sorted(by_model.items())}
 
 
-def _table(model: str, documents: list[dict], datasets: list[str] | None) -> Table:
+def _table(model: str, documents: list[dict], datasets: list[str] | None, measure: Measure) -> Table:
+    if not measure.shows_dense:
+        documents = [d for d in documents if method_of(d["config"]) != DENSE]
     pruned = [d for d in documents if method_of(d["config"]) != DENSE]
     sparsities = sorted({sparsity_of(d["config"]) for d in pruned}, key=_sparsity_order)
-    wanted = datasets or sorted({name for d in documents for name in d["config"]["eval"]["ppl"]["datasets"]})
+    wanted = datasets or sorted({name for d in documents for name in measure.columns(d["config"])})
     methods = sorted({method_of(d["config"]) for d in documents}, key=lambda m: (m != DENSE, m))
     columns = [(sparsity, dataset) for sparsity in sparsities for dataset in wanted]
     values: dict = {}
@@ -83,15 +122,15 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None) -> Tab
             if document["status"] != "ok":
                 failures[(method, column)] = document
                 continue
-            result = document.get("metrics", {}).get("ppl", {}).get(column[1])
-            if result is None:
+            value = measure.read(document, column[1])
+            if value is None:
                 continue
             if (method, column) in sources:
                 raise AnalysisError(
                     f"two ok documents for {model} / {method} / {column[0]} / {column[1]}: {sources[(method, column)]} and "
                     f"{document['case_id']}; filter them apart (--experiment) or keep one results folder per grid"
                 )
-            values[(method, column)] = float(result["ppl"])
+            values[(method, column)] = value
             sources[(method, column)] = document["case_id"]
     missing = []
     for method in methods:
@@ -100,7 +139,7 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None) -> Tab
                 failed = failures.get((method, column))
                 reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else "not run"
                 missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
-    return Table(model, methods, columns, values, missing)
+    return Table(model, methods, columns, values, missing, measure)
 
 
 def _cell(value: float | None, best: float | None, bold: tuple[str, str]) -> str:
@@ -125,7 +164,7 @@ def _header(table: Table) -> list[str]:
 
 
 def to_markdown(table: Table) -> str:
-    lines = [f"**{table.model}** (perplexity, lower is better)", "", "| " + " | ".join(_header(table)) + " |"]
+    lines = [f"**{table.model}** ({table.measure.title})", "", "| " + " | ".join(_header(table)) + " |"]
     lines.append("|" + "---|" + "---:|" * (len(table.columns) + 1))
     lines += ["| " + " | ".join(row) + " |" for row in _rows(table, ("**", "**"))]
     if table.missing:
@@ -138,7 +177,7 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    lines = [f"% {table.model}: perplexity, lower is better; blank = missing", r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
+    lines = [f"% {table.model}: {table.measure.title}; blank = missing", r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
     lines.append(" & ".join(_latex_escape(cell) for cell in _header(table)) + r" \\")
     lines.append(r"\midrule")
     for row in _rows(table, (r"\textbf{", "}")):

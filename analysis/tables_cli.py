@@ -27,8 +27,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--experiment", help="local store: only documents with this experiment_name")
     parser.add_argument("--datasets", nargs="+", help="columns, in this order (default: every dataset evaluated)")
     parser.add_argument("--out", type=Path, required=True, help="folder for tables.md, tables.tex, tables.csv and figures")
+    parser.add_argument(
+        "--also", nargs="+", default=[], choices=[name for name in tables.MEASURES if name != "ppl"],
+        help="more tables, each in its own files: prune_time.md/.tex/.csv, ...",
+    )
     parser.add_argument("--figures", action="store_true", help="also write PNG figures (needs matplotlib)")
     return parser.parse_args(argv)
+
+
+def _write(out: Path, stem: str, built: dict) -> None:
+    """``stem``.md / .tex / .csv: every model's table of one measure."""
+    (out / f"{stem}.md").write_text("\n".join(tables.to_markdown(t) for t in built.values()))
+    (out / f"{stem}.tex").write_text("\n".join(tables.to_latex(t) for t in built.values()))
+    (out / f"{stem}.csv").write_text("".join(tables.to_csv(t) if i == 0 else tables.to_csv(t).split("\n", 1)[1] for i, t in enumerate(built.values())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     if not documents:
         log.error("no result documents found")
         return 1
-    built = tables.build_tables(documents, args.datasets)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables.md").write_text("\n".join(tables.to_markdown(t) for t in built.values()))
-    (args.out / "tables.tex").write_text("\n".join(tables.to_latex(t) for t in built.values()))
-    (args.out / "tables.csv").write_text("".join(tables.to_csv(t) if i == 0 else tables.to_csv(t).split("\n", 1)[1] for i, t in enumerate(built.values())))
+    built = tables.build_tables(documents, args.datasets)
+    _write(args.out, "tables", built)
+    for name in args.also:
+        _write(args.out, name, tables.build_tables(documents, None, tables.MEASURES[name]))
     for table in built.values():
         for entry in table.missing:
             log.warning("missing: %s", entry)

@@ -140,6 +140,10 @@ class CalibrationSpec:
     seed: int
     batch_size: int
 
+    def key(self, data_path: str | None) -> dict:
+        """What the calibration tokens depend on (not the batch size)."""
+        return {"dataset": self.corpus.name, "split": self.split, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed, "data": data_path}
+
 
 @dataclass(frozen=True)
 class PerplexitySpec:

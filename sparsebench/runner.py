@@ -12,10 +12,12 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+import sparsebench
 from sparsebench import environment, sparsity, tracking
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
+from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError
 from sparsebench.faults import inject
 from sparsebench.evaluate.perplexity import perplexity, segment
@@ -60,17 +62,38 @@ def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: 
     return ids
 
 
-def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, document: dict) -> dict:
+def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
+    """What a dense pass over the calibration data depends on: shared by every case of that model.
+
+    Not the sparsity, metric or pattern: those only act after the dense pass.
+    """
+    calibration = spec.calibration
+    return {
+        "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
+        "tokenizer": notes["tokenizer"],
+        "calibration": calibration.key(spec.data_paths.get(calibration.corpus.name)),
+        "allocator": spec.allocator.name,
+        "params": spec.allocator_params,
+        "device_type": spec.device.split(":")[0],
+        "version": sparsebench.__version__,
+    }
+
+
+def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, notes: dict, document: dict) -> dict:
     """Each layer's target ratio from the allocator (after its dense pass, if it has one)."""
     layers = prunable_layers(loaded.model, loaded.adapter)
     summaries = None
     if spec.allocator.needs:
         started = time.perf_counter()
-        summaries = dense_block_summaries(
-            loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
-            spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+        summaries, shared = cached(
+            spec.cache_dir, "dense", f"summaries-{spec.allocator.name}", _dense_work_key(spec, notes),
+            lambda: dense_block_summaries(
+                loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
+                spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+            ),
         )
         timings["allocate_s"] = time.perf_counter() - started
+        notes["dense_summaries"] = "reused from the cache" if shared else "computed"
     ratios = spec.allocator.allocate(layers, spec.ratio, summaries, **spec.allocator_params)
     document["allocation"] = {"allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, ratios)}
     return ratios
@@ -78,7 +101,7 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
 
 def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
     calibration_ids = _calibration_ids(spec, loaded, timings, notes)
-    ratios = _allocate(spec, loaded, calibration_ids, timings, document)
+    ratios = _allocate(spec, loaded, calibration_ids, timings, notes, document)
     started = time.perf_counter()
     report = prune_model(
         loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,

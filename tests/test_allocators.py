@@ -94,3 +94,21 @@ def test_owl_rejects_n_m_patterns(tiny_model_dirs, tmp_path, cache_dir):
         validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda", ["allocator=owl", "sparsity=2of4"])))
     with pytest.raises(ConfigError, match="allocator.lam=0.7"):
         validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda", ["allocator=owl", "allocator.lam=0.7"])))
+
+
+def test_owl_dense_pass_is_shared_by_every_case_of_the_model(tiny_model_dirs, tmp_path):
+    cache_dir = tmp_path / "cache"  # empty: the first case computes the pass
+
+    def run(metric, ratio, extra=()):
+        overrides = tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, metric, ["allocator=owl", f"sparsity.ratio={ratio}", *extra])
+        document = run_case(validate(compose_config(overrides)))
+        assert document["status"] == "ok", document.get("error")
+        return document
+
+    first = run("wanda", 0.6)
+    second = run("magnitude", 0.7)  # another metric and sparsity: the same dense pass
+    other_m = run("wanda", 0.6, ["allocator.m=3.0"])  # another outlier threshold: its own pass
+    assert first["notes"]["dense_summaries"] == "computed"
+    assert second["notes"]["dense_summaries"] == "reused from the cache"
+    assert second["allocation"]["block_summaries"] == first["allocation"]["block_summaries"]
+    assert other_m["notes"]["dense_summaries"] == "computed"

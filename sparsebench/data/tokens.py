@@ -7,18 +7,15 @@ and every sampling parameter, so a cached tensor is reused only for the same inp
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from sparsebench.data.corpora import TextSource, read_rows
+from sparsebench.disk_cache import cached
 from sparsebench.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -28,22 +25,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     definition = backend.to_str() if backend is not None else f"{type(tokenizer).__name__}:{tokenizer.name_or_path}:{len(tokenizer)}"
     return hashlib.sha256(definition.encode()).hexdigest()[:24]
-
-
-def _cached(cache_dir: Path | None, kind: str, key: dict, build: Callable[[], Tensor]) -> Tensor:
-    if cache_dir is None:
-        return build()
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-    path = cache_dir / "tokens" / f"{kind}-{digest}.pt"
-    if path.exists():
-        return torch.load(path)
-    tensor = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix="partial-", suffix=".pt.tmp")
-    os.close(handle)
-    torch.save(tensor, partial)
-    os.replace(partial, path)
-    return tensor
 
 
 def _encode(tokenizer, text: str) -> Tensor:
@@ -61,7 +42,7 @@ def evaluation_tokens(source: TextSource, tokenizer, cache_dir: Path | None, fin
             rows = rows[: corpus.eval_max_documents]
         return _encode(tokenizer, corpus.eval_joiner.join(rows))
 
-    return _cached(cache_dir, "eval", key, build)
+    return cached(cache_dir, "tokens", "eval", key, build)[0]
 
 
 def calibration_tokens(
@@ -99,4 +80,4 @@ def calibration_tokens(
                 segments.append(document[start : start + seqlen])
         return torch.stack(segments)
 
-    return _cached(cache_dir, "calib", key, build)
+    return cached(cache_dir, "tokens", "calib", key, build)[0]

@@ -114,3 +114,16 @@ def test_wandb_runs_become_documents_filtered_by_group_and_tags():
     assert api.seen == ("team/proj", {"group": "grid", "tags": {"$all": ["metric:wanda"]}})
     assert docs[0]["metrics"]["ppl"] == {"wikitext2": {"ppl": 15.0}, "c4": {"ppl": 18.0}}
     assert tables.build_tables(docs, ["wikitext2", "c4"])["tiny"].values[("wanda + uniform", ("50%", "wikitext2"))] == 15.0
+
+
+def test_prune_time_table_adds_allocation_to_pruning_and_leaves_out_the_dense_model():
+    timed = [dict(doc) for doc in KNOWN]
+    timed[1] = {**timed[1], "timings": {"prune_s": 2.0}}
+    timed[3] = {**timed[3], "timings": {"prune_s": 2.5, "allocate_s": 1.0}}
+    table = tables.build_tables(timed, None, tables.PRUNE_TIME)["tiny"]
+    assert table.methods == ["magnitude + uniform", "wanda + owl", "wanda + uniform"]
+    assert table.values == {("wanda + uniform", ("50%", "prune s")): 2.0, ("wanda + owl", ("50%", "prune s")): 3.5}
+    markdown = tables.to_markdown(table)
+    assert "(prune time in seconds (allocation + pruning), lower is better)" in markdown
+    assert "| wanda + uniform | **2.00** |  |  |" in markdown
+    assert "tiny / magnitude + uniform / 50% / prune s: not run" in table.missing
