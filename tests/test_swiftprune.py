@@ -167,3 +167,23 @@ def test_tiny_model_case_meets_its_sparsity(sparsity, tiny_model_dirs, tmp_path,
     assert document["config"]["metric"] == {"name": "swiftprune", "ewma_alpha": 0.125, "refine_passes": 4}
     # status ok: every layer passed the runner's check of achieved against target sparsity
     assert document["sparsity"]["target"] == pytest.approx(0.5 if sparsity.endswith("2of4") else 0.7)
+
+
+@pytest.mark.slow
+def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight():
+    # Real Q4-quantised weights: lumpy, with many tied magnitudes, unlike the Gaussian tests above.
+    from sparsebench.models.loading import load_model
+    from sparsebench.prune import prunable_layers
+
+    spec = validate(compose_config(["model=smollm2-135m-q4", "device=cpu"]))
+    loaded = load_model(spec.model_path, spec.cache_dir)
+    blocks = loaded.adapter.get_blocks(loaded.model)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: on a shared 2-core CPU two threads spend longer handing off than computing
+    try:
+        for layer in prunable_layers(loaded.model, loaded.adapter):
+            scores = l_scores(blocks[layer.block].get_submodule(layer.name.split(".", 1)[1]).weight.data, torch.ones(layer.cols))
+            for ratio in (0.5, 0.7):
+                assert torch.equal(select_per_row_ewma(scores, ratio), select_per_row(scores, ratio)), (layer.name, ratio)
+    finally:
+        torch.set_num_threads(threads)
