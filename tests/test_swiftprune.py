@@ -187,3 +187,16 @@ def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight():
                 assert torch.equal(select_per_row_ewma(scores, ratio), select_per_row(scores, ratio)), (layer.name, ratio)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(4096, 4096), (11008, 4096), (4096, 11008)])
+def test_sort_free_selection_on_the_gpu_equals_the_cpu_sort(shape):
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randn(*shape, generator=g).square()
+    scores[:, :64] = scores[:, 64:128]  # some ties
+    ratios = torch.rand(shape[0], generator=g) * 0.9
+    for ratio in (0.5, 0.7, ratios):
+        gpu = select_per_row_ewma(scores.cuda(), ratio.cuda() if isinstance(ratio, torch.Tensor) else ratio)
+        assert torch.equal(gpu.cpu(), select_per_row(scores, ratio))
