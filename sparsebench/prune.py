@@ -80,15 +80,23 @@ def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_
             records.append(record)
 
 
-def collect_block_stats(block, adapter: FamilyAdapter, inputs: BlockInputs, needs: frozenset[str], batch_size: int) -> dict:
-    """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}."""
+def collect_block_stats(
+    block, adapter: FamilyAdapter, inputs: BlockInputs, needs: frozenset[str], batch_size: int, propagate: bool = False
+) -> dict:
+    """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}.
+
+    With ``propagate`` the same forward also replaces ``inputs.hidden`` by the block's outputs.
+    """
     accumulators = {group[0]: StatsAccumulator(needs) for group in adapter.input_groups}
     handles = [
         block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
         for first, acc in accumulators.items()
     ]
     try:
-        run_block_for_hooks(block, inputs, batch_size)
+        if propagate:
+            inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        else:
+            run_block_for_hooks(block, inputs, batch_size)
     finally:
         for handle in handles:
             handle.remove()

@@ -27,6 +27,7 @@ class MetricSpec:
     params: type  # dataclass of the metric's configuration keys
     needs: frozenset[str] = frozenset()  # calibration statistics it reads (see sparsebench.stats)
     paper: str = ""
+    row_ratios: bool = True  # accepts one target ratio per output row (SparseGPT takes one per layer)
 
     @property
     def needs_calibration(self) -> bool:
@@ -50,11 +51,11 @@ class MetricSpec:
 METRICS: Registry[MetricSpec] = Registry("metric", __name__)
 
 
-def register_metric(name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = ""):
+def register_metric(name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = "", row_ratios: bool = True):
     """Decorator: ``@register_metric("wanda", WandaParams, needs={INPUT_SQ_NORMS})``."""
 
     def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper))
+        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper, row_ratios))
         return fn
 
     return decorate

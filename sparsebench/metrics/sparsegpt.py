@@ -100,7 +100,7 @@ def solve_fixed_mask_group(weights: Tensor, factor: Tensor, mask: Tensor, sub_bl
     return updated.masked_fill(mask, 0), errors
 
 
-@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774")
+@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774", row_ratios=False)
 def sparsegpt(
     weight: Tensor, stats: LayerStats, target: SparsityTarget, blocksize: int = 128, damp: float = 0.01
 ) -> Tensor:
