@@ -13,7 +13,7 @@ import traceback
 from datetime import datetime, timezone
 
 import sparsebench
-from sparsebench import environment, sparsity, tracking
+from sparsebench import environment, lowrank, sparsity, tracking
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
@@ -166,6 +166,8 @@ def run_case(spec: CaseSpec) -> dict:
             report = _prune(spec, loaded, timings, notes, document)
             summary = sparsity.summarize(report.layers, facts["parameters"])
             document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
+            if report.decompositions:
+                document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
         inject(spec.fault, "eval", case)
