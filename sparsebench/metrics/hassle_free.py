@@ -23,9 +23,10 @@ Monotonicity: SparseGPT is greedy, not a minimiser, so S' can raise f(., L); the
 then lowers it again. An iteration (S', L') is accepted only if f(S', L') < f(S, L); otherwise
 the loop stops, because the same (S, L) would produce the same S' again (a fixed point). So the
 recorded objective falls strictly at every iteration, the returned pair is the best one seen,
-and the first iteration (S_0 with its optimal L) is already below SparseGPT alone. On SmolLM2's
-layers every iteration of the first 20 was accepted (see the README), i.e. this is the
-reference's path.
+and the first iteration (S_0 with its optimal L) is already below SparseGPT alone. On SmolLM2
+at rank 64 every one of the 20 iterations was accepted in all 210 linears (2:4 and 70 %), i.e.
+this was the reference's path; at rank 8, 20 (2:4) and 54 (70 %) of the 210 stopped earlier,
+after 9 to 19 iterations (see the README).
 
 Differences from the reference code, on purpose:
 - the low-rank step is the closed form above; the reference runs 50 Adam steps on the factors
