@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from torch import Tensor
 
 import sparsebench
-from sparsebench import environment, sparsity, tracking
+from sparsebench import environment, lowrank, sparsity, tracking
 from sparsebench.allocators import Allocation
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
@@ -192,6 +192,8 @@ def run_case(spec: CaseSpec) -> dict:
             report = _prune(spec, loaded, timings, notes, document)
             summary = sparsity.summarize(report.layers, facts["parameters"])
             document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
+            if report.decompositions:
+                document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
         inject(spec.fault, "eval", case)

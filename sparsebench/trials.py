@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules
+from sparsebench.lowrank import replace_submodule
 from sparsebench.masks import NMPattern
 from sparsebench.metrics import MetricSpec
 from sparsebench.models.adapters import FamilyAdapter
@@ -104,10 +105,12 @@ class BlockTrials:
             linears = self.adapter.get_linears(block)
             saved = {name: linear.weight.data.clone() for name, linear in linears.items()}
             try:
-                _prune_block_linears(block, self.adapter, self.metric, self.metric_params, ratios, self.pattern, index, dense, self.device, [])
+                _prune_block_linears(block, self.adapter, self.metric, self.metric_params, ratios, self.pattern, index, dense, self.device, [], {})
                 sparse = collect_block_stats(block, self.adapter, inputs, frozenset({INPUT_SQ_NORMS}), self.batch_size, propagate=True)
-            finally:
+            finally:  # restore the dense weights, and the dense linears where a decomposition replaced them
                 for name, linear in linears.items():
+                    if block.get_submodule(name) is not linear:
+                        replace_submodule(block, name, linear)
                     linear.weight.data.copy_(saved[name])
             measured.append([
                 InputNorms(tuple(f"{index}.{name}" for name in group), _norms(dense[group[0]]), _norms(sparse[group[0]]))
