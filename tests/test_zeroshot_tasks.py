@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 
 pytest.importorskip("lm_eval")
 
-from zeroshot_examples import HUB_ROWS, write_jsonl, write_task_copies  # noqa: E402
+from zeroshot_examples import HUB_ROWS, builtin_task, write_jsonl, write_task_copies  # noqa: E402
 
 from sparsebench.errors import DataError  # noqa: E402
 from sparsebench.evaluate.zeroshot import ZeroShotSpec, load_tasks  # noqa: E402
-from sparsebench.evaluate.zeroshot_tasks import TASKS, definition_path, read_local_copy  # noqa: E402
+from sparsebench.evaluate.zeroshot_tasks import TASKS, read_local_copy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def copies(tmp_path_factory):
     return write_task_copies(tmp_path_factory.mktemp("zeroshot-data"))
-
-
-def builtin_task(name: str):
-    """lm-eval's own task, from its shipped YAML, with the hub download answered by the test's rows."""
-    import datasets
-    from lm_eval.tasks import TaskManager
-    from lm_eval.tasks._yaml_loader import load_yaml
-
-    yaml = load_yaml(definition_path(TASKS[name]))
-    rows = datasets.Dataset.from_list(HUB_ROWS[name])
-    splits = {yaml.get(key) for key in ("training_split", "validation_split", "test_split")} - {None}
-    with mock.patch("datasets.load_dataset", return_value=datasets.DatasetDict({split: rows for split in splits})) as download:
-        task = TaskManager(include_defaults=False).load([str(definition_path(TASKS[name]))])["tasks"][name]
-    assert download.call_args.kwargs == {"path": yaml["dataset_path"], "name": yaml.get("dataset_name")}, "not the built-in definition"
-    return task
 
 
 def requests(task) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 HUB_ROWS = {
     "boolq": [
@@ -78,3 +79,20 @@ def write_task_copies(root: Path) -> dict[str, Path]:
     (piqa / "valid-labels.lst").write_text("".join(f"{row['label']}\n" for row in HUB_ROWS["piqa"]))
     paths["piqa"] = piqa
     return paths
+
+
+def builtin_task(name: str):
+    """lm-eval's own task, from its shipped YAML, with the hub download answered by the test's rows."""
+    import datasets
+    from lm_eval.tasks import TaskManager
+
+    from sparsebench.evaluate.zeroshot_tasks import TASKS, definition_path
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    yaml = load_yaml(definition_path(TASKS[name]))
+    rows = datasets.Dataset.from_list(HUB_ROWS[name])
+    splits = {yaml.get(key) for key in ("training_split", "validation_split", "test_split")} - {None}
+    with mock.patch("datasets.load_dataset", return_value=datasets.DatasetDict({split: rows for split in splits})) as download:
+        task = TaskManager(include_defaults=False).load([str(definition_path(TASKS[name]))])["tasks"][name]
+    assert download.call_args.kwargs == {"path": yaml["dataset_path"], "name": yaml.get("dataset_name")}, "not the built-in definition"
+    return task

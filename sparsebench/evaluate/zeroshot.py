@@ -179,15 +179,23 @@ def wrap_model(model, tokenizer, spec: ZeroShotSpec, device: str, progress: bool
     from lm_eval.models.huggingface import HFLM
 
     class InMemoryLM(HFLM):
-        """HFLM whose request progress bar follows sparsebench's ``progress``."""
+        """HFLM whose request progress bar follows sparsebench's ``progress``, and which times its
+        scoring (the model's forwards over all requests), apart from lm-eval's work around it."""
+
+        scoring_seconds = 0.0
+        requests_scored = 0
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
+            started = time.perf_counter()
+            scores = super().loglikelihood(requests, disable_tqdm=disable_tqdm or not progress)
+            self.scoring_seconds += time.perf_counter() - started
+            self.requests_scored += len(requests)
+            return scores
 
     return InMemoryLM(pretrained=model, tokenizer=tokenizer, batch_size=_batch_size(spec, device), max_batch_size=spec.max_batch_size)
 
 
-def _task_result(loaded: LoadedTask, output: dict, seconds: float) -> dict:
+def _task_result(loaded: LoadedTask, output: dict, seconds: float, scoring_seconds: float) -> dict:
     name = loaded.task.name
     raw = output["results"][name]
     result = {}
@@ -204,7 +212,8 @@ def _task_result(loaded: LoadedTask, output: dict, seconds: float) -> dict:
         source=loaded.source,
         version=output["versions"][name],
         num_fewshot=output["n-shot"][name],
-        seconds=seconds,
+        seconds=seconds,  # the whole simple_evaluate call: requests built, scored, aggregated, environment report
+        scoring_seconds=scoring_seconds,  # the model's forwards over the requests alone
         batch_sizes=output["config"]["batch_sizes"],
     )
     return result
@@ -218,9 +227,9 @@ def evaluate_zeroshot(lm, tasks: dict[str, LoadedTask], spec: ZeroShotSpec) -> d
     manager = TaskManager(include_defaults=False)
     results = {}
     for name, loaded in tasks.items():
-        started = time.perf_counter()
+        started, scored_before = time.perf_counter(), lm.scoring_seconds
         output = simple_evaluate(model=lm, tasks=[loaded.lm_eval_task], num_fewshot=0, limit=spec.limit, log_samples=False, task_manager=manager)
-        results[name] = _task_result(loaded, output, time.perf_counter() - started)
+        results[name] = _task_result(loaded, output, time.perf_counter() - started, lm.scoring_seconds - scored_before)
         shown = ", ".join(f"{metric} {results[name][metric]:.4f}" for metric in ("acc", "acc_norm") if metric in results[name])
         log.info("zero-shot %s: %s (%d documents, %.1f s)", name, shown, results[name]["documents"], results[name]["seconds"])
     results["mean"] = paper_means(results)
