@@ -188,14 +188,23 @@ def test_a_bad_local_copy_fails_at_validation(tmp_path):
 
 
 @needs_lm_eval
-def test_unreachable_hub_fails_at_once_naming_the_local_key(monkeypatch, no_network):
+def test_unreachable_hub_fails_at_once_naming_the_local_keys(monkeypatch, no_network, copies):
     import datasets
 
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", False)
     with mock.patch.object(datasets, "load_dataset", side_effect=AssertionError("must not be called")):
         with pytest.raises(DataError, match=r"zero-shot task rte: could not load nyu-mll/glue \(rte\) from the hub: .* does not answer .*offline, give a local copy with data.rte=PATH \(the validation split of nyu-mll/glue \(rte\) as .jsonl or .parquet with columns sentence1 \(str\), sentence2 \(str\), label \(int\)\)"):
             load_tasks(ZeroShotSpec((TASKS["rte"],)))
-    assert len(no_network) == 1  # the one reachability check, refused
+        assert len(no_network) == 1  # the one reachability check, refused
+
+        # several tasks, one with a local copy: every missing one is named, and what can run instead
+        with pytest.raises(DataError) as raised:
+            load_tasks(ZeroShotSpec((TASKS["boolq"], TASKS["piqa"], TASKS["arc_easy"]), {"piqa": str(copies["piqa"])}))
+    lines = str(raised.value).splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["zero-shot task boolq", "zero-shot task arc_easy"]
+    assert "data.arc_easy=PATH (the test split of allenai/ai2_arc (ARC-Easy)" in lines[1]
+    assert lines[2] == "or evaluate only the tasks that have local copies: eval.zeroshot.tasks=[piqa]"
+    assert len(no_network) == 2
 
 
 @needs_lm_eval

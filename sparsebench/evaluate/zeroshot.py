@@ -105,11 +105,16 @@ def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
     return None
 
 
-def _missing_copy(task: ZeroShotTask, why: str) -> DataError:
-    return DataError(
+def _missing_copies(tasks: list[ZeroShotTask], why: str, local_names: list[str]) -> DataError:
+    """One line per task that has no local copy and cannot come from the hub, and what else can run."""
+    lines = [
         f"zero-shot task {task.name}: could not load {task.hub} from the hub: {why}; "
         f"offline, give a local copy with data.{task.name}=PATH ({task.expected_copy()})"
-    )
+        for task in tasks
+    ]
+    if local_names:
+        lines.append(f"or evaluate only the tasks that have local copies: eval.zeroshot.tasks=[{','.join(local_names)}]")
+    return DataError("\n".join(lines))
 
 
 def load_tasks(spec: ZeroShotSpec) -> dict[str, LoadedTask]:
@@ -117,21 +122,21 @@ def load_tasks(spec: ZeroShotSpec) -> dict[str, LoadedTask]:
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_defaults=False)  # no scan of lm-eval's ~15k YAMLs: tasks are given by path or config
+    from_hub = [task for task in spec.tasks if task.name not in spec.local_copies]
+    hub_problem = hub_unreachable() if from_hub else None
+    if hub_problem:  # every task that would need the hub, named at once
+        raise _missing_copies(from_hub, hub_problem, [task.name for task in spec.tasks if task.name in spec.local_copies])
     loaded = {}
-    hub_problem = None
     for task in spec.tasks:
         path = spec.local_copies.get(task.name)
         if path is not None:
             config = local_task_config(task, read_local_copy(task, path))
             loaded[task.name] = LoadedTask(task, manager.load([config])["tasks"][task.name], str(path))
             continue
-        hub_problem = hub_problem or hub_unreachable()
-        if hub_problem:
-            raise _missing_copy(task, hub_problem)
         try:
             lm_eval_task = manager.load([str(definition_path(task))])["tasks"][task.name]
         except Exception as error:  # datasets raises many types (ConnectionError offline)
-            raise _missing_copy(task, f"{type(error).__name__}: {error}") from error
+            raise _missing_copies([task], f"{type(error).__name__}: {error}", []) from error
         loaded[task.name] = LoadedTask(task, lm_eval_task, f"hub:{task.hub}[{task.split}]")
     return loaded
 
