@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from sparsebench.config import model_name_from_path
+
 DENSE = "dense"
 
 
@@ -89,7 +91,7 @@ def sparsity_of(config: dict) -> str:
 
 
 def model_of(config: dict) -> str:
-    return config["model"].get("name") or config["model"]["path"]
+    return config["model"].get("name") or model_name_from_path(config["model"]["path"])
 
 
 def _sparsity_order(label: str) -> tuple[int, float, str]:

@@ -96,6 +96,13 @@ class DataConfig:
     piqa: Optional[str] = None
 
 
+@dataclass
+class DecompositionConfig:
+    """The low-rank part of sparse-plus-low-rank metrics (``metric=hassle_free`` sets ``rank: 64``)."""
+
+    rank: Optional[int] = None  # null: no low-rank part (every other metric)
+
+
 # --- tracking and fault injection (issue 5) ---------------------------------------------------
 
 
@@ -128,6 +135,7 @@ class Config:
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     metric: Dict[str, Any] = field(default_factory=dict)
     allocator: Dict[str, Any] = field(default_factory=dict)
+    decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -217,6 +225,19 @@ def _positive(key: str, value: Any, minimum: int = 1) -> None:
         raise ConfigError(f"{key}={value!r}: must be an integer >= {minimum}")
 
 
+def _decomposition_params(metric: MetricSpec, rank: Any) -> dict:
+    """``{"rank": rank}`` for a metric with a low-rank part; nothing (and no rank allowed) for the others."""
+    if not metric.low_rank:
+        if rank is not None:
+            with_rank = [name for name in METRICS.names() if METRICS.get(name).low_rank]
+            raise ConfigError(f"decomposition.rank={rank!r}: metric={metric.name!r} has no low-rank part; metrics that do: {', '.join(with_rank)}")
+        return {}
+    if rank is None:
+        raise ConfigError(f"decomposition.rank: required by metric={metric.name!r} (a positive integer, e.g. 64)")
+    _positive("decomposition.rank", rank)
+    return {"rank": rank}
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -249,6 +270,7 @@ def validate(config: dict) -> CaseSpec:
         raise ConfigError(f"metric.name: required; allowed values are {', '.join(METRICS.names())}")
     metric = METRICS.get(config["metric"]["name"])
     metric_params = metric.make_params({k: v for k, v in config["metric"].items() if k != "name"})
+    metric_params.update(_decomposition_params(metric, (config.get("decomposition") or {}).get("rank")))
     if "name" not in config["allocator"]:
         raise ConfigError(f"allocator.name: required; allowed values are {', '.join(ALLOCATORS.names())}")
     allocator = ALLOCATORS.get(config["allocator"]["name"])

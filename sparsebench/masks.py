@@ -78,14 +78,18 @@ def select_per_layer(scores: Tensor, ratio: float) -> Tensor:
     return mask.view_as(scores)
 
 
+def prune_counts_per_row(ratio: float | Tensor, rows: int, cols: int, device) -> Tensor:
+    """``floor(cols * ratio_r)`` for each row r, as a long tensor (one ratio, or one per row)."""
+    if isinstance(ratio, Tensor):
+        counts = torch.floor(ratio.to(torch.float64) * cols + _ROUNDING_SLACK).clamp_(0, cols)
+        return counts.to(device=device, dtype=torch.long)
+    return torch.full((rows,), prune_count(cols, ratio), device=device, dtype=torch.long)
+
+
 def select_per_row(scores: Tensor, ratio: float | Tensor) -> Tensor:
     """Prune the ``floor(cols * ratio_r)`` lowest scores of each row r (one ratio, or one per row)."""
     rows, cols = scores.shape
-    if isinstance(ratio, Tensor):
-        counts = torch.floor(ratio.to(torch.float64) * cols + _ROUNDING_SLACK).clamp_(0, cols)
-        counts = counts.to(device=scores.device, dtype=torch.long)
-    else:
-        counts = torch.full((rows,), prune_count(cols, ratio), device=scores.device, dtype=torch.long)
+    counts = prune_counts_per_row(ratio, rows, cols, scores.device)
     order = torch.sort(scores, dim=1, stable=True).indices
     ranks_pruned = torch.arange(cols, device=scores.device).unsqueeze(0) < counts.unsqueeze(1)
     mask = torch.zeros_like(scores, dtype=torch.bool)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sparsebench.allocators import PrunableLayer
 from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules, run_block, run_block_for_hooks, synchronize
+from sparsebench.lowrank import Decomposition, install_decomposition
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import MetricSpec
 from sparsebench.models.adapters import FamilyAdapter
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 class PruneReport:
     layers: list[LayerSparsity]
     timings: dict[str, float] = field(default_factory=dict)
+    decompositions: dict[str, dict] = field(default_factory=dict)  # sparse-plus-low-rank metrics: info per layer
 
 
 def prunable_layers(model, adapter: FamilyAdapter) -> list[PrunableLayer]:
@@ -64,7 +66,7 @@ class _Clock:
         return _Phase()
 
 
-def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_index, stats_by_group, device, records):
+def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_index, stats_by_group, device, records, decompositions):
     for group in adapter.input_groups:
         stats = stats_by_group.get(group[0]) if stats_by_group else None
         for name in group:
@@ -75,20 +77,32 @@ def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_
             record = LayerSparsity(f"{block_index}.{name}", weight.numel(), rows, cols, target_mean(ratio), count_zeros(weight))
             work = weight.to(device)
             pruned = metric.prune(work, stats, SparsityTarget(ratio, pattern), **params)
-            weight.copy_(pruned.to(weight.device))
+            if isinstance(pruned, Decomposition):  # the linear becomes S + B A (sparsebench.lowrank)
+                weight = install_decomposition(block, name, pruned).weight.data
+                decompositions[record.name] = pruned.info
+            else:
+                weight.copy_(pruned.to(weight.device))
             record.zeros = count_zeros(weight)
             records.append(record)
 
 
-def collect_block_stats(block, adapter: FamilyAdapter, inputs: BlockInputs, needs: frozenset[str], batch_size: int) -> dict:
-    """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}."""
+def collect_block_stats(
+    block, adapter: FamilyAdapter, inputs: BlockInputs, needs: frozenset[str], batch_size: int, propagate: bool = False
+) -> dict:
+    """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}.
+
+    With ``propagate`` the same forward also replaces ``inputs.hidden`` by the block's outputs.
+    """
     accumulators = {group[0]: StatsAccumulator(needs) for group in adapter.input_groups}
     handles = [
         block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
         for first, acc in accumulators.items()
     ]
     try:
-        run_block_for_hooks(block, inputs, batch_size)
+        if propagate:
+            inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        else:
+            run_block_for_hooks(block, inputs, batch_size)
     finally:
         for handle in handles:
             handle.remove()
@@ -141,6 +155,7 @@ def prune_model(
     blocks = adapter.get_blocks(model)
     clock = _Clock(device)
     records: list[LayerSparsity] = []
+    decompositions: dict[str, dict] = {}
     inputs: BlockInputs | None = None
     if metric.needs_calibration:
         if calibration_ids is None:
@@ -157,11 +172,11 @@ def prune_model(
             with clock.phase("statistics_forward_s"):
                 stats_by_group = collect_block_stats(block, adapter, inputs, metric.needs, batch_size)
         with clock.phase("solve_s"):
-            _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records)
+            _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records, decompositions)
         del stats_by_group
         if inputs is not None:
             with clock.phase("pruned_forward_s"):
                 inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
         if offload:
             block.to("cpu")
-    return PruneReport(records, clock.totals)
+    return PruneReport(records, clock.totals, decompositions)

@@ -43,6 +43,8 @@ def defining_config(config: dict, device_type: str) -> dict:
         defining["sparsity"] = config["sparsity"]
         defining["allocator"] = config["allocator"]
         defining["calibration"] = {k: v for k, v in config["calibration"].items() if k != "batch_size"}
+    if (config.get("decomposition") or {}).get("rank") is not None:
+        defining["decomposition"] = config["decomposition"]
     return defining
 
 

@@ -12,8 +12,11 @@ import time
 import traceback
 from datetime import datetime, timezone
 
+from torch import Tensor
+
 import sparsebench
-from sparsebench import environment, sparsity, tracking
+from sparsebench import environment, lowrank, sparsity, tracking
+from sparsebench.allocators import Allocation
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
@@ -26,6 +29,7 @@ from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, dense_block_summaries, prunable_layers, prune_model
 from sparsebench.sparsity import target_mean
 from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
+from sparsebench.trials import BlockTrials
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +52,7 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
 
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
     """The calibration segments, or None when neither the metric nor the allocator reads data."""
-    if not (spec.metric.needs_calibration or spec.allocator.needs):
+    if not (spec.metric.needs_calibration or spec.allocator.needs or spec.allocator.uses_trials):
         return None
     calib = spec.calibration
     source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
@@ -81,11 +85,11 @@ def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
 
 
 def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, notes: dict, document: dict) -> dict:
-    """Each layer's target ratio from the allocator (after its dense pass, if it has one)."""
+    """Each layer's target ratio from the allocator (after its dense pass or its trial prunes, if it has them)."""
     layers = prunable_layers(loaded.model, loaded.adapter)
+    started = time.perf_counter()
     summaries = None
     if spec.allocator.needs:
-        started = time.perf_counter()
         summaries, shared = cached(
             spec.cache_dir, "dense", f"summaries-{spec.allocator.name}", _dense_work_key(spec, notes),
             lambda: dense_block_summaries(
@@ -93,11 +97,22 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
                 spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
             ),
         )
-        timings["allocate_s"] = time.perf_counter() - started
         notes["dense_summaries"] = "reused from the cache" if shared else "computed"
-    ratios = spec.allocator.allocate(layers, spec.ratio, summaries, **spec.allocator_params)
-    document["allocation"] = {"allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, ratios)}
-    return ratios
+    trials = {}
+    if spec.allocator.uses_trials:
+        trials["trials"] = BlockTrials(
+            loaded.model, loaded.adapter, spec.metric, spec.metric_params, spec.pattern, calibration_ids,
+            spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+        )
+    allocation = spec.allocator.allocate(layers, spec.ratio, summaries, **trials, **spec.allocator_params)
+    if not isinstance(allocation, Allocation):
+        allocation = Allocation(allocation)
+    timings["allocate_s"] = time.perf_counter() - started
+    document["allocation"] = {
+        "allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, allocation.ratios),
+        "layer_ratios": _layer_ratios(allocation.ratios), **allocation.details,
+    }
+    return allocation.ratios
 
 
 def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
@@ -119,6 +134,17 @@ def _block_ratios(layers, ratios) -> list[float]:
     for layer in layers:
         per_block.setdefault(layer.block, []).append(target_mean(ratios[layer.name]))
     return [sum(values) / len(values) for _, values in sorted(per_block.items())]
+
+
+def _layer_ratios(ratios) -> dict:
+    """Each layer's target ratio; per-row ratios as their mean, min and max."""
+    summary = {}
+    for name, ratio in ratios.items():
+        if isinstance(ratio, Tensor):
+            summary[name] = {"mean": target_mean(ratio), "min": float(ratio.min()), "max": float(ratio.max())}
+        else:
+            summary[name] = float(ratio)
+    return summary
 
 
 def _zeroshot(spec: CaseSpec, loaded: LoadedModel, tasks: dict, timings: dict) -> dict:
@@ -182,6 +208,8 @@ def run_case(spec: CaseSpec) -> dict:
             report = _prune(spec, loaded, timings, notes, document)
             summary = sparsity.summarize(report.layers, facts["parameters"])
             document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
+            if report.decompositions:
+                document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
         inject(spec.fault, "eval", case)

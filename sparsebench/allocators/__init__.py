@@ -6,13 +6,17 @@ reaches the target sparsity. It is a pure function
 a float for the whole layer or a tensor with one ratio per output row. An allocator that looks
 at the dense model (OWL) declares the calibration statistics it ``needs`` and a
 ``summarize_block(weights, stats, **params)`` that a dense pass over the blocks calls once per
-block; ``block_summaries`` is then the list of what it returned, else None.
+block; ``block_summaries`` is then the list of what it returned, else None. An allocator that
+chooses among candidate allocations by trial prunes (NeuroAL) declares ``uses_trials`` and gets
+``trials=`` a ``sparsebench.trials.BlockTrials`` (trial prunes with the case's metric on
+calibration data). An allocator may return an ``Allocation`` instead of the bare ratios, to
+record what it chose (``details`` go to the result document's ``allocation``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import Tensor
@@ -33,6 +37,12 @@ class PrunableLayer:
         return self.rows * self.cols
 
 
+@dataclass
+class Allocation:
+    ratios: dict[str, float | Tensor]
+    details: dict[str, Any] = field(default_factory=dict)  # recorded in the result document's "allocation"
+
+
 @dataclass(frozen=True)
 class AllocatorSpec:
     name: str
@@ -42,6 +52,7 @@ class AllocatorSpec:
     paper: str = ""
     needs: frozenset[str] = frozenset()  # statistics of the dense model, per block (see sparsebench.stats)
     summarize_block: Callable[..., Any] | None = None
+    uses_trials: bool = False  # allocate(..., trials=BlockTrials): trial prunes with the case's metric
 
     def make_params(self, values: dict[str, Any], key: str = "allocator") -> dict[str, Any]:
         allowed = {f.name for f in dataclasses.fields(self.params)}
@@ -67,9 +78,10 @@ def register_allocator(
     paper: str = "",
     needs: frozenset[str] = frozenset(),
     summarize_block: Callable[..., Any] | None = None,
+    uses_trials: bool = False,
 ):
     def decorate(fn):
-        ALLOCATORS.add(name, AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block))
+        ALLOCATORS.add(name, AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block, uses_trials))
         return fn
 
     return decorate

@@ -5,6 +5,10 @@ it scores the weights of one linear layer (from the weight and calibration stati
 input), picks the mask for ``target`` and returns the new weight with pruned entries set to zero
 (a solver such as SparseGPT also updates the weights it keeps). ``params`` are the keys of the
 metric's YAML in ``conf/metric/``, declared by its ``Params`` dataclass.
+
+A metric registered with ``low_rank=True`` (HASSLE-free) also takes ``rank`` (the config key
+``decomposition.rank``) and returns a ``sparsebench.lowrank.Decomposition`` (sparse weight plus
+low-rank factors) instead of a tensor.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ class MetricSpec:
     params: type  # dataclass of the metric's configuration keys
     needs: frozenset[str] = frozenset()  # calibration statistics it reads (see sparsebench.stats)
     paper: str = ""
+    row_ratios: bool = True  # accepts one target ratio per output row (SparseGPT takes one per layer)
+    low_rank: bool = False  # takes ``rank`` and returns a Decomposition (sparse plus low-rank)
 
     @property
     def needs_calibration(self) -> bool:
@@ -50,11 +56,13 @@ class MetricSpec:
 METRICS: Registry[MetricSpec] = Registry("metric", __name__)
 
 
-def register_metric(name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = ""):
+def register_metric(
+    name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = "", row_ratios: bool = True, low_rank: bool = False
+):
     """Decorator: ``@register_metric("wanda", WandaParams, needs={INPUT_SQ_NORMS})``."""
 
     def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper))
+        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper, row_ratios, low_rank))
         return fn
 
     return decorate

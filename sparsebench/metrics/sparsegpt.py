@@ -51,14 +51,26 @@ class SparseGPTParams:
             raise ConfigError(f"{key}.damp={self.damp}: must be in [0, 1)")
 
 
-def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, with dead features set to 1."""
+def damped_hessian(hessian: Tensor, damp: float, damp_diagonal: float = 0.0) -> Tensor:
+    """H with dead features' diagonal set to 1, plus ``damp * mean(diag H) + damp_diagonal * diag H`` on the diagonal.
+
+    ``damp_diagonal`` is 0 for SparseGPT; HASSLE-free's reference exposes it (``--hess_diag``).
+    """
     h = hessian.clone()
     diagonal = torch.diagonal(h)
     diagonal[diagonal == 0] = 1
-    diagonal.add_(damp * diagonal.mean())
-    lower = torch.linalg.cholesky(h)
-    return torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+    diagonal.add_(damp * diagonal.mean() + damp_diagonal * diagonal)
+    return h
+
+
+def inverse_factor_of_damped(damped: Tensor) -> Tensor:
+    """Upper Cholesky factor U of H^-1 for an already damped (positive definite) H."""
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+
+
+def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, with dead features set to 1."""
+    return inverse_factor_of_damped(damped_hessian(hessian, damp))
 
 
 def _solve_errors(weights: Tensor, factor: Tensor, mask: Tensor) -> Tensor:
@@ -100,15 +112,23 @@ def solve_fixed_mask_group(weights: Tensor, factor: Tensor, mask: Tensor, sub_bl
     return updated.masked_fill(mask, 0), errors
 
 
-@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774")
+@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774", row_ratios=False)
 def sparsegpt(
     weight: Tensor, stats: LayerStats, target: SparsityTarget, blocksize: int = 128, damp: float = 0.01
 ) -> Tensor:
+    compute_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    factor = inverse_hessian_factor(stats.hessian.to(compute_dtype), damp)
+    return sparsegpt_solve(weight.to(compute_dtype), factor, target, blocksize).to(weight.dtype)
+
+
+def sparsegpt_solve(weight: Tensor, factor: Tensor, target: SparsityTarget, blocksize: int = 128) -> Tensor:
+    """SparseGPT's pruned and updated weight for ``weight`` given U = ``factor`` (see the module docstring).
+
+    ``weight`` is not modified; the result has its dtype, which should be that of ``factor``.
+    """
     if isinstance(target.ratio, Tensor):
         raise ValueError("sparsegpt takes one ratio per layer, not per-row ratios")
-    compute_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    work = weight.to(compute_dtype).clone()
-    factor = inverse_hessian_factor(stats.hessian.to(compute_dtype), damp)
+    work = weight.clone()
     rows, cols = work.shape
     pattern = target.pattern
     sub_block = None if work.is_cuda else _CPU_SUB_BLOCK
@@ -133,4 +153,4 @@ def sparsegpt(
             block[:, g0:g1] = kept
             block_errors[:, g0:g1] = errors
         work[:, stop:] -= block_errors @ factor[start:stop, stop:]
-    return work.to(weight.dtype)
+    return work

@@ -1,0 +1,125 @@
+"""GPU-hours of a grid preset, from measured per-case times.
+
+    python benchmarks/estimate_grid.py --preset neuroal_grid --cases DIR [--zeroshot FILE]
+
+``--cases`` holds the result documents that ``bench_grid_cases.py`` measured on a GPU for a
+LLaMA-2-7B-shaped model (one per metric:allocator, plus the dense case). Every case of the preset
+(its ``hydra.sweeper.params`` expanded, plus one dense case per model) is given the measured time
+of its metric and allocator, scaled by the model's parameter count relative to the measured model
+(pruning and evaluation are both linear in the parameters at a fixed token count). C4's perplexity
+(256 x 2048 tokens) is the measured WikiText-2 time per segment x 256. ``--zeroshot`` is the JSON
+written by ``bench_zeroshot.py`` (seconds per 1,000 requests per task) for grids with zero-shot.
+
+It prints the total with the dense work shared (an allocator's dense pass, e.g. OWL's, once per
+model and calibration: what sparsebench does) and without (every case doing its own pass). The
+dense baseline is one case per model in both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ROOT / "sparsebench" / "conf" / "experiment"
+
+# Parameter counts (billions) of the presets' models, from their model cards; the measured model is
+# LLaMA-2-7B-shaped with SmolLM2's 49k vocabulary.
+BILLIONS = {
+    "opt-125m": 0.125, "opt-6.7b": 6.7, "opt-13b": 13.0, "phi-2": 2.7, "llama-7b": 6.7, "llama-13b": 13.0, "llama-30b": 32.5,
+    "llama-65b": 65.2, "llama-2-7b": 6.7, "llama-2-13b": 13.0, "llama-2-70b": 69.0, "llama-3-8b": 8.0, "llama-3.1-8b": 8.0,
+    "mistral-7b": 7.2, "qwen2.5-0.5b": 0.5, "qwen2.5-1.5b": 1.5, "qwen2.5-3b": 3.1, "qwen2.5-7b": 7.6, "qwen2.5-14b": 14.7,
+}
+C4_SEGMENTS = 256
+
+
+def sweep_cases(preset: str) -> tuple[list[dict], dict]:
+    config = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())
+    params = config["hydra"]["sweeper"]["params"]
+    keys = list(params)
+    values = [str(params[key]).split(",") for key in keys]
+    cases = [dict(zip(keys, combination)) for combination in itertools.product(*values)]
+    return cases, config
+
+
+def measured_times(folder: Path) -> tuple[dict, float]:
+    """{(metric, allocator): {"warm": s, "dense_pass": s}}, and the measured model's size in billions.
+
+    ``warm`` is the case's time without an allocator's dense pass; ``dense_pass`` that pass's time
+    where the case computed it (0 where it reused the cached one).
+    """
+    times: dict = {}
+    billions = None
+    for path in sorted(Path(folder).glob("*.json")):
+        document = json.loads(path.read_text())
+        if document["status"] != "ok":
+            continue
+        config = document["config"]
+        timings = document["timings"]
+        ppl = document["metrics"]["ppl"]
+        per_segment = timings["eval_ppl_wikitext2_s"] / ppl["wikitext2"]["segments"]
+        total = timings["total_s"] + per_segment * C4_SEGMENTS
+        computed = document.get("notes", {}).get("dense_summaries") == "computed"
+        dense_pass = timings.get("allocate_s", 0.0) if computed else 0.0
+        key = (config["metric"]["name"], config["allocator"]["name"])
+        times[key] = {"warm": total - dense_pass, "dense_pass": dense_pass}
+        billions = document["model"]["parameters"] / 1e9
+    return times, billions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--cases", type=Path, required=True)
+    parser.add_argument("--zeroshot", type=Path, help="bench_zeroshot.py's JSON: seconds per task at the measured size")
+    args = parser.parse_args()
+    cases, config = sweep_cases(args.preset)
+    times, measured_billions = measured_times(args.cases)
+    zeroshot = json.loads(args.zeroshot.read_text()) if args.zeroshot else None
+    tasks = (config.get("eval") or {}).get("zeroshot", {}).get("tasks") or []
+
+    dense_pass = {}  # allocator -> its dense pass's time at the measured size
+    for (metric, allocator), measured in times.items():
+        dense_pass[allocator] = max(dense_pass.get(allocator, 0.0), measured["dense_pass"])
+    shared = unshared = 0.0
+    models_seen_dense: set = set()
+    passes_done: set = set()
+    missing = set()
+    for case in cases:
+        model = case.get("model", "?")
+        metric, allocator = case.get("metric", "wanda"), case.get("allocator", "uniform")
+        measured = times.get((metric, allocator))
+        if measured is None:
+            missing.add(f"{metric}:{allocator}")
+            continue
+        scale = BILLIONS[model] / measured_billions
+        zeroshot_s = sum(zeroshot["seconds_per_task"][task] for task in tasks) if zeroshot and tasks else 0.0
+        base = measured["warm"] + zeroshot_s
+        own_pass = dense_pass.get(allocator, 0.0)
+        unshared += (base + own_pass) * scale
+        first = (model, allocator) not in passes_done  # sparsebench: once per model and calibration
+        passes_done.add((model, allocator))
+        shared += (base + (own_pass if first else 0.0)) * scale
+        models_seen_dense.add(model)
+    dense = times.get(("none", "uniform"))
+    if dense is None:
+        missing.add("none:uniform")
+    else:  # one dense baseline per model, whatever the grid's sparsities and methods (its case id says so)
+        for model in sorted(models_seen_dense):
+            dense_case = dense["warm"] * BILLIONS[model] / measured_billions
+            shared += dense_case
+            unshared += dense_case
+    print(f"{args.preset}: {len(cases)} pruned cases + {len(models_seen_dense)} dense baselines; measured model {measured_billions:.2f} B parameters")
+    if missing:
+        print(f"  no measurement for: {', '.join(sorted(missing))} (left out of the totals)")
+    print(f"  with shared dense work (sparsebench): {shared / 3600:.1f} GPU-hours")
+    print(f"  without (each case its own dense pass): {unshared / 3600:.1f} GPU-hours, "
+          f"so sharing saves {(unshared - shared) / 3600:.1f} GPU-hours ({(unshared - shared) / unshared:.0%})")
+
+
+if __name__ == "__main__":
+    main()
