@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 from sparsebench.allocators import ALLOCATORS, AllocatorSpec
 from sparsebench.data.corpora import CORPORA, Corpus, corpus_named
 from sparsebench.errors import ConfigError
+from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
+from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
@@ -63,17 +65,35 @@ class PerplexityConfig:
 
 
 @dataclass
+class ZeroShotConfig:
+    tasks: List[str] = field(default_factory=list)  # lm-eval task names; empty: no zero-shot evaluation
+    limit: Optional[int] = None  # the first N documents of each task, for quick runs
+    batch_size: Any = "auto"  # "auto" (lm-eval's detection on a GPU, 8 on a CPU) or an integer
+    max_batch_size: int = 64  # the ceiling of "auto"
+
+
+@dataclass
 class EvalConfig:
     ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
 
 @dataclass
 class DataConfig:
-    """Local copies of corpora: ``data.<name>=PATH`` (a file, or a folder with one file per split)."""
+    """Local copies: ``data.<name>=PATH`` for a corpus (a file, or a folder with one file per split)
+    or a zero-shot task (its evaluated split; see ``sparsebench.evaluate.zeroshot_tasks``)."""
 
     wikitext2: Optional[str] = None
     c4: Optional[str] = None
     ptb: Optional[str] = None
+    boolq: Optional[str] = None
+    rte: Optional[str] = None
+    hellaswag: Optional[str] = None
+    winogrande: Optional[str] = None
+    arc_easy: Optional[str] = None
+    arc_challenge: Optional[str] = None
+    openbookqa: Optional[str] = None
+    piqa: Optional[str] = None
 
 
 @dataclass
@@ -188,6 +208,7 @@ class CaseSpec:
     resolved: dict  # the full resolved configuration, recorded in the result document
     tracker: TrackerSpec = LOCAL_TRACKER
     fault: FaultSpec = NO_FAULT
+    zeroshot: ZeroShotSpec | None = None  # None: no zero-shot evaluation
 
     @property
     def is_dense(self) -> bool:
@@ -296,10 +317,11 @@ def validate(config: dict) -> CaseSpec:
 
     data_paths = {name: path for name, path in config["data"].items() if path is not None}
     for name, path in data_paths.items():
-        if name not in CORPORA:
-            raise ConfigError(f"data.{name}: not a known dataset; allowed: {', '.join(sorted(CORPORA))}")
+        if name not in CORPORA and name not in ZERO_SHOT_TASKS:
+            raise ConfigError(f"data.{name}: not a known dataset; allowed: {', '.join([*sorted(CORPORA), *ZERO_SHOT_TASKS])}")
         if not Path(path).expanduser().exists():
             raise ConfigError(f"data.{name}={path!r}: no such file or folder")
+    zeroshot = validate_zeroshot(config["eval"].get("zeroshot") or {}, data_paths)
 
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
@@ -330,4 +352,5 @@ def validate(config: dict) -> CaseSpec:
         resolved=config,
         tracker=validate_tracker(config.get("tracker") or {}, config.get("experiment_name", "adhoc")),
         fault=validate_fault(config.get("debug")),
+        zeroshot=zeroshot,
     )

