@@ -304,3 +304,39 @@ def test_trim_cases_end_to_end(tiny_model_dirs, tmp_path, cache_dir, one_thread)
     magnitude = run("magnitude", ["allocator.iterations=2"])  # calibration is read for the refinement alone
     assert magnitude["status"] == "ok", magnitude.get("error")
     assert magnitude["allocation"]["iterations"] == 2
+
+
+@pytest.mark.slow
+def test_real_smollm2_block_matches_the_reference():
+    """The first block of SmolLM2 (16 x 512 calibration tokens): every linear's TRIM mask equals the transcription's."""
+    from conftest import SHARED_DATA
+    from sparsebench.blockwalk import capture_block_inputs
+    from sparsebench.data.tokens import tokenizer_fingerprint
+    from sparsebench.models.loading import load_model
+    from sparsebench.prune import collect_block_stats
+    from sparsebench.runner import _calibration_ids
+    from sparsebench.metrics.wanda import wanda_scores
+
+    overrides = [
+        "model=smollm2-135m-q4", "metric=wanda", "allocator=trim", "sparsity.ratio=0.7", f"data.wikitext2={SHARED_DATA / 'wikitext2-tok'}",
+        "calibration.dataset=wikitext2", "calibration.split=validation", "calibration.nsamples=16", "calibration.seqlen=512", "device=cpu",
+    ]
+    spec = validate(compose_config(overrides))
+    loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
+    ids = _calibration_ids(spec, loaded, {}, {"tokenizer": tokenizer_fingerprint(loaded.tokenizer)})
+    block = loaded.adapter.get_blocks(loaded.model)[0]
+    inputs = capture_block_inputs(loaded.model, loaded.adapter, ids, "cpu", 4)
+    stats = collect_block_stats(block, loaded.adapter, inputs, frozenset({INPUT_SQ_NORMS, LAST_TOKEN_INPUTS}), 4)
+    learning_rates = set()
+    for group in loaded.adapter.input_groups:
+        for name in group:
+            W = block.get_submodule(name).weight.data.float()
+            scores = wanda_scores(W, stats[group[0]].input_sq_norms)
+            X = stats[group[0]].last_token_inputs.T
+            assert X.shape == (W.shape[1], 16)
+            ref_mask, _, ref_info = ref_trim_mask(W.clone(), scores, X, 0.7)
+            ratios, details = refine_layer(W, scores, stats[group[0]], 0.7)
+            assert torch.equal(select_per_row(scores, ratios), ref_mask), name
+            assert details["learning_rate"] == ref_info["learning_rate"] and details["quality"] == pytest.approx(ref_info["best_metric"], abs=1e-12)
+            learning_rates.add(details["learning_rate"])
+    print("learning rates chosen in block 0:", learning_rates)
