@@ -275,6 +275,7 @@ def validate(config: dict) -> CaseSpec:
         raise ConfigError(f"allocator.name: required; allowed values are {', '.join(ALLOCATORS.names())}")
     allocator = ALLOCATORS.get(config["allocator"]["name"])
     allocator_params = allocator.make_params({k: v for k, v in config["allocator"].items() if k != "name"})
+    allocator = allocator.bound(allocator_params, metric)
 
     sparsity = config["sparsity"]
     try:

@@ -3,7 +3,8 @@
 For each decoder block in order: collect the calibration statistics of every prunable linear's
 input from one forward of the block (inputs: the outputs of the already pruned previous block),
 prune each linear with the metric, then run the pruned block to produce the next block's inputs.
-Metrics that need no calibration data (magnitude) skip the forwards entirely.
+Metrics that need no calibration data (magnitude) skip the forwards entirely, unless a
+``Refinement`` (an allocator's per-linear step at prune time, TRIM) reads statistics.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -23,7 +25,7 @@ from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import MetricSpec
 from sparsebench.models.adapters import FamilyAdapter
 from sparsebench.sparsity import LayerSparsity, count_zeros, target_mean
-from sparsebench.stats import StatsAccumulator
+from sparsebench.stats import LayerStats, StatsAccumulator
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,18 @@ class PruneReport:
     layers: list[LayerSparsity]
     timings: dict[str, float] = field(default_factory=dict)
     decompositions: dict[str, dict] = field(default_factory=dict)  # sparse-plus-low-rank metrics: info per layer
+    refined: dict[str, tuple[Tensor, dict]] = field(default_factory=dict)  # per layer: (refined ratios, details)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """A change of each linear's target just before it is pruned: ``refine(weight, stats, ratio) -> (ratio, details)``.
+
+    ``needs``: the statistics it reads, gathered with the metric's in the block's statistics forward.
+    """
+
+    needs: frozenset[str]
+    refine: Callable[[Tensor, LayerStats | None, float | Tensor], tuple[float | Tensor, dict]]
 
 
 def prunable_layers(model, adapter: FamilyAdapter) -> list[PrunableLayer]:
@@ -66,7 +80,7 @@ class _Clock:
         return _Phase()
 
 
-def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_index, stats_by_group, device, records, decompositions):
+def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_index, stats_by_group, device, records, decompositions, refinement=None, refined=None):
     for group in adapter.input_groups:
         stats = stats_by_group.get(group[0]) if stats_by_group else None
         for name in group:
@@ -74,8 +88,11 @@ def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_
             weight = linear.weight.data
             ratio = ratios[f"{block_index}.{name}"]
             rows, cols = weight.shape
-            record = LayerSparsity(f"{block_index}.{name}", weight.numel(), rows, cols, target_mean(ratio), count_zeros(weight))
             work = weight.to(device)
+            if refinement is not None:
+                ratio, details = refinement.refine(work, stats, ratio)
+                refined[f"{block_index}.{name}"] = (ratio, details)
+            record = LayerSparsity(f"{block_index}.{name}", weight.numel(), rows, cols, target_mean(ratio), count_zeros(weight))
             pruned = metric.prune(work, stats, SparsityTarget(ratio, pattern), **params)
             if isinstance(pruned, Decomposition):  # the linear becomes S + B A (sparsebench.lowrank)
                 weight = install_decomposition(block, name, pruned).weight.data
@@ -150,16 +167,19 @@ def prune_model(
     offload: bool,
     batch_size: int,
     progress: bool = True,
+    refinement: Refinement | None = None,
 ) -> PruneReport:
     """Prune every prunable linear of ``model`` in place; returns per-layer records and timings."""
     blocks = adapter.get_blocks(model)
     clock = _Clock(device)
     records: list[LayerSparsity] = []
     decompositions: dict[str, dict] = {}
+    refined: dict[str, tuple[Tensor, dict]] = {}
+    needs = metric.needs | (refinement.needs if refinement is not None else frozenset())
     inputs: BlockInputs | None = None
-    if metric.needs_calibration:
+    if needs:
         if calibration_ids is None:
-            raise ValueError(f"metric {metric.name!r} needs calibration data")
+            raise ValueError(f"metric {metric.name!r} (or the allocator's refinement) needs calibration data")
         if offload:
             move_non_block_modules(model, blocks, device)
         with clock.phase("capture_s"):
@@ -170,13 +190,13 @@ def prune_model(
         stats_by_group = None
         if inputs is not None:
             with clock.phase("statistics_forward_s"):
-                stats_by_group = collect_block_stats(block, adapter, inputs, metric.needs, batch_size)
+                stats_by_group = collect_block_stats(block, adapter, inputs, needs, batch_size)
         with clock.phase("solve_s"):
-            _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records, decompositions)
+            _prune_block_linears(block, adapter, metric, params, ratios, pattern, index, stats_by_group, device, records, decompositions, refinement, refined)
         del stats_by_group
         if inputs is not None:
             with clock.phase("pruned_forward_s"):
                 inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
         if offload:
             block.to("cpu")
-    return PruneReport(records, clock.totals, decompositions)
+    return PruneReport(records, clock.totals, decompositions, refined)

@@ -26,7 +26,7 @@ from sparsebench.faults import inject
 from sparsebench.evaluate import zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
-from sparsebench.prune import PruneReport, dense_block_summaries, prunable_layers, prune_model
+from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
 from sparsebench.sparsity import target_mean
 from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
 from sparsebench.trials import BlockTrials
@@ -52,7 +52,7 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
 
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
     """The calibration segments, or None when neither the metric nor the allocator reads data."""
-    if not (spec.metric.needs_calibration or spec.allocator.needs or spec.allocator.uses_trials):
+    if not (spec.metric.needs_calibration or spec.allocator.needs or spec.allocator.uses_trials or spec.allocator.refine_needs):
         return None
     calib = spec.calibration
     source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
@@ -115,16 +115,34 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
     return allocation.ratios
 
 
+def _refinement(spec: CaseSpec) -> Refinement | None:
+    """The allocator's per-linear step at prune time (TRIM), ordering weights by the metric's scores."""
+    allocator, metric = spec.allocator, spec.metric
+    if allocator.refine_layer is None:
+        return None
+
+    def refine(weight, stats, ratio):
+        scores = metric.scores(weight, stats, **spec.metric_params)
+        return allocator.refine_layer(weight, scores, stats, ratio, **spec.allocator_params)
+
+    return Refinement(allocator.refine_needs, refine)
+
+
 def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
     calibration_ids = _calibration_ids(spec, loaded, timings, notes)
     ratios = _allocate(spec, loaded, calibration_ids, timings, notes, document)
     started = time.perf_counter()
     report = prune_model(
         loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
-        spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+        spec.device, spec.offload, spec.calibration.batch_size, spec.progress, _refinement(spec),
     )
     timings["prune_s"] = time.perf_counter() - started
     timings.update({f"prune_{name}": value for name, value in report.timings.items()})
+    if report.refined:  # the ratios pruned are the refined ones; the allocator's own stay as "layerwise_ratios"
+        allocation = document["allocation"]
+        allocation["layerwise_ratios"] = allocation["layer_ratios"]
+        allocation["layer_ratios"] = _layer_ratios({name: ratio for name, (ratio, _) in report.refined.items()})
+        allocation["refinement"] = {name: details for name, (_, details) in report.refined.items()}
     return report
 
 

@@ -14,7 +14,8 @@ from torch import Tensor
 
 INPUT_SQ_NORMS = "input_sq_norms"  # sum_t x_tj^2 per input feature j (Wanda, RIA)
 HESSIAN = "hessian"  # sum_t x_t x_t^T (SparseGPT); its diagonal is INPUT_SQ_NORMS
-KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN)
+LAST_TOKEN_INPUTS = "last_token_inputs"  # not a sum: the input at the last token of each sequence, [sequences, features] (TRIM)
+KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN, LAST_TOKEN_INPUTS)
 
 
 @dataclass
@@ -35,6 +36,10 @@ class LayerStats:
     @property
     def hessian(self) -> Tensor:
         return self.sums[HESSIAN]
+
+    @property
+    def last_token_inputs(self) -> Tensor:
+        return self.sums[LAST_TOKEN_INPUTS]
 
 
 def _half_gram_on_gpu(inputs: Tensor) -> Tensor | None:
@@ -78,7 +83,10 @@ def _tensor_cores_for(inputs: Tensor):
 
 
 class StatsAccumulator:
-    """Adds batches of layer inputs ``[..., features]`` to running float32 sums."""
+    """Adds batches of layer inputs ``[..., features]`` to running float32 sums.
+
+    ``LAST_TOKEN_INPUTS`` instead keeps ``inputs[:, -1]`` of each batch ``[sequences, tokens, features]``.
+    """
 
     def __init__(self, needs: frozenset[str]):
         unknown = set(needs) - set(KNOWN_STATISTICS)
@@ -104,4 +112,7 @@ class StatsAccumulator:
             if INPUT_SQ_NORMS not in sums:
                 sums[INPUT_SQ_NORMS] = torch.zeros(flat.shape[1], device=flat.device)
             sums[INPUT_SQ_NORMS].add_(torch.linalg.vector_norm(flat, dim=0, dtype=torch.float32).square())
+        if LAST_TOKEN_INPUTS in self.needs:
+            last = inputs.reshape(-1, *inputs.shape[-2:])[:, -1].to(torch.float32, copy=True)  # a copy: no view of the batch
+            sums[LAST_TOKEN_INPUTS] = torch.cat([sums[LAST_TOKEN_INPUTS], last]) if LAST_TOKEN_INPUTS in sums else last
         self.stats.num_tokens += flat.shape[0]

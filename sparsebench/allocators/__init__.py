@@ -11,6 +11,13 @@ chooses among candidate allocations by trial prunes (NeuroAL) declares ``uses_tr
 ``trials=`` a ``sparsebench.trials.BlockTrials`` (trial prunes with the case's metric on
 calibration data). An allocator may return an ``Allocation`` instead of the bare ratios, to
 record what it chose (``details`` go to the result document's ``allocation``).
+
+An allocator may also refine each linear's ratio at prune time (TRIM): ``refine_layer(weight,
+scores, stats, ratio, **params) -> (per-row ratios, details)`` is called by the pruning walk
+just before the metric prunes, with the metric's ``scores`` and the statistics ``refine_needs``
+of that block's inputs (the already pruned previous blocks' outputs). ``bind(spec, params,
+metric) -> spec`` checks the case's metric and resolves what depends on the keys (e.g. the
+dense-pass ``needs`` of the layer-wise allocator TRIM runs under); it runs at validation.
 """
 
 from __future__ import annotations
@@ -53,6 +60,13 @@ class AllocatorSpec:
     needs: frozenset[str] = frozenset()  # statistics of the dense model, per block (see sparsebench.stats)
     summarize_block: Callable[..., Any] | None = None
     uses_trials: bool = False  # allocate(..., trials=BlockTrials): trial prunes with the case's metric
+    refine_layer: Callable[..., tuple[Tensor, dict]] | None = None  # per-row ratios of one linear at prune time
+    refine_needs: frozenset[str] = frozenset()  # statistics refine_layer reads, gathered in the pruning walk
+    bind: Callable[..., AllocatorSpec] | None = None  # (spec, params, metric) -> spec, at validation
+
+    def bound(self, params: dict[str, Any], metric) -> AllocatorSpec:
+        """This spec for these keys and this metric (itself unless the allocator has ``bind``)."""
+        return self if self.bind is None else self.bind(self, params, metric)
 
     def make_params(self, values: dict[str, Any], key: str = "allocator") -> dict[str, Any]:
         allowed = {f.name for f in dataclasses.fields(self.params)}
@@ -79,9 +93,13 @@ def register_allocator(
     needs: frozenset[str] = frozenset(),
     summarize_block: Callable[..., Any] | None = None,
     uses_trials: bool = False,
+    refine_layer: Callable[..., tuple[Tensor, dict]] | None = None,
+    refine_needs: frozenset[str] = frozenset(),
+    bind: Callable[..., AllocatorSpec] | None = None,
 ):
     def decorate(fn):
-        ALLOCATORS.add(name, AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block, uses_trials))
+        spec = AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block, uses_trials, refine_layer, frozenset(refine_needs), bind)
+        ALLOCATORS.add(name, spec)
         return fn
 
     return decorate

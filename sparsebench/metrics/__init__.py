@@ -9,6 +9,10 @@ metric's YAML in ``conf/metric/``, declared by its ``Params`` dataclass.
 A metric registered with ``low_rank=True`` (HASSLE-free) also takes ``rank`` (the config key
 ``decomposition.rank``) and returns a ``sparsebench.lowrank.Decomposition`` (sparse weight plus
 low-rank factors) instead of a tensor.
+
+A metric that prunes the lowest of a score (via ``prune_by_scores``) may also register
+``scores(weight, stats, **params) -> Tensor``, the scores its masks are chosen from, so that an
+allocator can order each row's weights as the metric would (TRIM).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class MetricSpec:
     paper: str = ""
     row_ratios: bool = True  # accepts one target ratio per output row (SparseGPT takes one per layer)
     low_rank: bool = False  # takes ``rank`` and returns a Decomposition (sparse plus low-rank)
+    scores: Callable[..., Tensor] | None = None  # scores(weight, stats, **params): lowest pruned first, None if not score-based
 
     @property
     def needs_calibration(self) -> bool:
@@ -57,12 +62,13 @@ METRICS: Registry[MetricSpec] = Registry("metric", __name__)
 
 
 def register_metric(
-    name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = "", row_ratios: bool = True, low_rank: bool = False
+    name: str, params: type, needs: frozenset[str] = frozenset(), paper: str = "", row_ratios: bool = True, low_rank: bool = False,
+    scores: Callable[..., Tensor] | None = None,
 ):
     """Decorator: ``@register_metric("wanda", WandaParams, needs={INPUT_SQ_NORMS})``."""
 
     def decorate(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper, row_ratios, low_rank))
+        METRICS.add(name, MetricSpec(name, fn, params, frozenset(needs), paper, row_ratios, low_rank, scores))
         return fn
 
     return decorate

@@ -22,6 +22,10 @@ class MagnitudeParams:
         check_choice(f"{key}.comparison", self.comparison, ("layer", "row"))
 
 
-@register_metric("magnitude", MagnitudeParams, paper="Han et al. 2015; as in Sun et al. 2023 (Wanda) baselines")
+def _magnitude_scores(weight: Tensor, stats: LayerStats | None, comparison: str = "layer") -> Tensor:
+    return weight.abs()
+
+
+@register_metric("magnitude", MagnitudeParams, paper="Han et al. 2015; as in Sun et al. 2023 (Wanda) baselines", scores=_magnitude_scores)
 def magnitude(weight: Tensor, stats: LayerStats | None, target: SparsityTarget, comparison: str = "layer") -> Tensor:
     return prune_by_scores(weight, weight.abs(), target, comparison)

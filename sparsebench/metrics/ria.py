@@ -37,6 +37,10 @@ def ria_scores(weight: Tensor, input_sq_norms: Tensor, a: float = 0.5) -> Tensor
     return relative * input_sq_norms.float().sqrt().pow(a).unsqueeze(0)
 
 
-@register_metric("ria", RIAParams, needs=frozenset({INPUT_SQ_NORMS}), paper="ICLR 2024, Plug-and-Play (RIA)")
+def _ria_layer_scores(weight: Tensor, stats: LayerStats, a: float = 0.5, comparison: str = "layer") -> Tensor:
+    return ria_scores(weight, stats.input_sq_norms, a)
+
+
+@register_metric("ria", RIAParams, needs=frozenset({INPUT_SQ_NORMS}), paper="ICLR 2024, Plug-and-Play (RIA)", scores=_ria_layer_scores)
 def ria(weight: Tensor, stats: LayerStats, target: SparsityTarget, a: float = 0.5, comparison: str = "layer") -> Tensor:
     return prune_by_scores(weight, ria_scores(weight, stats.input_sq_norms, a), target, comparison)

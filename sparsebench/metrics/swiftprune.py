@@ -145,7 +145,13 @@ def select_per_row_ewma(scores: Tensor, ratio: float | Tensor, alpha: float = 0.
     return (at_most & ~ties) | (ties & (ties.cumsum(1) <= room.unsqueeze(1)))
 
 
-@register_metric("swiftprune", SwiftPruneParams, needs=frozenset({INPUT_SQ_NORMS}), paper="arXiv 2501.16376 (approximation)")
+def _swiftprune_layer_scores(weight: Tensor, stats: LayerStats, ewma_alpha: float = 0.125, refine_passes: int = 4) -> Tensor:
+    return l_scores(weight, stats.input_sq_norms)  # its masks equal a stable per-row sort of these
+
+
+@register_metric(
+    "swiftprune", SwiftPruneParams, needs=frozenset({INPUT_SQ_NORMS}), paper="arXiv 2501.16376 (approximation)", scores=_swiftprune_layer_scores
+)
 def swiftprune(weight: Tensor, stats: LayerStats, target: SparsityTarget, ewma_alpha: float = 0.125, refine_passes: int = 4) -> Tensor:
     scores = l_scores(weight, stats.input_sq_norms)
     if target.pattern is not None:

@@ -28,6 +28,10 @@ def wanda_scores(weight: Tensor, input_sq_norms: Tensor) -> Tensor:
     return weight.float().abs() * input_sq_norms.float().sqrt().unsqueeze(0)
 
 
-@register_metric("wanda", WandaParams, needs=frozenset({INPUT_SQ_NORMS}), paper="arXiv 2306.11695")
+def _wanda_layer_scores(weight: Tensor, stats: LayerStats, comparison: str = "row") -> Tensor:
+    return wanda_scores(weight, stats.input_sq_norms)
+
+
+@register_metric("wanda", WandaParams, needs=frozenset({INPUT_SQ_NORMS}), paper="arXiv 2306.11695", scores=_wanda_layer_scores)
 def wanda(weight: Tensor, stats: LayerStats, target: SparsityTarget, comparison: str = "row") -> Tensor:
     return prune_by_scores(weight, wanda_scores(weight, stats.input_sq_norms), target, comparison)
