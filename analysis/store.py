@@ -1,7 +1,7 @@
 """Read result documents: from a local results folder, or from W&B runs logged by ``tracker=wandb``.
 
-Both give the same minimal shape (case_id, status, config, metrics, sparsity), so the tables do
-not know where the numbers came from.
+Both give the same minimal shape (case_id, status, config, metrics: perplexity and zero-shot
+accuracy, timings, sparsity), so the tables do not know where the numbers came from.
 """
 
 from __future__ import annotations
@@ -46,12 +46,17 @@ def wandb_documents(project: str, entity: str | None = None, group: str | None =
     for run in api.runs(path, filters=filters):
         summary = dict(run.summary)
         ppl = {key.split("/", 1)[1]: {"ppl": value} for key, value in summary.items() if key.startswith("ppl/")}
+        zeroshot: dict = {}
+        for key, value in summary.items():
+            if key.startswith("zeroshot/") and key.count("/") == 2:
+                _, task, metric = key.split("/")
+                zeroshot.setdefault(task, {})[metric] = value
         found.append(
             {
                 "case_id": run.name,
                 "status": summary.get("status", "failed"),
                 "config": dict(run.config),
-                "metrics": {"ppl": ppl},
+                "metrics": {"ppl": ppl, "zeroshot": zeroshot},
                 "timings": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("timings/")},
                 "sparsity": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("sparsity/")},
                 "error": {"type": "", "message": summary["error"]} if "error" in summary else None,

@@ -1,6 +1,7 @@
 """Paper-style tables: rows are methods (metric + allocator), columns sparsity x dataset, then a mean.
 
-One table per model and measure (perplexity; prune time; zero-shot accuracy). The best pruned value
+One table per model and measure (perplexity; prune time; zero-shot accuracy, the ``acc`` of each
+task as Wanda, OWL, NeuroAL and TRIM report it). The best pruned value
 of each column (lowest or highest, as the measure says) is bold; the dense row is shown but never
 bold. A cell with no ``ok`` document stays blank and is listed in
 ``Table.missing`` (with the error, when the case failed): nothing is dropped silently.
@@ -33,6 +34,7 @@ class Measure:
     columns: Callable[[dict], list[str]]  # the column names a document's config asks for
     read: Callable[[dict, str], float | None]  # a document's value for a column name, None if absent
     shows_dense: bool = True
+    sorted_columns: bool = True  # False: columns in the order the configs list them (zero-shot tasks)
 
 
 def _ppl(document: dict, dataset: str) -> float | None:
@@ -47,11 +49,29 @@ def _prune_seconds(document: dict, column: str) -> float | None:
     return float(timings["prune_s"]) + float(timings.get("allocate_s", 0.0))
 
 
+def _zeroshot_tasks(config: dict) -> list[str]:
+    zeroshot = config["eval"].get("zeroshot") or {}
+    return list(zeroshot.get("tasks") or [])
+
+
+def _zeroshot_accuracy(document: dict, task: str) -> float | None:
+    """lm-eval's plain ``acc`` of ``task``, in percent: the metric of the papers' seven-task mean.
+
+    The row's mean column is then the papers' mean (``metrics.zeroshot.mean.wanda``) when every
+    task is there; ``sparsebench.evaluate.zeroshot_means`` says which papers take ``acc``.
+    """
+    result = document.get("metrics", {}).get("zeroshot", {}).get(task)
+    return None if result is None or "acc" not in result else 100.0 * float(result["acc"])
+
+
 PERPLEXITY = Measure("ppl", "perplexity, lower is better", True, lambda config: list(config["eval"]["ppl"]["datasets"]), _ppl)
 PRUNE_TIME = Measure(
     "prune_time", "prune time in seconds (allocation + pruning), lower is better", True, lambda config: ["prune s"], _prune_seconds, shows_dense=False
 )
-MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME)}
+ZEROSHOT = Measure(
+    "zeroshot", "zero-shot accuracy (lm-eval acc, %), higher is better", False, _zeroshot_tasks, _zeroshot_accuracy, sorted_columns=False
+)
+MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME, ZEROSHOT)}
 
 
 @dataclass
@@ -111,7 +131,8 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
         documents = [d for d in documents if method_of(d["config"]) != DENSE]
     pruned = [d for d in documents if method_of(d["config"]) != DENSE]
     sparsities = sorted({sparsity_of(d["config"]) for d in pruned}, key=_sparsity_order)
-    wanted = datasets or sorted({name for d in documents for name in measure.columns(d["config"])})
+    named = list(dict.fromkeys(name for d in documents for name in measure.columns(d["config"])))
+    wanted = datasets or (sorted(named) if measure.sorted_columns else named)
     methods = sorted({method_of(d["config"]) for d in documents}, key=lambda m: (m != DENSE, m))
     columns = [(sparsity, dataset) for sparsity in sparsities for dataset in wanted]
     values: dict = {}

@@ -8,7 +8,13 @@ LLaMA-2-7B-shaped model (one per metric:allocator, plus the dense case). Every c
 of its metric and allocator, scaled by the model's parameter count relative to the measured model
 (pruning and evaluation are both linear in the parameters at a fixed token count). C4's perplexity
 (256 x 2048 tokens) is the measured WikiText-2 time per segment x 256. ``--zeroshot`` is the JSON
-written by ``bench_zeroshot.py`` (seconds per 1,000 requests per task) for grids with zero-shot.
+written by ``bench_zeroshot.py`` on the same GPU for grids with zero-shot: a task it measured takes
+its measured time; any other task is estimated as its request count (documents x choices of the
+split lm-eval evaluates, ``TASK_REQUESTS``) at the measured scoring rate per request, plus the
+measured per-call overhead (whole call minus scoring). Only PIQA's data exists offline here, so the
+other six tasks are such estimates; per request, not per token: at lm-eval's batch of 64 short
+requests a 7B model on an H100/H200 is far from compute-bound, so longer requests (BoolQ's
+passages) cost little more each, but the estimate is the lower side.
 
 It prints the total with the dense work shared (an allocator's dense pass, e.g. OWL's, once per
 model and calibration: what sparsebench does) and without (every case doing its own pass). The
@@ -35,6 +41,27 @@ BILLIONS = {
     "mistral-7b": 7.2, "qwen2.5-0.5b": 0.5, "qwen2.5-1.5b": 1.5, "qwen2.5-3b": 3.1, "qwen2.5-7b": 7.6, "qwen2.5-14b": 14.7,
 }
 C4_SEGMENTS = 256
+# Requests lm-eval scores per task, 0-shot: documents of the evaluated split x answer choices
+# (README's zero-shot table); ARC has 4 choices for almost every question (a few 3 or 5).
+TASK_REQUESTS = {
+    "boolq": 3270 * 2, "rte": 277 * 2, "hellaswag": 10042 * 4, "winogrande": 1267 * 2,
+    "arc_easy": 2376 * 4, "arc_challenge": 1172 * 4, "openbookqa": 500 * 4, "piqa": 1838 * 2,
+}
+
+
+def zeroshot_seconds(measured: dict, tasks: list[str]) -> tuple[float, list[str]]:
+    """Seconds of zero-shot evaluation per case at the measured size, and the tasks that were estimated."""
+    rates = [measured["scoring_seconds_per_task"][t] / measured["requests"][t] for t in measured["requests"]]
+    overheads = [measured["seconds_per_task"][t] - measured["scoring_seconds_per_task"][t] for t in measured["requests"]]
+    per_request, overhead = sum(rates) / len(rates), sum(overheads) / len(overheads)
+    total, estimated = 0.0, []
+    for task in tasks:
+        if task in measured["seconds_per_task"]:
+            total += measured["seconds_per_task"][task]
+        else:
+            total += TASK_REQUESTS[task] * per_request + overhead
+            estimated.append(task)
+    return total, estimated
 
 
 def sweep_cases(preset: str) -> tuple[list[dict], dict]:
@@ -44,6 +71,18 @@ def sweep_cases(preset: str) -> tuple[list[dict], dict]:
     values = [str(params[key]).split(",") for key in keys]
     cases = [dict(zip(keys, combination)) for combination in itertools.product(*values)]
     return cases, config
+
+
+def preset_zeroshot_tasks(preset: str) -> list[str]:
+    """The zero-shot tasks of the preset's composed config (its ``eval`` group may be overridden)."""
+    from hydra import compose, initialize_config_module
+
+    from sparsebench.config import register_schema
+
+    register_schema()
+    with initialize_config_module(config_module="sparsebench.conf", version_base=None):
+        config = compose(config_name="config", overrides=[f"+experiment={preset}"])
+    return list((config.eval.get("zeroshot") or {}).get("tasks") or [])
 
 
 def measured_times(folder: Path) -> tuple[dict, float]:
@@ -80,7 +119,7 @@ def main() -> None:
     cases, config = sweep_cases(args.preset)
     times, measured_billions = measured_times(args.cases)
     zeroshot = json.loads(args.zeroshot.read_text()) if args.zeroshot else None
-    tasks = (config.get("eval") or {}).get("zeroshot", {}).get("tasks") or []
+    tasks = preset_zeroshot_tasks(args.preset)
 
     dense_pass = {}  # allocator -> its dense pass's time at the measured size
     for (metric, allocator), measured in times.items():
@@ -97,7 +136,7 @@ def main() -> None:
             missing.add(f"{metric}:{allocator}")
             continue
         scale = BILLIONS[model] / measured_billions
-        zeroshot_s = sum(zeroshot["seconds_per_task"][task] for task in tasks) if zeroshot and tasks else 0.0
+        zeroshot_s = zeroshot_seconds(zeroshot, tasks)[0] if zeroshot and tasks else 0.0
         base = measured["warm"] + zeroshot_s
         own_pass = dense_pass.get(allocator, 0.0)
         unshared += (base + own_pass) * scale
@@ -110,10 +149,17 @@ def main() -> None:
         missing.add("none:uniform")
     else:  # one dense baseline per model, whatever the grid's sparsities and methods (its case id says so)
         for model in sorted(models_seen_dense):
-            dense_case = dense["warm"] * BILLIONS[model] / measured_billions
+            dense_case = (dense["warm"] + zeroshot_s) * BILLIONS[model] / measured_billions
             shared += dense_case
             unshared += dense_case
     print(f"{args.preset}: {len(cases)} pruned cases + {len(models_seen_dense)} dense baselines; measured model {measured_billions:.2f} B parameters")
+    if tasks:
+        if zeroshot:
+            seconds, estimated = zeroshot_seconds(zeroshot, tasks)
+            print(f"  zero-shot ({len(tasks)} tasks): {seconds:.0f} s per case at the measured size"
+                  + (f"; estimated from request counts: {', '.join(estimated)}" if estimated else ""))
+        else:
+            print(f"  zero-shot tasks {', '.join(tasks)} left out of the totals: pass --zeroshot")
     if missing:
         print(f"  no measurement for: {', '.join(sorted(missing))} (left out of the totals)")
     print(f"  with shared dense work (sparsebench): {shared / 3600:.1f} GPU-hours")

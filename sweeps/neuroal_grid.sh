@@ -5,4 +5,4 @@
 set -e
 sparsebench -m +experiment=neuroal_grid device=cuda results_dir=results/neuroal_grid "$@"
 sparsebench -m +experiment=neuroal_grid device=cuda results_dir=results/neuroal_grid metric=none allocator=uniform "$@"
-sparsebench-tables --results results/neuroal_grid --experiment neuroal_grid --out tables/neuroal_grid --figures
+sparsebench-tables --results results/neuroal_grid --experiment neuroal_grid --out tables/neuroal_grid --also zeroshot prune_time --figures

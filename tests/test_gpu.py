@@ -51,6 +51,30 @@ def test_sparsegpt_on_the_gpu_agrees_with_the_float64_reference():
     assert torch.linalg.norm(ours - reference) / torch.linalg.norm(reference) < 1e-3
 
 
+@pytest.mark.parametrize("n, m", [(2, 4), (4, 8)])
+def test_sparsegpt_n_m_cuda_graph_equals_the_eager_loop_and_the_float64_reference(n, m):
+    from sparsebench.masks import NMPattern
+    from sparsebench.metrics import sparsegpt as module
+
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randn(4096, 32, generator=g, dtype=torch.float64) @ torch.randn(32, 384, generator=g, dtype=torch.float64)
+    inputs += 0.1 * torch.randn(4096, 384, generator=g, dtype=torch.float64)
+    weight = torch.randn(96, 384, generator=g, dtype=torch.float64)
+    hessian = inputs.T @ inputs
+    factor = module.inverse_hessian_factor(hessian.float().cuda(), 0.01)
+    target = SparsityTarget(n / m, NMPattern(n, m))
+    graphed = module.sparsegpt_solve(weight.float().cuda(), factor, target)
+    again = module.sparsegpt_solve(weight.float().cuda(), factor, target)  # replays the cached graphs
+    eager = module.sparsegpt_solve(weight.float().cuda(), factor, target, cuda_graphs=False)
+    assert torch.equal(graphed, again)
+    # the same kernels, but cuBLAS may pick other algorithms under capture: equal to float32 rounding
+    assert ((graphed == 0) != (eager == 0)).float().mean() < 1e-3
+    assert torch.linalg.norm(graphed - eager) / torch.linalg.norm(eager) < 1e-5
+    reference = sparsegpt_column_by_column(weight, hessian, n / m, n, m)
+    assert ((graphed.double().cpu() == 0) != (reference == 0)).float().mean() < 2e-3
+    assert torch.linalg.norm(graphed.double().cpu() - reference) / torch.linalg.norm(reference) < 1e-3
+
+
 def test_half_precision_hessian_on_tensor_cores_equals_float64():
     from sparsebench.stats import StatsAccumulator
 

@@ -161,8 +161,9 @@ def test_row_ratios_and_masks_match_the_reference(seed, ratio, samples, outliers
     cols = W.shape[1]
     assert torch.equal((ratios * cols).round().long(), (cols * ref_ratios).long().clamp(0, cols))
     assert details["learning_rate"] == ref_info["learning_rate"]
-    assert details["quality_uniform"] == pytest.approx(ref_info["baseline_metric"], abs=1e-12)
-    assert details["quality"] == pytest.approx(ref_info["best_metric"], abs=1e-12)
+    # float32 outputs: the summation order (BLAS threads) moves the qualities by ~1e-10, the masks not at all
+    assert details["quality_uniform"] == pytest.approx(ref_info["baseline_metric"], abs=1e-7)
+    assert details["quality"] == pytest.approx(ref_info["best_metric"], abs=1e-7)
 
 
 def test_the_reference_cases_reach_positive_negative_and_no_learning_rate():
@@ -337,6 +338,6 @@ def test_real_smollm2_block_matches_the_reference():
             ref_mask, _, ref_info = ref_trim_mask(W.clone(), scores, X, 0.7)
             ratios, details = refine_layer(W, scores, stats[group[0]], 0.7)
             assert torch.equal(select_per_row(scores, ratios), ref_mask), name
-            assert details["learning_rate"] == ref_info["learning_rate"] and details["quality"] == pytest.approx(ref_info["best_metric"], abs=1e-12)
+            assert details["learning_rate"] == ref_info["learning_rate"] and details["quality"] == pytest.approx(ref_info["best_metric"], abs=1e-7)
             learning_rates.add(details["learning_rate"])
     print("learning rates chosen in block 0:", learning_rates)

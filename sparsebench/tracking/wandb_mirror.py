@@ -31,10 +31,18 @@ def case_tags(document: dict) -> list[str]:
 
 
 def flat_summary(document: dict) -> dict:
-    """Scalars for the run summary: ``ppl/<dataset>``, ``timings/<phase>``, ``sparsity/<key>``, ``status``."""
+    """Scalars for the run summary: ``ppl/<dataset>``, ``zeroshot/<task>/<acc|acc_norm>``,
+    ``zeroshot_mean/<convention>``, ``timings/<phase>``, ``sparsity/<key>``, ``status``."""
     summary = {"status": document["status"], "case_id": document["case_id"]}
     for dataset, result in document.get("metrics", {}).get("ppl", {}).items():
         summary[f"ppl/{dataset}"] = result["ppl"]
+    for task, result in document.get("metrics", {}).get("zeroshot", {}).items():
+        for metric in ("acc", "acc_norm") if task not in ("mean", "lm_eval") else ():
+            if metric in result:
+                summary[f"zeroshot/{task}/{metric}"] = result[metric]
+    for convention, mean in document.get("metrics", {}).get("zeroshot", {}).get("mean", {}).items():
+        if mean.get("value") is not None:
+            summary[f"zeroshot_mean/{convention}"] = mean["value"]
     for phase, seconds in document.get("timings", {}).items():
         summary[f"timings/{phase}"] = seconds
     for key, value in document.get("sparsity", {}).items():

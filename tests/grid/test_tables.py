@@ -127,3 +127,53 @@ def test_prune_time_table_adds_allocation_to_pruning_and_leaves_out_the_dense_mo
     assert "(prune time in seconds (allocation + pruning), lower is better)" in markdown
     assert "| wanda + uniform | **2.00** |  |  |" in markdown
     assert "tiny / magnitude + uniform / 50% / prune s: not run" in table.missing
+
+
+def _with_zeroshot(doc, accuracies):
+    tasks = ["rte", "boolq"]
+    config = {**doc["config"], "eval": {"ppl": {"datasets": []}, "zeroshot": {"tasks": tasks}}}
+    zeroshot = {task: {"acc": acc, "acc_norm": acc + 0.1, "acc_stderr": 0.01} for task, acc in accuracies.items()}
+    zeroshot["mean"] = {"wanda": {"value": sum(accuracies.values()) / len(accuracies)}}
+    return {**doc, "config": config, "metrics": {"ppl": {}, "zeroshot": zeroshot}}
+
+
+def test_zeroshot_table_takes_acc_in_percent_keeps_the_task_order_and_bolds_the_highest():
+    docs = [
+        _with_zeroshot(KNOWN[0], {"rte": 0.6, "boolq": 0.7}),
+        _with_zeroshot(KNOWN[1], {"rte": 0.55, "boolq": 0.65}),
+        _with_zeroshot(KNOWN[3], {"rte": 0.575, "boolq": 0.6}),
+        _with_zeroshot(KNOWN[5], {"rte": 0.5}),
+    ]
+    table = tables.build_tables(docs, None, tables.ZEROSHOT)["tiny"]
+    assert table.columns == [("50%", "rte"), ("50%", "boolq")]  # the config's order, not sorted
+    assert table.row_mean("wanda + uniform") == pytest.approx(60.0)
+    assert table.row_mean("magnitude + uniform") is None  # a mean needs every task
+    markdown = tables.to_markdown(table)
+    assert "(zero-shot accuracy (lm-eval acc, %), higher is better)" in markdown
+    assert "| dense | 60.00 | 70.00 | 65.00 |" in markdown  # dense is never bold
+    assert "| wanda + owl | **57.50** | 60.00 | 58.75 |" in markdown
+    assert "| wanda + uniform | 55.00 | **65.00** | **60.00** |" in markdown
+    assert "tiny / magnitude + uniform / 50% / boolq: not run" in table.missing
+
+
+def test_zeroshot_goes_to_wandb_and_comes_back_as_the_same_table():
+    from analysis.store import wandb_documents
+    from sparsebench.tracking.wandb_mirror import flat_summary
+
+    local = _with_zeroshot(KNOWN[1], {"rte": 0.55, "boolq": 0.65})
+    summary = flat_summary(local)
+    assert summary["zeroshot/rte/acc"] == 0.55 and summary["zeroshot/boolq/acc_norm"] == 0.75
+    assert summary["zeroshot_mean/wanda"] == pytest.approx(0.6)
+
+    class Run:
+        name = local["case_id"]
+        config = local["config"]
+
+    Run.summary = summary
+
+    class Api:
+        def runs(self, path, filters):
+            return [Run()]
+
+    from_wandb = wandb_documents("proj", api=Api())
+    assert tables.build_tables(from_wandb, None, tables.ZEROSHOT)["tiny"].values == tables.build_tables([local], None, tables.ZEROSHOT)["tiny"].values
