@@ -97,16 +97,41 @@ def select_per_row(scores: Tensor, ratio: float | Tensor) -> Tensor:
     return mask
 
 
+_N_M_COMPARISONS = 1 << 28
+
+
 def select_n_m(scores: Tensor, pattern: NMPattern) -> Tensor:
     """Prune the ``n`` lowest scores in every group of ``m`` consecutive columns of each row."""
     rows, cols = scores.shape
     if cols % pattern.m:
         raise ValueError(f"{pattern} sparsity needs the input size ({cols}) to be a multiple of {pattern.m}")
     groups = scores.reshape(rows, cols // pattern.m, pattern.m)
+    if scores.is_cuda:  # a segmented sort of M elements is slow on GPUs: 9x slower at 2:4 on an H200
+        return _n_m_by_ranks(groups, pattern).view(rows, cols)
+    return _n_m_by_sort(groups, pattern).view(rows, cols)
+
+
+def _n_m_by_sort(groups: Tensor, pattern: NMPattern) -> Tensor:
+    """[rows, G, M] -> mask of the N lowest of each group, ties to the left (a stable sort)."""
     order = torch.sort(groups, dim=2, stable=True).indices[..., : pattern.n]
     mask = torch.zeros_like(groups, dtype=torch.bool)
     mask.scatter_(2, order, True)
-    return mask.view(rows, cols)
+    return mask
+
+
+def _n_m_by_ranks(groups: Tensor, pattern: NMPattern) -> Tensor:
+    """The same mask as ``_n_m_by_sort`` without sorting: column j's rank in its group counts the
+    lower scores and the equal ones to its left; the N lowest ranks are pruned. Rows are taken in
+    chunks so that the [rows, G, M, M] comparisons stay below ``_N_M_COMPARISONS`` elements."""
+    rows, count, m = groups.shape
+    left = torch.ones(m, m, dtype=torch.bool, device=groups.device).tril(diagonal=-1)  # [j, k]: k < j
+    mask = torch.empty(groups.shape, dtype=torch.bool, device=groups.device)
+    chunk = max(1, _N_M_COMPARISONS // (count * m * m))
+    for start in range(0, rows, chunk):
+        part = groups[start : start + chunk]
+        mine, others = part.unsqueeze(-1), part.unsqueeze(-2)
+        mask[start : start + chunk] = ((others < mine) | ((others == mine) & left)).sum(-1) < pattern.n
+    return mask
 
 
 def select_mask(scores: Tensor, target: SparsityTarget, comparison: str = "row") -> Tensor:

@@ -46,6 +46,19 @@ def test_n_m_prunes_n_lowest_of_every_group(rows, groups, nm, seed):
     assert (grouped.masked_fill(~mask, -1e9).amax(-1) <= grouped.masked_fill(mask, 1e9).amin(-1)).all()
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 8), groups=st.integers(1, 6), nm=st.sampled_from([(2, 4), (4, 8), (1, 4), (3, 4)]),
+       levels=st.sampled_from([0, 2, 3]), seed=st.integers(0, 1000))
+def test_n_m_by_ranks_is_the_stable_sort_mask_ties_included(rows, groups, nm, levels, seed):
+    """The GPU path (ranks) and the CPU path (stable sort) choose the same weights, also among ties."""
+    from sparsebench.masks import _n_m_by_ranks, _n_m_by_sort
+
+    pattern = NMPattern(*nm)
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, levels, (rows, groups, pattern.m), generator=generator).float() if levels else _scores(rows, groups * pattern.m, seed).view(rows, groups, pattern.m)
+    assert torch.equal(_n_m_by_ranks(scores, pattern), _n_m_by_sort(scores, pattern))
+
+
 def test_per_row_ratios_tensor():
     scores = _scores(3, 10, 0)
     mask = select_mask(scores, SparsityTarget(torch.tensor([0.1, 0.5, 0.9])))
