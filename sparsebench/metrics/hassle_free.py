@@ -25,8 +25,8 @@ the loop stops, because the same (S, L) would produce the same S' again (a fixed
 recorded objective falls strictly at every iteration, the returned pair is the best one seen,
 and the first iteration (S_0 with its optimal L) is already below SparseGPT alone. On SmolLM2
 at rank 64 every one of the 20 iterations was accepted in all 210 linears (2:4 and 70 %), i.e.
-this was the reference's path; at rank 8, 20 (2:4) and 54 (70 %) of the 210 stopped earlier,
-after 9 to 19 iterations (see the README).
+this was the reference's path; at rank 8, 14 (2:4) and 44 (70 %) of the 210 stopped earlier,
+after 10 to 19 iterations (see the README).
 
 Differences from the reference code, on purpose:
 - the low-rank step is the closed form above; the reference runs 50 Adam steps on the factors
