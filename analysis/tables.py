@@ -130,7 +130,7 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
     if not measure.shows_dense:
         documents = [d for d in documents if method_of(d["config"]) != DENSE]
     pruned = [d for d in documents if method_of(d["config"]) != DENSE]
-    sparsities = sorted({sparsity_of(d["config"]) for d in pruned}, key=_sparsity_order)
+    sparsities = sorted({sparsity_of(d["config"]) for d in pruned}, key=_sparsity_order) or [DENSE]  # dense only: one column group
     named = list(dict.fromkeys(name for d in documents for name in measure.columns(d["config"])))
     wanted = datasets or (sorted(named) if measure.sorted_columns else named)
     methods = sorted({method_of(d["config"]) for d in documents}, key=lambda m: (m != DENSE, m))

@@ -177,3 +177,10 @@ def test_zeroshot_goes_to_wandb_and_comes_back_as_the_same_table():
 
     from_wandb = wandb_documents("proj", api=Api())
     assert tables.build_tables(from_wandb, None, tables.ZEROSHOT)["tiny"].values == tables.build_tables([local], None, tables.ZEROSHOT)["tiny"].values
+
+
+def test_a_store_with_only_the_dense_model_still_shows_its_numbers():
+    dense = _with_zeroshot(KNOWN[0], {"rte": 0.6, "boolq": 0.7})
+    table = tables.build_tables([dense], None, tables.ZEROSHOT)["tiny"]
+    assert table.columns == [("dense", "rte"), ("dense", "boolq")]
+    assert "| dense | 60.00 | 70.00 | 65.00 |" in tables.to_markdown(table)
