@@ -77,14 +77,11 @@ def _timed(fn):
 
 
 @torch.inference_mode()
-def reference_comparison(model, adapter, ids, patterns=("0.5",)) -> None:
-    """Reference SparseGPT vs ours on the seven linears of block 0 (same Hessians, float32).
-
-    ``patterns``: "0.5" (a ratio, unstructured) or "2:4" (N:M), each compared in turn.
-    """
+def reference_comparison(model, adapter, ids) -> None:
+    """Reference SparseGPT vs ours on the seven linears of block 0 (same Hessians, float32)."""
     from reference_impls import sparsegpt_column_by_column
     from sparsebench.blockwalk import capture_block_inputs, run_block_for_hooks
-    from sparsebench.masks import NMPattern, SparsityTarget
+    from sparsebench.masks import SparsityTarget
     from sparsebench.metrics import METRICS
     from sparsebench.stats import HESSIAN, StatsAccumulator
 
@@ -95,27 +92,21 @@ def reference_comparison(model, adapter, ids, patterns=("0.5",)) -> None:
     run_block_for_hooks(block, inputs, 8)
     for handle in handles:
         handle.remove()
-    for spec in patterns:
-        if ":" in spec:
-            n, m = (int(part) for part in spec.split(":"))
-            target, reference_args, label = SparsityTarget(n / m, NMPattern(n, m)), (n / m, n, m), spec
-        else:
-            target, reference_args, label = SparsityTarget(float(spec)), (float(spec),), f"{float(spec):.0%}"
-        ours_total = reference_total = 0.0
-        mismatches = total = 0
-        for group in adapter.input_groups:
-            hessian = accumulators[group[0]].stats.hessian
-            for name in group:
-                weight = block.get_submodule(name).weight.data
-                ours, seconds = _timed(lambda: METRICS.get("sparsegpt").prune(weight, accumulators[group[0]].stats, target))
-                ours_total += seconds
-                reference, seconds = _timed(lambda: sparsegpt_column_by_column(weight.float(), hessian, *reference_args))
-                reference_total += seconds
-                mismatches += int(((ours == 0) != (reference == 0)).sum())
-                total += weight.numel()
-        print(f"[gpu] SparseGPT on block 0's 7 linears ({label}): reference column loop {reference_total:.2f} s, ours {ours_total:.2f} s "
-              f"-> {reference_total / ours_total:.1f}x; masks differ in {mismatches} of {total} weights ({mismatches / total:.2e}, float32 rounding)")
-        print(f"      extrapolated to 32 blocks: reference {32 * reference_total:.0f} s, ours {32 * ours_total:.0f} s (solve only)")
+    ours_total = reference_total = 0.0
+    mismatches = total = 0
+    for group in adapter.input_groups:
+        hessian = accumulators[group[0]].stats.hessian
+        for name in group:
+            weight = block.get_submodule(name).weight.data
+            ours, seconds = _timed(lambda: METRICS.get("sparsegpt").prune(weight, accumulators[group[0]].stats, SparsityTarget(0.5)))
+            ours_total += seconds
+            reference, seconds = _timed(lambda: sparsegpt_column_by_column(weight.float(), hessian, 0.5))
+            reference_total += seconds
+            mismatches += int(((ours == 0) != (reference == 0)).sum())
+            total += weight.numel()
+    print(f"[gpu] SparseGPT on block 0's 7 linears (50%): reference column loop {reference_total:.2f} s, ours {ours_total:.2f} s "
+          f"-> {reference_total / ours_total:.1f}x; masks differ in {mismatches} of {total} weights ({mismatches / total:.2e}, float32 rounding)")
+    print(f"      extrapolated to 32 blocks: reference {32 * reference_total:.0f} s, ours {32 * ours_total:.0f} s (solve only)")
 
 
 @torch.inference_mode()
@@ -151,7 +142,7 @@ def gpu_case(args) -> None:
     _, floor = _timed(plain_forward)
     print(f"[gpu] forward-pass floor: one plain forward over {args.nsamples} x {args.seqlen} tokens = {floor:.2f} s")
     if args.reference:
-        reference_comparison(model, adapter, ids[:32], args.reference_patterns)
+        reference_comparison(model, adapter, ids[:32])
     # dense weights to restore between metrics, kept in CPU memory so they do not count on the GPU
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     results = {}
@@ -187,7 +178,6 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--eval-segments", type=int, default=80, help="WikiText-2 test is about 80 segments of 4096 LLaMA tokens")
     parser.add_argument("--reference", action="store_true", help="time the reference SparseGPT loop on one block (GPU)")
-    parser.add_argument("--reference-patterns", nargs="+", default=["0.5"], help="with --reference: ratios and/or N:M, e.g. 0.5 2:4")
     parser.add_argument("--offload", action="store_true", help="also prune with offload=true (GPU)")
     parser.add_argument("--results-dir", default=str(ROOT / "results" / "benchmarks"))
     args = parser.parse_args()

@@ -26,12 +26,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-PRESETS = ROOT / "sparsebench" / "conf" / "experiment"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # sparsebench's configs, installed or not
 
 # Parameter counts (billions) of the presets' models, from their model cards; the measured model is
 # LLaMA-2-7B-shaped with SmolLM2's 49k vocabulary.
@@ -64,25 +62,19 @@ def zeroshot_seconds(measured: dict, tasks: list[str]) -> tuple[float, list[str]
     return total, estimated
 
 
-def sweep_cases(preset: str) -> tuple[list[dict], dict]:
-    config = yaml.safe_load((PRESETS / f"{preset}.yaml").read_text())
-    params = config["hydra"]["sweeper"]["params"]
-    keys = list(params)
-    values = [str(params[key]).split(",") for key in keys]
-    cases = [dict(zip(keys, combination)) for combination in itertools.product(*values)]
-    return cases, config
-
-
-def preset_zeroshot_tasks(preset: str) -> list[str]:
-    """The zero-shot tasks of the preset's composed config (its ``eval`` group may be overridden)."""
+def preset_grid(preset: str) -> tuple[list[dict], list[str]]:
+    """The preset's cases (its ``hydra.sweeper.params`` expanded) and zero-shot tasks, as Hydra composes it."""
     from hydra import compose, initialize_config_module
 
     from sparsebench.config import register_schema
 
     register_schema()
     with initialize_config_module(config_module="sparsebench.conf", version_base=None):
-        config = compose(config_name="config", overrides=[f"+experiment={preset}"])
-    return list((config.eval.get("zeroshot") or {}).get("tasks") or [])
+        config = compose(config_name="config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+    params = dict(config.hydra.sweeper.params)
+    values = [str(value).split(",") for value in params.values()]
+    cases = [dict(zip(params, combination)) for combination in itertools.product(*values)]
+    return cases, list((config.eval.get("zeroshot") or {}).get("tasks") or [])
 
 
 def measured_times(folder: Path) -> tuple[dict, float]:
@@ -116,10 +108,9 @@ def main() -> None:
     parser.add_argument("--cases", type=Path, required=True)
     parser.add_argument("--zeroshot", type=Path, help="bench_zeroshot.py's JSON: seconds per task at the measured size")
     args = parser.parse_args()
-    cases, config = sweep_cases(args.preset)
+    cases, tasks = preset_grid(args.preset)
     times, measured_billions = measured_times(args.cases)
     zeroshot = json.loads(args.zeroshot.read_text()) if args.zeroshot else None
-    tasks = preset_zeroshot_tasks(args.preset)
 
     dense_pass = {}  # allocator -> its dense pass's time at the measured size
     for (metric, allocator), measured in times.items():

@@ -204,12 +204,10 @@ def _solve_n_m_block(block: Tensor, block_factor: Tensor, patterns: NMPatternTab
     the block's later columns (the pruned ones are then set to exactly 0).
 
     On a GPU the group loop (a dozen tiny kernels per group, so launch-bound) is captured once per
-    block shape as a CUDA graph and replayed: 3-5x faster on an H200 (benchmarks/bench_sparsegpt_nm.py).
+    block shape as a CUDA graph and replayed: 2-5.5x faster on an H200 (benchmarks/bench_sparsegpt_nm.py).
     The arithmetic is the same; cuBLAS may choose other algorithms under capture, so the result can
     differ from the eager loop's by float32 rounding (tests/test_gpu.py bounds it).
     """
-    if size_error := block.shape[1] % patterns.pattern.m:
-        raise ValueError(f"block of {block.shape[1]} columns is not a multiple of M={patterns.pattern.m} ({size_error} left)")
     inverses = _masked_inverses(block_factor, patterns)
     if block.is_cuda and cuda_graphs:
         return _graphed_group_loop(block, block_factor, inverses, patterns)
@@ -226,7 +224,7 @@ class _GraphedGroupLoop:
 
     def __init__(self, rows: int, size: int, patterns: NMPatternTable, dtype: torch.dtype, device: torch.device):
         groups, count, m = size // patterns.pattern.m, patterns.masks.shape[0], patterns.pattern.m
-        self.patterns = patterns
+        self.patterns = patterns  # the graph reads its tensors: keep them alive
         self.block = torch.zeros(rows, size, dtype=dtype, device=device)
         self.factor = torch.eye(size, dtype=dtype, device=device)
         self.inverses = torch.zeros(groups, count, m, m, dtype=dtype, device=device)
@@ -264,6 +262,7 @@ def _group_loop(block: Tensor, block_factor: Tensor, inverses: Tensor, patterns:
     for group, c0 in enumerate(range(0, block.shape[1], m)):
         c1 = c0 + m
         weights = block[:, c0:c1]
+        # the N lowest by a stable sort, as select_n_m's CPU path; the indices pick the pattern's inverses
         pruned = torch.sort(weights.square() / scale[c0:c1], dim=1, stable=True).indices[:, :n]
         chosen = patterns.index_of(pruned)
         group_errors = torch.bmm(weights.unsqueeze(1), torch.index_select(inverses[group], 0, chosen)).squeeze(1)
