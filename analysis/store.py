@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from sparsebench.results import read_document
+from sparsebench.results import document_problem, read_document
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def local_documents(results_dir: Path, experiment: str | None = None) -> list[di
     for path in sorted(results_dir.glob("*.json")):
         document = read_document(path)
         if document is None:
-            log.warning("not a result document, left out: %s", path)
+            log.warning("not a valid result document, left out: %s (%s)", path, document_problem(path) or "removed while reading")
             continue
         if experiment is None or document["config"].get("experiment_name") == experiment:
             found.append(document)

@@ -4,7 +4,9 @@ One table per model and measure (perplexity; prune time; zero-shot accuracy, the
 task as Wanda, OWL, NeuroAL and TRIM report it). The best pruned value
 of each column (lowest or highest, as the measure says) is bold; the dense row is shown but never
 bold. A cell with no ``ok`` document stays blank and is listed in
-``Table.missing`` (with the error, when the case failed): nothing is dropped silently.
+``Table.missing`` (with the error, when the case failed): nothing is dropped silently. A cell
+that cannot exist (an allocator that cannot honour an N:M pattern, say) reads ``n/a`` and is
+listed as "not applicable (reason)", the reason being the one the configuration check gives.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sparsebench.config import model_name_from_path
+from sparsebench.config import combination_problem, model_name_from_path
 
 DENSE = "dense"
 
@@ -82,6 +84,7 @@ class Table:
     values: dict[tuple[str, tuple[str, str]], float]
     missing: list[str] = field(default_factory=list)
     measure: Measure = PERPLEXITY
+    not_applicable: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # cells that cannot exist, and why
 
     def row_mean(self, method: str) -> float | None:
         row = [self.values.get((method, column)) for column in self.columns]
@@ -155,14 +158,23 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
                 )
             values[(method, column)] = value
             sources[(method, column)] = document["case_id"]
+    parts = {method_of(d["config"]): (d["config"]["metric"].get("name"), d["config"]["allocator"].get("name")) for d in pruned}
+    inapplicable = {}
+    for method, (metric, allocator) in parts.items():
+        for sparsity in sparsities:
+            problem = None if sparsity.endswith("%") else combination_problem(metric, allocator, sparsity)
+            if problem:
+                inapplicable.update({(method, column): problem for column in columns if column[0] == sparsity})
     missing = []
     for method in methods:
         for column in columns:
+            if (method, column) in inapplicable:
+                continue
             if (method, column) not in values:
                 failed = failures.get((method, column))
                 reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else "not run"
                 missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
-    return Table(model, methods, columns, values, missing, measure)
+    return Table(model, methods, columns, values, missing, measure, inapplicable)
 
 
 def _cell(value: float | None, best: float | None, bold: tuple[str, str]) -> str:
@@ -172,11 +184,17 @@ def _cell(value: float | None, best: float | None, bold: tuple[str, str]) -> str
     return f"{bold[0]}{text}{bold[1]}" if best is not None and value == best else text
 
 
+NOT_APPLICABLE = "n/a"
+
+
 def _rows(table: Table, bold: tuple[str, str]) -> list[list[str]]:
     rows = []
     for method in table.methods:
         dense = method == DENSE
-        cells = [_cell(table.values.get((method, c)), None if dense else table.best(c), bold) for c in table.columns]
+        cells = [
+            NOT_APPLICABLE if (method, c) in table.not_applicable else _cell(table.values.get((method, c)), None if dense else table.best(c), bold)
+            for c in table.columns
+        ]
         cells.append(_cell(table.row_mean(method), None if dense else table.best_mean(), bold))
         rows.append([method, *cells])
     return rows
@@ -192,7 +210,17 @@ def to_markdown(table: Table) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in _rows(table, ("**", "**"))]
     if table.missing:
         lines += ["", "Missing cases:", *[f"- {entry}" for entry in table.missing]]
+    if table.not_applicable:
+        lines += ["", "Not applicable (n/a):", *[f"- {entry}" for entry in _not_applicable_entries(table)]]
     return "\n".join(lines) + "\n"
+
+
+def _not_applicable_entries(table: Table) -> list[str]:
+    """One line per (method, sparsity) that cannot exist: ``not applicable (reason)``."""
+    seen = {}
+    for (method, (sparsity, _)), reason in table.not_applicable.items():
+        seen.setdefault((method, sparsity), reason)
+    return [f"{table.model} / {method} / {sparsity}: not applicable ({reason})" for (method, sparsity), reason in seen.items()]
 
 
 def _latex_escape(text: str) -> str:
@@ -207,6 +235,7 @@ def to_latex(table: Table) -> str:
         lines.append(" & ".join([_latex_escape(row[0]), *row[1:]]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [f"% missing: {_latex_escape(entry)}" for entry in table.missing]
+    lines += [f"% {_latex_escape(entry)}" for entry in _not_applicable_entries(table)]
     return "\n".join(lines) + "\n"
 
 

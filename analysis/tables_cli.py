@@ -1,5 +1,6 @@
 """``sparsebench-tables``: rebuild tables (Markdown, LaTeX, CSV) and figures (PNG) from results.
 
+    sparsebench-tables --results results                      # Markdown on standard output
     sparsebench-tables --results results --experiment smoke --out tables/smoke --figures
     sparsebench-tables --wandb-project sparsebench --wandb-group owl_grid --out tables/owl
 """
@@ -26,13 +27,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wandb-tag", action="append", default=[], help="only runs with this tag (repeatable)")
     parser.add_argument("--experiment", help="local store: only documents with this experiment_name")
     parser.add_argument("--datasets", nargs="+", help="columns, in this order (default: every dataset evaluated)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for tables.md, tables.tex, tables.csv and figures")
+    parser.add_argument("--out", type=Path, help="folder for tables.md, tables.tex, tables.csv and figures (default: Markdown on standard output)")
     parser.add_argument(
         "--also", nargs="+", default=[], choices=[name for name in tables.MEASURES if name != "ppl"],
         help="more tables, each in its own files: prune_time.md/.tex/.csv, ...",
     )
-    parser.add_argument("--figures", action="store_true", help="also write PNG figures (needs matplotlib)")
-    return parser.parse_args(argv)
+    parser.add_argument("--figures", action="store_true", help="also write PNG figures (needs matplotlib and --out)")
+    args = parser.parse_args(argv)
+    if args.figures and args.out is None:
+        parser.error("--figures writes PNG files: it needs --out FOLDER")
+    return args
 
 
 def _write(out: Path, stem: str, built: dict) -> None:
@@ -52,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     if not documents:
         log.error("no result documents found")
         return 1
-    args.out.mkdir(parents=True, exist_ok=True)
     built = tables.build_tables(documents, args.datasets)
-    _write(args.out, "tables", built)
-    for name in args.also:
-        _write(args.out, name, tables.build_tables(documents, None, tables.MEASURES[name]))
+    also = {name: tables.build_tables(documents, None, tables.MEASURES[name]) for name in args.also}
+    if args.out is None:
+        print("\n".join(tables.to_markdown(t) for group in (built, *also.values()) for t in group.values()))
+    else:
+        args.out.mkdir(parents=True, exist_ok=True)
+        _write(args.out, "tables", built)
+        for name, extra in also.items():
+            _write(args.out, name, extra)
     for table in built.values():
         for entry in table.missing:
             log.warning("missing: %s", entry)
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         for table in built.values():
             plots.ppl_vs_sparsity(table, args.out)
         plots.per_layer_ratios(documents, args.out)
-    log.info("wrote %s", args.out)
+    if args.out is not None:
+        log.info("wrote %s", args.out)
     return 0
 
 

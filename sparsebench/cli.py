@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sparsebench.config import register_schema, validate
 from sparsebench.errors import SparsebenchError
+from sparsebench.results import check_results_dir
 from sparsebench.runner import run_case
 
 log = logging.getLogger("sparsebench")
@@ -31,6 +32,7 @@ def main(cfg: DictConfig) -> None:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     try:
         spec = validate(resolved)
+        check_results_dir(spec.results_dir)  # read-only, full: said now, not after the model has loaded
     except SparsebenchError as error:
         log.error("configuration error: %s", error)
         if _is_multirun():
@@ -38,6 +40,10 @@ def main(cfg: DictConfig) -> None:
         print(f"sparsebench: error: {error}", file=sys.stderr)
         sys.exit(2)
     document = run_case(spec)
+    if document["status"] == "claimed" and not _is_multirun():
+        owner = document["claimed_by"]
+        print(f"sparsebench: case {document['case_id']} is being run by {owner.get('host')} pid {owner.get('pid')}; not started", file=sys.stderr)
+        sys.exit(3)
     if document["status"] != "ok" and not _is_multirun():
         print(f"sparsebench: case failed: {document['error']['type']}: {document['error']['message']}", file=sys.stderr)
         sys.exit(1)

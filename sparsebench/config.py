@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from sparsebench.allocators import ALLOCATORS, AllocatorSpec
-from sparsebench.data.corpora import CORPORA, Corpus, corpus_named
-from sparsebench.errors import ConfigError
+from sparsebench.data.corpora import CORPORA, Corpus, corpus_named, resolve_source
+from sparsebench.errors import ConfigError, DataError
 from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
@@ -127,6 +127,15 @@ class DebugConfig:
     fail_at: Optional[str] = None  # null | load | prune | eval | write
     fail_mode: str = "raise"  # raise (failed document) | kill (SIGKILL, no document)
     fail_cases: str = "*"  # glob on the case id
+    delay_s: float = 0.0  # every case waits this long before loading (tests of concurrent launches)
+
+
+@dataclass
+class ClaimsConfig:
+    """Per-case claims that keep two launches on one results folder from running a case twice at once."""
+
+    heartbeat_s: float = 30.0  # how often a running case touches its claim file
+    stale_after_s: float = 300.0  # a claim without a heartbeat for this long is taken over (a dead machine)
 
 
 @dataclass
@@ -148,12 +157,32 @@ class Config:
     experiment_name: str = "adhoc"  # groups the cases of a grid (W&B group, analysis filter)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+
+
+def log_root(results_dir: str) -> str:
+    """Where Hydra writes a run's logs: ``results_dir``, or a temporary folder if that cannot be written.
+
+    Hydra creates its log folder before sparsebench sees the configuration; a read-only results
+    folder would end in Hydra's traceback. With this stand-in Hydra starts, and the CLI then stops
+    with one line naming ``results_dir`` (``results.check_results_dir``) before any case runs.
+    """
+    folder = Path(results_dir).expanduser()
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if existing is not None and existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        return results_dir
+    import tempfile
+
+    return str(Path(tempfile.gettempdir()) / f"sparsebench-logs-{os.getuid()}")
 
 
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name="sparsebench_schema", node=Config)
+    if not OmegaConf.has_resolver("sparsebench_log_root"):
+        OmegaConf.register_new_resolver("sparsebench_log_root", log_root)
 
 
 # ----------------------------------------------------------------------------- validated spec
@@ -183,6 +212,12 @@ class PerplexitySpec:
 
 
 @dataclass(frozen=True)
+class ClaimsSpec:
+    heartbeat_s: float = 30.0
+    stale_after_s: float = 300.0
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     model_path: str
     model_name: str
@@ -209,10 +244,17 @@ class CaseSpec:
     tracker: TrackerSpec = LOCAL_TRACKER
     fault: FaultSpec = NO_FAULT
     zeroshot: ZeroShotSpec | None = None  # None: no zero-shot evaluation
+    claims: ClaimsSpec = ClaimsSpec()
 
     @property
     def is_dense(self) -> bool:
         return self.metric.prune is None
+
+    @property
+    def reads_calibration(self) -> bool:
+        """Whether the metric or the allocator reads calibration data."""
+        allocator = self.allocator
+        return bool(self.metric.needs_calibration or allocator.needs or allocator.uses_trials or allocator.refine_needs)
 
 
 def _choice(key: str, value: Any, allowed) -> None:
@@ -236,6 +278,54 @@ def _decomposition_params(metric: MetricSpec, rank: Any) -> dict:
         raise ConfigError(f"decomposition.rank: required by metric={metric.name!r} (a positive integer, e.g. 64)")
     _positive("decomposition.rank", rank)
     return {"rank": rank}
+
+
+def nm_problem(allocator: AllocatorSpec, pattern: NMPattern) -> str | None:
+    """Why ``allocator`` cannot prune to the N:M ``pattern``, or None (also used by the tables' "not applicable")."""
+    if allocator.supports_nm:
+        return None
+    supporting = [name for name in ALLOCATORS.names() if ALLOCATORS.get(name).supports_nm]
+    return (
+        f"allocator={allocator.name!r} cannot honour sparsity.pattern={pattern} (N:M fixes every layer's ratio); "
+        f"allocators that can: {', '.join(supporting)}"
+    )
+
+
+def combination_problem(metric_name: str, allocator_name: str, pattern: str) -> str | None:
+    """Why a (metric, allocator, pattern) combination cannot be run, with default keys; None if it can."""
+    try:
+        metric = METRICS.get(metric_name)
+        allocator = ALLOCATORS.get(allocator_name)
+        allocator.bound(allocator.make_params({}), metric)
+        parsed = parse_pattern(pattern)
+    except (ConfigError, ValueError) as error:
+        return str(error)
+    return None if parsed is None else nm_problem(allocator, parsed)
+
+
+def _check_local_copies(data_paths: dict[str, str], splits: list[tuple[Corpus, str]]) -> None:
+    """Each local corpus copy has a file for every split the case reads (checked before any model loads)."""
+    for corpus, split in splits:
+        if corpus.name in data_paths:
+            try:
+                resolve_source(corpus, split, data_paths[corpus.name])
+            except DataError as error:
+                raise ConfigError(str(error)) from None
+
+
+def _positive_number(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{key}={value!r}: must be a number > 0")
+    return float(value)
+
+
+def _claims(config: dict) -> ClaimsSpec:
+    claims = config.get("claims") or {}
+    heartbeat = _positive_number("claims.heartbeat_s", claims.get("heartbeat_s", 30.0))
+    stale = _positive_number("claims.stale_after_s", claims.get("stale_after_s", 300.0))
+    if stale < 2 * heartbeat:
+        raise ConfigError(f"claims.stale_after_s={stale:g}: must be at least twice claims.heartbeat_s={heartbeat:g}, or live claims look stale")
+    return ClaimsSpec(heartbeat, stale)
 
 
 def resolve_device(device: str) -> str:
@@ -291,15 +381,12 @@ def validate(config: dict) -> CaseSpec:
                 f"sparsity.ratio={ratio} contradicts sparsity.pattern={pattern} (which prunes {pattern.n} of every "
                 f"{pattern.m} = {pattern.ratio:g}); set sparsity.ratio={pattern.ratio:g} or sparsity.pattern=unstructured"
             )
-        if not allocator.supports_nm:
-            supporting = [name for name in ALLOCATORS.names() if ALLOCATORS.get(name).supports_nm]
-            raise ConfigError(
-                f"allocator={allocator.name!r} cannot honour sparsity.pattern={pattern} (N:M fixes every layer's ratio); "
-                f"allocators that can: {', '.join(supporting)}"
-            )
+        problem = nm_problem(allocator, pattern)
+        if problem:
+            raise ConfigError(problem)
 
     calibration = config["calibration"]
-    corpus = corpus_named(calibration["dataset"], "calibration.dataset")
+    calibration_corpus = corpus_named(calibration["dataset"], "calibration.dataset")
     _choice("calibration.split", calibration["split"], ["train", "validation", "test"])
     _positive("calibration.nsamples", calibration["nsamples"])
     _positive("calibration.seqlen", calibration["seqlen"], 2)
@@ -323,6 +410,10 @@ def validate(config: dict) -> CaseSpec:
         if not Path(path).expanduser().exists():
             raise ConfigError(f"data.{name}={path!r}: no such file or folder")
     zeroshot = validate_zeroshot(config["eval"].get("zeroshot") or {}, data_paths)
+    reads = [(corpus, corpus.eval_split) for corpus in corpora]
+    if metric.needs_calibration or allocator.needs or allocator.uses_trials or allocator.refine_needs:
+        reads.append((calibration_corpus, calibration["split"]))
+    _check_local_copies(data_paths, reads)
 
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
@@ -341,7 +432,7 @@ def validate(config: dict) -> CaseSpec:
         metric_params=metric_params,
         allocator=allocator,
         allocator_params=allocator_params,
-        calibration=CalibrationSpec(corpus, calibration["split"], calibration["nsamples"], calibration["seqlen"], calibration["seed"], calibration["batch_size"]),
+        calibration=CalibrationSpec(calibration_corpus, calibration["split"], calibration["nsamples"], calibration["seqlen"], calibration["seed"], calibration["batch_size"]),
         perplexity=PerplexitySpec(corpora, ppl["seqlen"], ppl["max_seqlen"], ppl["max_segments"], ppl["batch_size"]),
         data_paths=data_paths,
         device=device,
@@ -354,4 +445,5 @@ def validate(config: dict) -> CaseSpec:
         tracker=validate_tracker(config.get("tracker") or {}, config.get("experiment_name", "adhoc")),
         fault=validate_fault(config.get("debug")),
         zeroshot=zeroshot,
+        claims=_claims(config),
     )

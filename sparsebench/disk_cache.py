@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+
+from sparsebench.files import partial_file
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def cached(cache_dir: Path | None, folder: str, kind: str, key: dict, build: Cal
         return torch.load(path, weights_only=True), True
     value = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix="partial-", suffix=".pt.tmp")
+    handle, partial = partial_file(path.parent, "partial-", ".pt.tmp")  # the umask's mode: a shared cache stays readable
     os.close(handle)
     try:
         torch.save(value, partial)

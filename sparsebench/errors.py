@@ -19,3 +19,7 @@ class DataError(SparsebenchError):
 
 class SparsityMismatchError(SparsebenchError):
     """The sparsity measured after pruning differs from the target by more than rounding."""
+
+
+class StoreError(SparsebenchError):
+    """The results folder cannot hold result documents (read-only, full, not a folder)."""

@@ -17,18 +17,20 @@ from torch import Tensor
 import sparsebench
 from sparsebench import environment, lowrank, sparsity, tracking
 from sparsebench.allocators import Allocation
+from sparsebench.claims import Busy, Claim, claim_case
 from sparsebench.config import CaseSpec
-from sparsebench.data.corpora import resolve_source
+from sparsebench.data.corpora import CORPORA, resolve_source
+from sparsebench.data.hub import hub_unreachable
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
 from sparsebench.disk_cache import cached
-from sparsebench.errors import ConfigError
+from sparsebench.errors import ConfigError, DataError
 from sparsebench.faults import inject
 from sparsebench.evaluate import zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
 from sparsebench.sparsity import target_mean
-from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
+from sparsebench.results import SCHEMA_VERSION, case_id, document_path, document_problem, quarantine, read_document, remove_partials, write_document
 from sparsebench.trials import BlockTrials
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
 
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
     """The calibration segments, or None when neither the metric nor the allocator reads data."""
-    if not (spec.metric.needs_calibration or spec.allocator.needs or spec.allocator.uses_trials or spec.allocator.refine_needs):
+    if not spec.reads_calibration:
         return None
     calib = spec.calibration
     source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
@@ -188,22 +190,83 @@ def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, n
     return results
 
 
+def _hub_sources(spec: CaseSpec) -> list[tuple[str, str]]:
+    """``(config key, hub dataset)`` for each corpus this case reads from the hub (no ``data.<name>``)."""
+    needed = []
+    if spec.reads_calibration and spec.calibration.corpus.name not in spec.data_paths:
+        needed.append((f"calibration.dataset={spec.calibration.corpus.name}", spec.calibration.corpus))
+    needed += [(f"eval.ppl.datasets: {corpus.name}", corpus) for corpus in spec.perplexity.corpora if corpus.name not in spec.data_paths]
+    return [(key, corpus) for key, corpus in needed]
+
+
+def _check_hub(spec: CaseSpec) -> None:
+    """Before the model loads: every corpus without a local copy needs the hub, so it must answer."""
+    needed = _hub_sources(spec)
+    why = hub_unreachable() if needed else None
+    if why:
+        lines = [
+            f"{key} reads {corpus.hub_path} from the hub, which cannot be reached: {why}; give a local copy with data.{corpus.name}=PATH"
+            for key, corpus in needed
+        ]
+        local = sorted(spec.data_paths.keys() & set(CORPORA))
+        if local and spec.reads_calibration and spec.calibration.corpus.name not in spec.data_paths:
+            lines.append(f"or calibrate on a corpus you have a copy of: calibration.dataset={local[0]}")
+        raise DataError("\n".join(lines))
+
+
+def _skip(spec: CaseSpec, case: str, path, existing: dict) -> dict:
+    """A finished case: nothing to run; mirror it again if its mirror is missing or failed (a kill in between)."""
+    log.info("skipping %s: already done (%s); rerun=true runs it again", case, path)
+    if spec.tracker.name == "local" or existing.get("tracking", {}).get(spec.tracker.name, {}).get("status") == "ok":
+        return existing
+    claim = claim_case(spec.results_dir, case, spec.claims.heartbeat_s, spec.claims.stale_after_s)
+    if isinstance(claim, Busy):
+        return existing
+    with claim:
+        existing = read_document(path) or existing
+        if existing.get("tracking", {}).get(spec.tracker.name, {}).get("status") == "ok":
+            return existing
+        log.info("%s: its %s mirror is missing or failed; mirroring it again", case, spec.tracker.name)
+        return tracking.mirror(spec.tracker, existing, path)
+
+
 def run_case(spec: CaseSpec) -> dict:
-    """Run one case and write its result document; returns the document."""
+    """Run one case and write its result document; returns the document.
+
+    A finished case (``ok`` document) is skipped. A case that another live process is running
+    (see ``sparsebench.claims``) is skipped too, returning ``{"status": "claimed", ...}`` without
+    writing anything. A file at the document's path that is not a valid document is moved to
+    ``<results_dir>/corrupt/`` and the case runs again.
+    """
     case = case_id(spec.resolved, spec.model_name, spec.device.split(":")[0])
     path = document_path(spec.results_dir, case)
     existing = read_document(path)
     if existing is not None and existing["status"] == "ok" and not spec.rerun:
-        log.info("skipping %s: already done (%s); rerun=true runs it again", case, path)
-        return existing
+        return _skip(spec, case, path, existing)
+    claim = claim_case(spec.results_dir, case, spec.claims.heartbeat_s, spec.claims.stale_after_s)
+    if isinstance(claim, Busy):
+        log.warning("skipping %s: another process is running it: %s", case, claim.describe())
+        return {"case_id": case, "status": "claimed", "claimed_by": claim.owner}
+    with claim:
+        remove_partials(spec.results_dir, case)
+        notes: dict = {}
+        problem = document_problem(path)
+        if problem is not None:
+            notes["replaced_invalid_document"] = {"moved_to": str(quarantine(path, problem)), "problem": problem}
+        existing = read_document(path)
+        if existing is not None and existing["status"] == "ok" and not spec.rerun:  # finished by another launch meanwhile
+            return _skip(spec, case, path, existing)
+        return _run_claimed(spec, case, path, claim, notes)
 
+
+def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> dict:
     document = {"schema_version": SCHEMA_VERSION, "case_id": case, "status": "failed", "config": spec.resolved, "started_at": _now()}
     timings: dict[str, float] = {}
-    notes: dict = {}
     environment.reset_peak_memory(spec.device)
     started = time.perf_counter()
     try:
         inject(spec.fault, "load", case)
+        _check_hub(spec)
         zeroshot_tasks = None
         if spec.zeroshot:  # before the model: a task whose documents cannot be had fails at once
             phase = time.perf_counter()
@@ -251,6 +314,9 @@ def run_case(spec: CaseSpec) -> dict:
             "finished_at": _now(),
         }
     )
+    if not claim.held():  # another process took the case over (this one looked dead): its document wins
+        log.error("case %s: the claim was taken over while it ran; this run's %s document is not written", case, document["status"])
+        return document
     write_document(path, document)
     log.info("result: %s (%s)", path, document["status"])
     document = tracking.mirror(spec.tracker, document, path)  # after the local write: a mirror never loses a result

@@ -18,11 +18,10 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
+from sparsebench.data.hub import hub_unreachable
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.evaluate.zeroshot_means import paper_means
 from sparsebench.evaluate.zeroshot_tasks import LM_EVAL_VERSION, TASKS, ZeroShotTask, definition_path, local_task_config, read_local_copy
@@ -33,7 +32,6 @@ log = logging.getLogger(__name__)
 # out-of-memory errors) after five trial forwards of that many longest requests; a fixed batch
 # is used there instead.
 CPU_AUTO_BATCH_SIZE = 8
-HUB_CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -87,22 +85,6 @@ class LoadedTask:
     task: ZeroShotTask
     lm_eval_task: object  # lm_eval.api.task.ConfigurableTask
     source: str
-
-
-def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
-    """Why the hub cannot be reached, or None (also None when the hub is switched off)."""
-    import datasets.config
-    from huggingface_hub import constants
-
-    if datasets.config.HF_HUB_OFFLINE:
-        return None  # datasets then reads its cache and fails at once without it
-    endpoint = urlparse(constants.ENDPOINT)
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        socket.create_connection((endpoint.hostname, port), timeout=timeout).close()
-    except OSError as error:
-        return f"{constants.ENDPOINT} does not answer ({error})"
-    return None
 
 
 def _missing_copies(tasks: list[ZeroShotTask], why: str, local_names: list[str]) -> DataError:

@@ -2,12 +2,17 @@
 
 The run's config is the resolved configuration; its summary holds the metrics, timings and the
 sparsity summary; the per-layer sparsity allocation is a ``wandb.Table``. Offline runs land in
-``DIR/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+``DIR/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``. The run id is derived
+from the case (``run_id``), so mirroring a case again (after a kill between its document and its
+mirror) resumes the same online run, and replaces the same offline run's folder.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import shutil
+from pathlib import Path
 
 from sparsebench.tracking import WandbSpec
 
@@ -53,13 +58,32 @@ def flat_summary(document: dict) -> dict:
     return summary
 
 
+def run_id(spec: WandbSpec, case_id: str) -> str:
+    """One W&B run id per (project, group, case): a case mirrored again reuses its run, never adds one."""
+    digest = hashlib.sha256(f"{spec.entity}/{spec.project}/{spec.group}/{case_id}".encode()).hexdigest()
+    return f"sb-{digest[:20]}"
+
+
+def _replace_offline_runs(spec: WandbSpec, identifier: str) -> None:
+    """Delete earlier offline run folders of this id (an interrupted or failed mirror), so one stays per case."""
+    root = (spec.dir if spec.dir is not None else Path.cwd()) / "wandb"
+    for folder in root.glob(f"offline-run-*-{identifier}"):
+        log.info("replacing the earlier offline W&B run %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def log_case(spec: WandbSpec, document: dict) -> dict:
-    """Create, fill and finish the run; returns what identifies it (recorded in the document)."""
+    """Create (or resume), fill and finish the case's run; returns what identifies it (recorded in the document)."""
     import wandb
 
     if spec.dir is not None:
         spec.dir.mkdir(parents=True, exist_ok=True)
+    identifier = run_id(spec, document["case_id"])
+    if spec.mode == "offline":
+        _replace_offline_runs(spec, identifier)
     run = wandb.init(
+        id=identifier,
+        resume="allow",
         project=spec.project,
         entity=spec.entity,
         group=spec.group,

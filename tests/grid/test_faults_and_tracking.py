@@ -105,3 +105,24 @@ def test_wandb_failure_keeps_the_result_and_records_the_error(tiny_case, tmp_pat
     assert on_disk["status"] == "ok" and "ppl" in on_disk["metrics"]
     assert on_disk["tracking"]["wandb"]["status"] == "failed"
     assert on_disk["tracking"]["wandb"]["error"]["message"] == "quota exceeded"
+
+
+def test_a_case_whose_mirror_was_lost_is_mirrored_again_into_one_run(tiny_case, tmp_path, offline_no_network):
+    """A kill between the local document and its W&B mirror: the re-launch skips the case, mirrors it,
+    and a case mirrored twice keeps one offline run (same run id)."""
+    from sparsebench.results import write_document
+
+    wandb_dir = tmp_path / "wandb-runs"
+    overrides = [*tiny_case, "tracker=wandb", f"tracker.wandb.dir={wandb_dir}"]
+    first = run_case(validate(compose(overrides)))
+    path = tmp_path / "results" / f"{first['case_id']}.json"
+    lost = {key: value for key, value in first.items() if key != "tracking"}
+    write_document(path, lost)  # as if killed after the document, before the mirror
+    skipped = run_case(validate(compose(overrides)))
+    assert skipped["started_at"] == first["started_at"]  # not run again
+    assert skipped["tracking"]["wandb"]["status"] == "ok"
+    assert skipped["tracking"]["wandb"]["run_id"] == first["tracking"]["wandb"]["run_id"]
+    assert documents(tmp_path / "results")[first["case_id"]]["tracking"]["wandb"]["status"] == "ok"
+    run_case(validate(compose([*overrides, "rerun=true"])))
+    runs = list((wandb_dir / "wandb").glob("offline-run-*"))
+    assert [run.name.rsplit("-", 1)[1] for run in runs] == [first["tracking"]["wandb"]["run_id"].rsplit("-", 1)[1]], runs

@@ -184,3 +184,40 @@ def test_a_store_with_only_the_dense_model_still_shows_its_numbers():
     table = tables.build_tables([dense], None, tables.ZEROSHOT)["tiny"]
     assert table.columns == [("dense", "rte"), ("dense", "boolq")]
     assert "| dense | 60.00 | 70.00 | 65.00 |" in tables.to_markdown(table)
+
+
+def _nm_document(metric, allocator, pattern, ppl):
+    doc = document(metric, allocator, 0.5, {"wikitext2": ppl, "c4": ppl})
+    doc["case_id"] = f"tiny_{metric}_{allocator}_{pattern.replace(':', 'of')}"
+    doc["config"]["sparsity"]["pattern"] = pattern
+    return doc
+
+
+def test_combinations_that_cannot_exist_read_not_applicable_with_the_reason():
+    documents = [
+        document("wanda", "uniform", 0.5, {"wikitext2": 15.0, "c4": 18.0}),
+        document("wanda", "owl", 0.5, {"wikitext2": 14.0, "c4": 19.0}),
+        _nm_document("wanda", "uniform", "2:4", 20.0),
+    ]
+    table = tables.build_tables(documents, ["wikitext2", "c4"])["tiny"]
+    assert table.missing == []  # OWL at 2:4 is not missing work
+    markdown = tables.to_markdown(table)
+    assert "| wanda + owl | **14.00** | 19.00 | n/a | n/a |" in markdown
+    assert (
+        "- tiny / wanda + owl / 2:4: not applicable (allocator='owl' cannot honour sparsity.pattern=2:4 "
+        "(N:M fixes every layer's ratio); allocators that can: uniform)"
+    ) in markdown
+    assert "% tiny / wanda + owl / 2:4: not applicable" in tables.to_latex(table)
+
+
+def test_without_out_the_tables_go_to_standard_output_as_markdown(tmp_path, capsys):
+    results = tmp_path / "results"
+    results.mkdir()
+    for doc in KNOWN:
+        (results / f"{doc['case_id']}.json").write_text(json.dumps(doc))
+    assert tables_main(["--results", str(results), "--datasets", "wikitext2", "c4"]) == 0
+    assert capsys.readouterr().out.strip() == EXPECTED_MARKDOWN.strip()
+    assert sorted(path.name for path in results.iterdir()) == sorted(f"{doc['case_id']}.json" for doc in KNOWN)  # nothing written
+    with pytest.raises(SystemExit):
+        tables_main(["--results", str(results), "--figures"])
+    assert "--figures writes PNG files: it needs --out FOLDER" in capsys.readouterr().err
