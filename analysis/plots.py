@@ -1,4 +1,5 @@
-"""Figures as PNG: perplexity vs sparsity per method, and per-layer target ratios per allocator."""
+"""Figures as PNG: perplexity vs sparsity per method (error bars: the standard deviation over
+replicates), and per-layer target ratios per allocator."""
 
 from __future__ import annotations
 
@@ -39,11 +40,14 @@ def ppl_vs_sparsity(table: Table, out_dir: Path) -> list[Path]:
         columns = [column for column in table.columns if column[1] == dataset and column[0].endswith("%")]
         figure, axes = pyplot.subplots(figsize=(5, 3.5))
         for method in table.methods:
-            points = [(float(c[0][:-1]), table.values[(method, c)]) for c in columns if (method, c) in table.values]
+            present = [c for c in columns if (method, c) in table.values]
+            points = [(float(c[0][:-1]), table.values[(method, c)]) for c in present]
             if method == DENSE and points:
                 axes.axhline(points[0][1], color="gray", linestyle="--", label=DENSE)
             elif points:
-                axes.plot(*zip(*points), marker="o", label=method)
+                spreads = [table.spreads.get((method, c)) for c in present]
+                errors = [spread.std if spread is not None and spread.std is not None else 0.0 for spread in spreads]
+                axes.errorbar(*zip(*points), yerr=errors if any(errors) else None, marker="o", capsize=3, label=method)
         axes.set(xlabel="sparsity (%)", ylabel=f"{dataset} perplexity", yscale="log", title=table.model)
         written.append(_finish(pyplot, figure, axes, Path(out_dir) / f"ppl_vs_sparsity_{_safe(table.model)}_{_safe(dataset)}.png"))
     return written

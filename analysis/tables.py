@@ -1,5 +1,8 @@
 """Paper-style tables: rows are methods (metric + allocator), columns sparsity x dataset, then a mean.
 
+Cases that differ only in a replicate key (``calibration.seed`` unless told otherwise) share a cell,
+shown as mean ± standard deviation (n) and compared with a baseline (``analysis/replicates.py``).
+
 One table per model and measure (perplexity; prune time; zero-shot accuracy, the ``acc`` of each
 task as Wanda, OWL, NeuroAL and TRIM report it). The best pruned value
 of each column (lowest or highest, as the measure says) is bold; the dense row is shown but never
@@ -17,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+from analysis.replicates import DEFAULT_ALPHA, DEFAULT_REPLICATE_KEYS, Comparison, Spread, compare, replicate_signature, replicate_values
 from sparsebench.config import combination_problem, model_name_from_path
 
 DENSE = "dense"
@@ -85,6 +89,13 @@ class Table:
     missing: list[str] = field(default_factory=list)
     measure: Measure = PERPLEXITY
     not_applicable: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # cells that cannot exist, and why
+    spreads: dict[tuple[str, tuple[str, str]], Spread] = field(default_factory=dict)  # each cell's replicates (values holds their mean)
+    comparisons: dict[tuple[str, tuple[str, str]], Comparison] = field(default_factory=dict)  # each cell against its baseline's
+    replicate_keys: tuple[str, ...] = DEFAULT_REPLICATE_KEYS
+
+    @property
+    def has_replicates(self) -> bool:
+        return any(spread.n > 1 for spread in self.spreads.values())
 
     def row_mean(self, method: str) -> float | None:
         row = [self.values.get((method, column)) for column in self.columns]
@@ -121,15 +132,59 @@ def _sparsity_order(label: str) -> tuple[int, float, str]:
     return (0, float(label[:-1]), label) if label.endswith("%") else (1, 0.0, label)
 
 
-def build_tables(documents: list[dict], datasets: list[str] | None = None, measure: Measure = PERPLEXITY) -> dict[str, Table]:
-    """Tables by model name from result documents (ok and failed)."""
+def build_tables(
+    documents: list[dict], datasets: list[str] | None = None, measure: Measure = PERPLEXITY,
+    replicate_keys: tuple[str, ...] = DEFAULT_REPLICATE_KEYS, baseline: str | None = None, alpha: float = DEFAULT_ALPHA,
+) -> dict[str, Table]:
+    """Tables by model name from result documents (ok and failed).
+
+    Documents of one cell that differ only in ``replicate_keys`` are its replicates (mean ± std);
+    each pruned cell is compared with ``baseline`` (a method name, e.g. ``wanda + uniform``), by
+    default the same metric with the uniform allocator.
+    """
     by_model: dict[str, list[dict]] = {}
     for document in documents:
         by_model.setdefault(model_of(document["config"]), []).append(document)
-    return {model: _table(model, docs, datasets, measure) for model, docs in sorted(by_model.items())}
+    return {model: _table(model, docs, datasets, measure, tuple(replicate_keys), baseline, alpha) for model, docs in sorted(by_model.items())}
 
 
-def _table(model: str, documents: list[dict], datasets: list[str] | None, measure: Measure) -> Table:
+def _spreads(model: str, cells: dict, replicate_keys: tuple[str, ...]) -> dict:
+    """Each cell's replicates; documents of one cell that differ in more than the replicate keys are an error."""
+    spreads = {}
+    for (method, column), entries in cells.items():
+        ids = ", ".join(document["case_id"] for document, _ in entries)
+        if len({replicate_signature(document["config"], replicate_keys) for document, _ in entries}) > 1:
+            raise AnalysisError(
+                f"two ok documents for {model} / {method} / {column[0]} / {column[1]} differ in more than the replicate keys "
+                f"({', '.join(replicate_keys)}): {ids}; filter them apart (--experiment), keep one results folder per grid, "
+                f"or name the key that differs with --replicate-key"
+            )
+        seen = [repr(replicate_values(document["config"], replicate_keys)) for document, _ in entries]
+        if len(set(seen)) < len(seen):
+            raise AnalysisError(
+                f"two ok documents for {model} / {method} / {column[0]} / {column[1]} with the same replicate keys "
+                f"({', '.join(replicate_keys)}): {ids}; filter them apart (--experiment) or keep one results folder per grid"
+            )
+        spreads[(method, column)] = Spread(tuple(value for _, value in entries))
+    return spreads
+
+
+def _comparisons(spreads: dict, parts: dict, baseline: str | None, alpha: float) -> dict:
+    """Each pruned cell against its baseline's cell of the same column (not the baseline's own row)."""
+    comparisons = {}
+    for (method, column), spread in spreads.items():
+        if method == DENSE:
+            continue
+        reference = baseline or f"{parts[method][0]} + uniform"
+        if reference != method and (reference, column) in spreads:
+            comparisons[(method, column)] = compare(spread, spreads[(reference, column)], reference, alpha)
+    return comparisons
+
+
+def _table(
+    model: str, documents: list[dict], datasets: list[str] | None, measure: Measure, replicate_keys: tuple[str, ...] = DEFAULT_REPLICATE_KEYS,
+    baseline: str | None = None, alpha: float = DEFAULT_ALPHA,
+) -> Table:
     if not measure.shows_dense:
         documents = [d for d in documents if method_of(d["config"]) != DENSE]
     pruned = [d for d in documents if method_of(d["config"]) != DENSE]
@@ -138,8 +193,7 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
     wanted = datasets or (sorted(named) if measure.sorted_columns else named)
     methods = sorted({method_of(d["config"]) for d in documents}, key=lambda m: (m != DENSE, m))
     columns = [(sparsity, dataset) for sparsity in sparsities for dataset in wanted]
-    values: dict = {}
-    sources: dict = {}
+    cells: dict = {}
     failures: dict = {}
     for document in documents:
         method = method_of(document["config"])
@@ -149,15 +203,10 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
                 failures[(method, column)] = document
                 continue
             value = measure.read(document, column[1])
-            if value is None:
-                continue
-            if (method, column) in sources:
-                raise AnalysisError(
-                    f"two ok documents for {model} / {method} / {column[0]} / {column[1]}: {sources[(method, column)]} and "
-                    f"{document['case_id']}; filter them apart (--experiment) or keep one results folder per grid"
-                )
-            values[(method, column)] = value
-            sources[(method, column)] = document["case_id"]
+            if value is not None:
+                cells.setdefault((method, column), []).append((document, value))
+    spreads = _spreads(model, cells, replicate_keys)
+    values = {key: spread.mean for key, spread in spreads.items()}
     parts = {method_of(d["config"]): (d["config"]["metric"].get("name"), d["config"]["allocator"].get("name")) for d in pruned}
     inapplicable = {}
     for method, (metric, allocator) in parts.items():
@@ -174,25 +223,34 @@ def _table(model: str, documents: list[dict], datasets: list[str] | None, measur
                 failed = failures.get((method, column))
                 reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else "not run"
                 missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
-    return Table(model, methods, columns, values, missing, measure, inapplicable)
+    comparisons = _comparisons(spreads, parts, baseline, alpha) if any(s.n > 1 for s in spreads.values()) else {}
+    return Table(model, methods, columns, values, missing, measure, inapplicable, spreads, comparisons, replicate_keys)
 
 
-def _cell(value: float | None, best: float | None, bold: tuple[str, str]) -> str:
+MARKS = {"beyond noise": " *", "within noise": " ~"}
+
+
+def _cell(value: float | None, best: float | None, bold: tuple[str, str], spread: Spread | None = None, comparison: Comparison | None = None, pm: str = "±") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     text = f"{value:.2f}"
-    return f"{bold[0]}{text}{bold[1]}" if best is not None and value == best else text
+    if spread is not None and spread.n > 1:
+        text += f" {pm} {spread.std:.2f} ({spread.n})"
+    text = f"{bold[0]}{text}{bold[1]}" if best is not None and value == best else text
+    return text + (MARKS.get(comparison.verdict, "") if comparison is not None else "")
 
 
 NOT_APPLICABLE = "n/a"
 
 
-def _rows(table: Table, bold: tuple[str, str]) -> list[list[str]]:
+def _rows(table: Table, bold: tuple[str, str], pm: str = "±") -> list[list[str]]:
     rows = []
     for method in table.methods:
         dense = method == DENSE
         cells = [
-            NOT_APPLICABLE if (method, c) in table.not_applicable else _cell(table.values.get((method, c)), None if dense else table.best(c), bold)
+            NOT_APPLICABLE if (method, c) in table.not_applicable else _cell(
+                table.values.get((method, c)), None if dense else table.best(c), bold, table.spreads.get((method, c)), table.comparisons.get((method, c)), pm
+            )
             for c in table.columns
         ]
         cells.append(_cell(table.row_mean(method), None if dense else table.best_mean(), bold))
@@ -208,11 +266,37 @@ def to_markdown(table: Table) -> str:
     lines = [f"**{table.model}** ({table.measure.title})", "", "| " + " | ".join(_header(table)) + " |"]
     lines.append("|" + "---|" + "---:|" * (len(table.columns) + 1))
     lines += ["| " + " | ".join(row) + " |" for row in _rows(table, ("**", "**"))]
+    if table.has_replicates:
+        lines += ["", *_legend(table)]
+        if table.comparisons:
+            lines += ["", "Differences from baselines:", *[f"- {entry}" for entry in _comparison_entries(table)]]
     if table.missing:
         lines += ["", "Missing cases:", *[f"- {entry}" for entry in table.missing]]
     if table.not_applicable:
         lines += ["", "Not applicable (n/a):", *[f"- {entry}" for entry in _not_applicable_entries(table)]]
     return "\n".join(lines) + "\n"
+
+
+def _legend(table: Table) -> list[str]:
+    alpha = next(iter(table.comparisons.values())).alpha if table.comparisons else None
+    legend = [f"Cells: mean ± sample standard deviation (number of replicates over {', '.join(table.replicate_keys)}); bold: the best mean."]
+    if alpha is not None:
+        legend.append(
+            f"Against its baseline (the same metric with the uniform allocator unless named): `*` beyond noise, `~` within noise "
+            f"(Welch's t-test, two-sided, p < {alpha:g}); no mark: no baseline, or fewer than 2 replicates on a side."
+        )
+    return legend
+
+
+def _comparison_entries(table: Table) -> list[str]:
+    entries = []
+    for (method, column), comparison in table.comparisons.items():
+        p = "n/a" if comparison.p_value is None else f"{comparison.p_value:.3g}"
+        entries.append(
+            f"{method} vs {comparison.baseline}, {column[0]} {column[1]}: {comparison.difference:+.2f} "
+            f"({table.values[(method, column)]:.2f} vs {table.values[(comparison.baseline, column)]:.2f}), p = {p}: {comparison.verdict}"
+        )
+    return entries
 
 
 def _not_applicable_entries(table: Table) -> list[str]:
@@ -231,20 +315,39 @@ def to_latex(table: Table) -> str:
     lines = [f"% {table.model}: {table.measure.title}; blank = missing", r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
     lines.append(" & ".join(_latex_escape(cell) for cell in _header(table)) + r" \\")
     lines.append(r"\midrule")
-    for row in _rows(table, (r"\textbf{", "}")):
+    for row in _rows(table, (r"\textbf{", "}"), r"$\pm$"):
         lines.append(" & ".join([_latex_escape(row[0]), *row[1:]]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [f"% missing: {_latex_escape(entry)}" for entry in table.missing]
     lines += [f"% {_latex_escape(entry)}" for entry in _not_applicable_entries(table)]
+    if table.has_replicates:
+        lines += [f"% {_latex_escape(entry)}" for entry in _legend(table)]
+        lines += [f"% {_latex_escape(entry)}" for entry in _comparison_entries(table)]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(table: Table) -> str:
-    """Full-precision numbers, blanks for missing cells, no emphasis."""
+    """Full-precision numbers, blanks for missing cells, no emphasis.
+
+    With replicates, each column is followed by its ``std``, ``n`` and, where there is a baseline,
+    the Welch p-value against it (``p vs baseline``).
+    """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", *_header(table)])
+    header = _header(table)
+    if table.has_replicates:
+        header = [header[0], *[f"{name}{suffix}" for name in header[1:-1] for suffix in ("", " std", " n", " p vs baseline")], header[-1]]
+    writer.writerow(["model", *header])
     for method in table.methods:
-        values = [table.values.get((method, column)) for column in table.columns] + [table.row_mean(method)]
-        writer.writerow([table.model, method, *["" if v is None else repr(v) for v in values]])
+        row = []
+        for column in table.columns:
+            value = table.values.get((method, column))
+            row.append("" if value is None else repr(value))
+            if table.has_replicates:
+                spread, comparison = table.spreads.get((method, column)), table.comparisons.get((method, column))
+                row.append("" if spread is None or spread.std is None else repr(spread.std))
+                row.append("" if spread is None else str(spread.n))
+                row.append("" if comparison is None or comparison.p_value is None else repr(comparison.p_value))
+        mean = table.row_mean(method)
+        writer.writerow([table.model, method, *row, "" if mean is None else repr(mean)])
     return out.getvalue()

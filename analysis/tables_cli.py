@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis import plots, store, tables
+from analysis import plots, replicates, store, tables
 
 log = logging.getLogger("sparsebench.tables")
 
@@ -32,6 +32,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--also", nargs="+", default=[], choices=[name for name in tables.MEASURES if name != "ppl"],
         help="more tables, each in its own files: prune_time.md/.tex/.csv, ...",
     )
+    parser.add_argument(
+        "--replicate-key", action="append", dest="replicate_keys", metavar="KEY",
+        help="a config key whose values are replicates of one cell (repeatable; default: calibration.seed)",
+    )
+    parser.add_argument("--baseline", help="the method every row is compared with, e.g. 'wanda + uniform' (default: each metric's uniform row)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of Welch's t-test against the baseline (default 0.05)")
     parser.add_argument("--figures", action="store_true", help="also write PNG figures (needs matplotlib and --out)")
     args = parser.parse_args(argv)
     if args.figures and args.out is None:
@@ -56,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if not documents:
         log.error("no result documents found")
         return 1
-    built = tables.build_tables(documents, args.datasets)
-    also = {name: tables.build_tables(documents, None, tables.MEASURES[name]) for name in args.also}
+    options = {"replicate_keys": tuple(args.replicate_keys or replicates.DEFAULT_REPLICATE_KEYS), "baseline": args.baseline, "alpha": args.alpha}
+    built = tables.build_tables(documents, args.datasets, **options)
+    also = {name: tables.build_tables(documents, None, tables.MEASURES[name], **options) for name in args.also}
     if args.out is None:
         print("\n".join(tables.to_markdown(t) for group in (built, *also.values()) for t in group.values()))
     else:

@@ -38,7 +38,7 @@ _FIRST_DATA_KEYS = ("wikitext2", "c4", "ptb")
 
 
 def _defining_eval(evaluation: dict) -> dict:
-    defining = {"ppl": {k: v for k, v in evaluation["ppl"].items() if k != "batch_size"}}
+    defining = {"ppl": {k: v for k, v in (evaluation.get("ppl") or {}).items() if k != "batch_size"}}
     zeroshot = evaluation.get("zeroshot") or {}
     if zeroshot.get("tasks"):
         defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size")}
@@ -46,14 +46,15 @@ def _defining_eval(evaluation: dict) -> dict:
 
 
 def defining_config(config: dict, device_type: str) -> dict:
-    """The parts of a resolved configuration that change a case's numbers."""
+    """The parts of a resolved configuration that change a case's numbers (absent groups read as empty)."""
     model = {k: config["model"].get(k) for k in ("path", "family", "dtype", "revision")}
-    data = {k: v for k, v in config["data"].items() if v is not None or k in _FIRST_DATA_KEYS}
-    defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(config["eval"]), "data": data, "device_type": device_type}
+    data = {k: v for k, v in (config.get("data") or {}).items() if v is not None or k in _FIRST_DATA_KEYS}
+    evaluation = config.get("eval") or {"ppl": {}}
+    defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(evaluation), "data": data, "device_type": device_type}
     if config["metric"].get("name") != "none":
-        defining["sparsity"] = config["sparsity"]
-        defining["allocator"] = config["allocator"]
-        defining["calibration"] = {k: v for k, v in config["calibration"].items() if k != "batch_size"}
+        defining["sparsity"] = config.get("sparsity")
+        defining["allocator"] = config.get("allocator")
+        defining["calibration"] = {k: v for k, v in (config.get("calibration") or {}).items() if k != "batch_size"}
     if (config.get("decomposition") or {}).get("rank") is not None:
         defining["decomposition"] = config["decomposition"]
     return defining
