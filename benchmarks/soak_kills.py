@@ -147,14 +147,19 @@ def soak(launcher: str, workdir: Path, cases: int, kills: int, rng: random.Rando
             if counts["kills"] >= kills:
                 launch.wait()
                 break
+            kill_worker = launcher == "gpu_pool" and rng.random() < 0.5
+            if kill_worker:  # the slot workers start only after Hydra's and the launcher's start-up: wait for them
+                waited = time.monotonic() + 120
+                while launch.poll() is None and not _workers(launch.pid) and time.monotonic() < waited:
+                    time.sleep(0.1)
             deadline = time.monotonic() + rng.uniform(0.5, max_delay_s)
             while launch.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
             if launch.poll() is not None:
                 break
-            workers = _workers(launch.pid) if launcher == "gpu_pool" else []
-            if workers and rng.random() < 0.5:
-                os.kill(rng.choice(workers), signal.SIGKILL)  # one slot's worker dies; the launch goes on
+            workers = _workers(launch.pid) if kill_worker else []
+            if workers:
+                os.kill(rng.choice(workers), signal.SIGKILL)  # one slot's worker dies mid-case; the launch goes on
                 counts["worker_kills"] += 1
             else:
                 os.killpg(launch.pid, signal.SIGKILL)  # the launch and everything it started
@@ -188,11 +193,7 @@ def _final_checks(results: Path, wandb_dir: Path | None, recorded: dict, problem
     corrupt = sorted(p.name for p in (results / "corrupt").glob("*")) if (results / "corrupt").exists() else []
     claims = sorted(p.name for p in (results / ".claims").glob("*")) if (results / ".claims").exists() else []
     ids = Counter(d["case_id"] for d in documents if d is not None)
-    by_seed: dict = {}  # one table per calibration seed: a table cell holds one document
-    for document in documents:
-        if document is not None:
-            by_seed.setdefault(document["config"]["calibration"]["seed"], []).append(document)
-    table_missing = [entry for group in by_seed.values() for table in build_tables(group).values() for entry in table.missing]
+    table_missing = [entry for table in build_tables([d for d in documents if d]).values() for entry in table.missing]  # seeds: replicates
     checks = {
         "documents": len(paths), "ok_documents": sum(1 for d in documents if d and d["status"] == "ok"), "invalid_documents": invalid,
         "failed_documents": not_ok, "duplicate_case_ids": [case for case, n in ids.items() if n > 1], "partial_files": partials,
@@ -222,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=32, help="cases per grid (rounded up to whole metric x ratio x seed products)")
     parser.add_argument("--kills", type=int, default=12, help="kills per launcher")
     parser.add_argument("--launchers", nargs="+", default=["basic", "gpu_pool"], choices=["basic", "gpu_pool"])
-    parser.add_argument("--max-delay", type=float, default=10.0, help="a kill comes 0.5 s to this many seconds after the launch or the previous kill")
+    parser.add_argument(
+        "--max-delay", type=float, default=20.0,
+        help="a kill comes 0.5 s to this many seconds after the launch, the previous kill, or (for a worker) the workers' start",
+    )
     parser.add_argument("--no-wandb", action="store_true", help="local store only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="default: a temporary folder, removed afterwards")
