@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional
 from sparsebench.allocators import ALLOCATORS, AllocatorSpec
 from sparsebench.data.corpora import CORPORA, Corpus, corpus_named
 from sparsebench.errors import ConfigError
+from sparsebench.evaluate.efficiency import EfficiencySpec, validate_efficiency
 from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
+from sparsebench.export import ExportSpec, validate_export
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.masks import NMPattern, parse_pattern
@@ -73,9 +75,25 @@ class ZeroShotConfig:
 
 
 @dataclass
+class EfficiencyConfig:
+    """Inference speed and memory of the pruned model (``eval=efficiency``, or ``eval.efficiency.enabled=true``)."""
+
+    enabled: bool = False
+    prefill_batch: int = 1
+    prefill_seqlen: int = 2048  # capped at the model's context length
+    decode_batches: List[int] = field(default_factory=lambda: [1, 16])
+    decode_prompt: int = 128  # prompt tokens before greedy decoding
+    decode_tokens: int = 128  # new tokens generated (KV cache)
+    warmup: int = 1  # untimed calls before each measurement
+    repeats: int = 5  # timed calls; the median is reported
+    sparse_kernels: str = "auto"  # auto: 2:4 models on a CUDA GPU of compute capability >= 8.0; off
+
+
+@dataclass
 class EvalConfig:
     ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
 
 
 @dataclass
@@ -130,6 +148,15 @@ class DebugConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``export=none|hf|compressed``: write the pruned model to ``<dir>/<case_id>/`` (see sparsebench/export.py)."""
+
+    format: str = "none"
+    dtype: Optional[str] = None  # null: the case's dtype
+    dir: Optional[str] = None  # null: <results_dir>/models
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
@@ -138,6 +165,7 @@ class Config:
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"
     offload: bool = False
@@ -209,6 +237,8 @@ class CaseSpec:
     tracker: TrackerSpec = LOCAL_TRACKER
     fault: FaultSpec = NO_FAULT
     zeroshot: ZeroShotSpec | None = None  # None: no zero-shot evaluation
+    export: ExportSpec | None = None  # None: export=none
+    efficiency: EfficiencySpec | None = None  # None: no efficiency evaluation
 
     @property
     def is_dense(self) -> bool:
@@ -323,6 +353,8 @@ def validate(config: dict) -> CaseSpec:
         if not Path(path).expanduser().exists():
             raise ConfigError(f"data.{name}={path!r}: no such file or folder")
     zeroshot = validate_zeroshot(config["eval"].get("zeroshot") or {}, data_paths)
+    efficiency = validate_efficiency(config["eval"].get("efficiency") or {})
+    export = validate_export(config.get("export"), None if metric.prune is None else pattern, Path(config["results_dir"]).expanduser())
 
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
@@ -354,4 +386,6 @@ def validate(config: dict) -> CaseSpec:
         tracker=validate_tracker(config.get("tracker") or {}, config.get("experiment_name", "adhoc")),
         fault=validate_fault(config.get("debug")),
         zeroshot=zeroshot,
+        export=export,
+        efficiency=efficiency,
     )

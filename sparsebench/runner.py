@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from torch import Tensor
 
 import sparsebench
-from sparsebench import environment, lowrank, sparsity, tracking
+from sparsebench import environment, export, lowrank, sparsity, tracking
 from sparsebench.allocators import Allocation
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import resolve_source
@@ -23,7 +23,7 @@ from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, token
 from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError
 from sparsebench.faults import inject
-from sparsebench.evaluate import zeroshot
+from sparsebench.evaluate import efficiency, zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
@@ -188,6 +188,36 @@ def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, n
     return results
 
 
+def _pruned_linears(loaded: LoadedModel) -> dict[str, object]:
+    """``{full module name: linear}`` of every prunable linear (the ones pruned, or that would be)."""
+    adapter = loaded.adapter
+    return {
+        f"{adapter.blocks}.{index}.{name}": linear
+        for index, block in enumerate(adapter.get_blocks(loaded.model))
+        for name, linear in adapter.get_linears(block).items()
+    }
+
+
+def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: int, timings: dict) -> dict:
+    started = time.perf_counter()
+    section = export.export_model(
+        loaded.model, loaded.tokenizer, spec.export, case, list(_pruned_linears(loaded)), spec.pattern, dense_parameters
+    )
+    timings["export_s"] = time.perf_counter() - started
+    return section
+
+
+def _efficiency(spec: CaseSpec, loaded: LoadedModel, timings: dict) -> dict:
+    started = time.perf_counter()
+    zeroshot.place(loaded.model, spec.device, spec.offload)
+    result = efficiency.evaluate_efficiency(
+        loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.device, spec.pattern, loaded.dtype,
+        loaded.context_length, spec.progress,
+    )
+    timings["eval_efficiency_s"] = time.perf_counter() - started
+    return result
+
+
 def run_case(spec: CaseSpec) -> dict:
     """Run one case and write its result document; returns the document."""
     case = case_id(spec.resolved, spec.model_name, spec.device.split(":")[0])
@@ -230,11 +260,16 @@ def run_case(spec: CaseSpec) -> dict:
                 document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
+        if spec.export is not None:
+            document["export"] = _export(spec, loaded, case, facts["parameters"], timings)
+
         inject(spec.fault, "eval", case)
         phase = time.perf_counter()
         document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
         if spec.zeroshot:
             document["metrics"]["zeroshot"] = _zeroshot(spec, loaded, zeroshot_tasks, timings)
+        if spec.efficiency:
+            document["metrics"]["efficiency"] = _efficiency(spec, loaded, timings)
         timings["eval_s"] = time.perf_counter() - phase
         inject(spec.fault, "write", case)
         document["status"] = "ok"
