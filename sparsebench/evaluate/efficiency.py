@@ -283,3 +283,44 @@ def speedups(dense: dict, sparse: dict) -> dict:
         "prefill": ratio(sparse["prefill"]["tokens_per_s"], dense["prefill"]["tokens_per_s"]),
         "decode": {batch: ratio(sparse["decode"][batch]["tokens_per_s"], dense["decode"][batch]["tokens_per_s"]) for batch in dense["decode"]},
     }
+
+
+# ----------------------------------------------------------------------------- flat fields (tables, W&B)
+
+
+def efficiency_fields(document: dict) -> dict:
+    """The export and efficiency figures of a result document as flat scalars.
+
+    The W&B mirror logs exactly these (as ``efficiency/<field>``) and ``sparsebench-tables --also
+    efficiency`` reads exactly these, from a local document or from a W&B run.
+    """
+    fields: dict = {}
+    export = document.get("export") or {}
+    if export:
+        fields.update(
+            {
+                "export_format": export.get("format"), "export_path": export.get("path"), "export_dtype": export.get("dtype"),
+                "export_weight_bytes": export.get("weight_bytes"), "export_bytes_on_disk": export.get("bytes_on_disk"),
+                "export_dense_weight_bytes": export.get("dense_weight_bytes"), "export_vs_dense": export.get("weight_bytes_vs_dense"),
+            }
+        )
+    efficiency = (document.get("metrics") or {}).get("efficiency") or {}
+    for prefix, measured in (("", efficiency.get("dense_weights")), ("sparse_", efficiency.get("sparse_kernels"))):
+        if not measured:
+            continue
+        fields[f"{prefix}prefill_tokens_per_s"] = measured["prefill"]["tokens_per_s"]
+        peaks = [measured["prefill"]["peak_memory_bytes"]]
+        for batch, result in measured["decode"].items():
+            fields[f"{prefix}decode_b{batch}_tokens_per_s"] = result["tokens_per_s"]
+            peaks.append(result["peak_memory_bytes"])
+        peaks = [peak for peak in peaks if peak is not None]
+        if peaks:
+            fields[f"{prefix}peak_memory_bytes"] = max(peaks)
+        fields[f"{prefix}weight_bytes_in_memory"] = measured["weight_bytes_in_memory"]
+    speedup = efficiency.get("speedup") or {}
+    if speedup:
+        fields["speedup_prefill"] = speedup["prefill"]
+        fields.update({f"speedup_decode_b{batch}": value for batch, value in speedup["decode"].items()})
+    if efficiency.get("skipped"):
+        fields["skipped"] = "; ".join(f"{skip['what']}: {skip['why']}" for skip in efficiency["skipped"])
+    return {key: value for key, value in fields.items() if value is not None}
