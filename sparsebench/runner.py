@@ -246,6 +246,8 @@ def run_case(spec: CaseSpec) -> dict:
         document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
         notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
         ppl_seqlen = _check_lengths(spec, loaded)
+        if spec.efficiency:  # before pruning: a decode longer than the context fails at once
+            efficiency.check_lengths(spec.efficiency, loaded.context_length)
         if spec.zeroshot:
             zeroshot.check_fits(loaded.model, spec.device, spec.offload)
 

@@ -173,11 +173,16 @@ def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: s
     }
 
 
-def measure_all(model: nn.Module, spec: EfficiencySpec, device: str, context: int | None, memory: PeakMemory, progress: bool = True, desc: str = "efficiency") -> dict:
-    seqlen = min(spec.prefill_seqlen, context) if context else spec.prefill_seqlen
+def check_lengths(spec: EfficiencySpec, context: int | None) -> None:
+    """The decode length must fit the model's context (the prefill length is capped at it)."""
     decode_total = spec.decode_prompt + spec.decode_tokens
     if context and decode_total > context:
         raise ConfigError(f"eval.efficiency: decode_prompt + decode_tokens = {decode_total} is longer than the model's context ({context})")
+
+
+def measure_all(model: nn.Module, spec: EfficiencySpec, device: str, context: int | None, memory: PeakMemory, progress: bool = True, desc: str = "efficiency") -> dict:
+    seqlen = min(spec.prefill_seqlen, context) if context else spec.prefill_seqlen
+    check_lengths(spec, context)
     steps = tqdm([None, *spec.decode_batches], desc=desc, disable=not progress)
     result: dict = {"decode": {}}
     for batch in steps:
