@@ -1,7 +1,8 @@
 """Read result documents: from a local results folder, or from W&B runs logged by ``tracker=wandb``.
 
 Both give the same minimal shape (case_id, status, config, metrics: perplexity and zero-shot
-accuracy, timings, sparsity), so the tables do not know where the numbers came from.
+accuracy, timings, sparsity; from W&B also ``efficiency_fields``, the flat export and efficiency
+figures that a local document yields through ``efficiency_fields``), so the tables do not know where the numbers came from.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def wandb_documents(project: str, entity: str | None = None, group: str | None =
                 "timings": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("timings/")},
                 "sparsity": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("sparsity/")},
                 "error": {"type": "", "message": summary["error"]} if "error" in summary else None,
+                "efficiency_fields": {key.split("/", 1)[1]: value for key, value in summary.items() if key.startswith("efficiency/")},
             }
         )
     return found

@@ -41,6 +41,12 @@ class Measure:
     read: Callable[[dict, str], float | None]  # a document's value for a column name, None if absent
     shows_dense: bool = True
     sorted_columns: bool = True  # False: columns in the order the configs list them (zero-shot tasks)
+    shows_mean: bool = True  # False: columns of different units (efficiency), no row mean
+    column_lower_is_better: Callable[[str], bool] | None = None  # per-column direction, else lower_is_better
+    explain: Callable[[dict, str], str | None] | None = None  # why an ok document has no value (listed under missing)
+
+    def lower_is_better_for(self, column: str) -> bool:
+        return self.lower_is_better if self.column_lower_is_better is None else self.column_lower_is_better(column)
 
 
 def _ppl(document: dict, dataset: str) -> float | None:
@@ -77,7 +83,63 @@ PRUNE_TIME = Measure(
 ZEROSHOT = Measure(
     "zeroshot", "zero-shot accuracy (lm-eval acc, %), higher is better", False, _zeroshot_tasks, _zeroshot_accuracy, sorted_columns=False
 )
-MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME, ZEROSHOT)}
+
+
+def _efficiency_columns(config: dict) -> list[str]:
+    """Export size when the case exported; throughput and peak memory when it measured efficiency; and
+    the sparse kernels' speedups for 2:4 cases (the only pattern with kernels)."""
+    columns = []
+    if (config.get("export") or {}).get("format", "none") != "none":
+        columns += ["export MB", "export / dense"]
+    efficiency = config["eval"].get("efficiency") or {}
+    if efficiency.get("enabled"):
+        batches = efficiency.get("decode_batches") or []
+        columns += ["prefill tok/s", *[f"decode b{b} tok/s" for b in batches], "peak MB"]
+        if config["metric"].get("name") != "none" and str(config["sparsity"].get("pattern")) == "2:4":
+            columns += ["prefill speedup", *[f"decode b{b} speedup" for b in batches]]
+    return columns
+
+
+def _efficiency_field(column: str) -> tuple[str, float]:
+    """The ``efficiency_fields`` key of a column and the scale it is shown in."""
+    if column == "export MB":
+        return "export_weight_bytes", 1e-6
+    if column == "export / dense":
+        return "export_vs_dense", 1.0
+    if column == "peak MB":
+        return "peak_memory_bytes", 1e-6
+    if column == "prefill tok/s":
+        return "prefill_tokens_per_s", 1.0
+    if column == "prefill speedup":
+        return "speedup_prefill", 1.0
+    batch, unit = column.removeprefix("decode b").split(" ")
+    return (f"decode_b{batch}_tokens_per_s" if unit == "tok/s" else f"speedup_decode_b{batch}"), 1.0
+
+
+def _fields(document: dict) -> dict:
+    from sparsebench.evaluate.efficiency import efficiency_fields
+
+    return document.get("efficiency_fields") or efficiency_fields(document)
+
+
+def _efficiency_value(document: dict, column: str) -> float | None:
+    key, scale = _efficiency_field(column)
+    value = _fields(document).get(key)
+    return None if value is None else float(value) * scale
+
+
+def _efficiency_gap(document: dict, column: str) -> str | None:
+    skipped = _fields(document).get("skipped")
+    return f"skipped: {skipped}" if skipped and "speedup" in column else None
+
+
+EFFICIENCY = Measure(
+    "efficiency", "export size (MB of weights, share of the dense model at the same dtype), throughput (tokens/s, weights stored dense), "
+    "peak memory (MB), speedup of the 2:4 sparse kernels; bold: the best pruned value", False, _efficiency_columns, _efficiency_value,
+    sorted_columns=False, shows_mean=False, column_lower_is_better=lambda column: column in ("export MB", "export / dense", "peak MB"),
+    explain=_efficiency_gap,
+)
+MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME, ZEROSHOT, EFFICIENCY)}
 
 
 @dataclass
@@ -98,16 +160,20 @@ class Table:
         return any(spread.n > 1 for spread in self.spreads.values())
 
     def row_mean(self, method: str) -> float | None:
+        if not self.measure.shows_mean:
+            return None
         row = [self.values.get((method, column)) for column in self.columns]
         return None if any(value is None for value in row) or not row else sum(row) / len(row)
 
-    def _pick(self, values: list[float]) -> float | None:
+    def _pick(self, values: list[float], lower_is_better: bool | None = None) -> float | None:
         if not values:
             return None
-        return min(values) if self.measure.lower_is_better else max(values)
+        lower = self.measure.lower_is_better if lower_is_better is None else lower_is_better
+        return min(values) if lower else max(values)
 
     def best(self, column: tuple[str, str]) -> float | None:
-        return self._pick([self.values[(m, column)] for m in self.methods if m != DENSE and (m, column) in self.values])
+        values = [self.values[(m, column)] for m in self.methods if m != DENSE and (m, column) in self.values]
+        return self._pick(values, self.measure.lower_is_better_for(column[1]))
 
     def best_mean(self) -> float | None:
         means = [self.row_mean(m) for m in self.methods if m != DENSE]
@@ -195,6 +261,7 @@ def _table(
     columns = [(sparsity, dataset) for sparsity in sparsities for dataset in wanted]
     cells: dict = {}
     failures: dict = {}
+    gaps: dict = {}
     for document in documents:
         method = method_of(document["config"])
         keys = columns if method == DENSE else [(sparsity_of(document["config"]), dataset) for dataset in wanted]
@@ -203,8 +270,12 @@ def _table(
                 failures[(method, column)] = document
                 continue
             value = measure.read(document, column[1])
-            if value is not None:
-                cells.setdefault((method, column), []).append((document, value))
+            if value is None:
+                gap = measure.explain(document, column[1]) if measure.explain else None
+                if gap:
+                    gaps[(method, column)] = gap
+                continue
+            cells.setdefault((method, column), []).append((document, value))
     spreads = _spreads(model, cells, replicate_keys)
     values = {key: spread.mean for key, spread in spreads.items()}
     parts = {method_of(d["config"]): (d["config"]["metric"].get("name"), d["config"]["allocator"].get("name")) for d in pruned}
@@ -221,7 +292,7 @@ def _table(
                 continue
             if (method, column) not in values:
                 failed = failures.get((method, column))
-                reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else "not run"
+                reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else gaps.get((method, column), "not run")
                 missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
     comparisons = _comparisons(spreads, parts, baseline, alpha) if any(s.n > 1 for s in spreads.values()) else {}
     return Table(model, methods, columns, values, missing, measure, inapplicable, spreads, comparisons, replicate_keys)
@@ -253,18 +324,20 @@ def _rows(table: Table, bold: tuple[str, str], pm: str = "±") -> list[list[str]
             )
             for c in table.columns
         ]
-        cells.append(_cell(table.row_mean(method), None if dense else table.best_mean(), bold))
+        if table.measure.shows_mean:
+            cells.append(_cell(table.row_mean(method), None if dense else table.best_mean(), bold))
         rows.append([method, *cells])
     return rows
 
 
 def _header(table: Table) -> list[str]:
-    return ["method", *[f"{sparsity} {dataset}" for sparsity, dataset in table.columns], "mean"]
+    mean = ["mean"] if table.measure.shows_mean else []
+    return ["method", *[f"{sparsity} {dataset}" for sparsity, dataset in table.columns], *mean]
 
 
 def to_markdown(table: Table) -> str:
     lines = [f"**{table.model}** ({table.measure.title})", "", "| " + " | ".join(_header(table)) + " |"]
-    lines.append("|" + "---|" + "---:|" * (len(table.columns) + 1))
+    lines.append("|" + "---|" + "---:|" * (len(_header(table)) - 1))
     lines += ["| " + " | ".join(row) + " |" for row in _rows(table, ("**", "**"))]
     if table.has_replicates:
         lines += ["", *_legend(table)]
@@ -312,7 +385,7 @@ def _latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    lines = [f"% {table.model}: {table.measure.title}; blank = missing", r"\begin{tabular}{l" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
+    lines = [f"% {table.model}: {table.measure.title}; blank = missing", r"\begin{tabular}{l" + "r" * (len(_header(table)) - 1) + "}", r"\toprule"]
     lines.append(" & ".join(_latex_escape(cell) for cell in _header(table)) + r" \\")
     lines.append(r"\midrule")
     for row in _rows(table, (r"\textbf{", "}"), r"$\pm$"):
@@ -336,7 +409,8 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(out, lineterminator="\n")
     header = _header(table)
     if table.has_replicates:
-        header = [header[0], *[f"{name}{suffix}" for name in header[1:-1] for suffix in ("", " std", " n", " p vs baseline")], header[-1]]
+        named = header[1 : 1 + len(table.columns)]
+        header = [header[0], *[f"{name}{suffix}" for name in named for suffix in ("", " std", " n", " p vs baseline")], *header[1 + len(table.columns) :]]
     writer.writerow(["model", *header])
     for method in table.methods:
         row = []
@@ -348,6 +422,8 @@ def to_csv(table: Table) -> str:
                 row.append("" if spread is None or spread.std is None else repr(spread.std))
                 row.append("" if spread is None else str(spread.n))
                 row.append("" if comparison is None or comparison.p_value is None else repr(comparison.p_value))
-        mean = table.row_mean(method)
-        writer.writerow([table.model, method, *row, "" if mean is None else repr(mean)])
+        if table.measure.shows_mean:
+            mean = table.row_mean(method)
+            row.append("" if mean is None else repr(mean))
+        writer.writerow([table.model, method, *row])
     return out.getvalue()

@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional
 from sparsebench.allocators import ALLOCATORS, AllocatorSpec
 from sparsebench.data.corpora import CORPORA, Corpus, corpus_named, resolve_source
 from sparsebench.errors import ConfigError, DataError
+from sparsebench.evaluate.efficiency import EfficiencySpec, validate_efficiency
 from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
+from sparsebench.export import ExportSpec, validate_export
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.masks import NMPattern, parse_pattern
@@ -73,9 +75,25 @@ class ZeroShotConfig:
 
 
 @dataclass
+class EfficiencyConfig:
+    """Inference speed and memory of the pruned model (``eval=efficiency``, or ``eval.efficiency.enabled=true``)."""
+
+    enabled: bool = False
+    prefill_batch: int = 1
+    prefill_seqlen: int = 2048  # capped at the model's context length
+    decode_batches: List[int] = field(default_factory=lambda: [1, 16])
+    decode_prompt: int = 128  # prompt tokens before greedy decoding
+    decode_tokens: int = 128  # new tokens generated (KV cache)
+    warmup: int = 1  # untimed calls before each measurement
+    repeats: int = 5  # timed calls; the median is reported
+    sparse_kernels: str = "auto"  # auto: 2:4 models on a CUDA GPU of compute capability >= 8.0; off
+
+
+@dataclass
 class EvalConfig:
     ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
 
 
 @dataclass
@@ -139,6 +157,15 @@ class ClaimsConfig:
 
 
 @dataclass
+class ExportConfig:
+    """``export=none|hf|compressed``: write the pruned model to ``<dir>/<case_id>/`` (see sparsebench/export.py)."""
+
+    format: str = "none"
+    dtype: Optional[str] = None  # null: the case's dtype
+    dir: Optional[str] = None  # null: <results_dir>/models
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
@@ -147,6 +174,7 @@ class Config:
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     data: DataConfig = field(default_factory=DataConfig)
     device: str = "auto"
     offload: bool = False
@@ -245,6 +273,8 @@ class CaseSpec:
     fault: FaultSpec = NO_FAULT
     zeroshot: ZeroShotSpec | None = None  # None: no zero-shot evaluation
     claims: ClaimsSpec = ClaimsSpec()
+    export: ExportSpec | None = None  # None: export=none
+    efficiency: EfficiencySpec | None = None  # None: no efficiency evaluation
 
     @property
     def is_dense(self) -> bool:
@@ -414,6 +444,8 @@ def validate(config: dict) -> CaseSpec:
     if metric.needs_calibration or allocator.needs or allocator.uses_trials or allocator.refine_needs:
         reads.append((calibration_corpus, calibration["split"]))
     _check_local_copies(data_paths, reads)
+    efficiency = validate_efficiency(config["eval"].get("efficiency") or {})
+    export = validate_export(config.get("export"), None if metric.prune is None else pattern, Path(config["results_dir"]).expanduser())
 
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
@@ -446,4 +478,6 @@ def validate(config: dict) -> CaseSpec:
         fault=validate_fault(config.get("debug")),
         zeroshot=zeroshot,
         claims=_claims(config),
+        export=export,
+        efficiency=efficiency,
     )

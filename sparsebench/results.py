@@ -42,7 +42,10 @@ def _defining_eval(evaluation: dict) -> dict:
     zeroshot = evaluation.get("zeroshot") or {}
     if zeroshot.get("tasks"):
         defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size")}
-    return {**{k: v for k, v in evaluation.items() if k != "zeroshot"}, **defining}
+    efficiency = evaluation.get("efficiency") or {}
+    if efficiency.get("enabled"):
+        defining["efficiency"] = efficiency
+    return {**{k: v for k, v in evaluation.items() if k not in ("zeroshot", "efficiency")}, **defining}
 
 
 def defining_config(config: dict, device_type: str) -> dict:
@@ -57,6 +60,8 @@ def defining_config(config: dict, device_type: str) -> dict:
         defining["calibration"] = {k: v for k, v in (config.get("calibration") or {}).items() if k != "batch_size"}
     if (config.get("decomposition") or {}).get("rank") is not None:
         defining["decomposition"] = config["decomposition"]
+    if (config.get("export") or {}).get("format", "none") != "none":  # later keys enter the id only when set
+        defining["export"] = {k: v for k, v in config["export"].items() if k != "dir"}
     return defining
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from torch import Tensor
 
 import sparsebench
-from sparsebench import environment, lowrank, sparsity, tracking
+from sparsebench import environment, export, lowrank, sparsity, tracking
 from sparsebench.allocators import Allocation
 from sparsebench.claims import Busy, Claim, claim_case
 from sparsebench.config import CaseSpec
@@ -25,7 +25,7 @@ from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, token
 from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.faults import inject
-from sparsebench.evaluate import zeroshot
+from sparsebench.evaluate import efficiency, zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
@@ -228,6 +228,34 @@ def _skip(spec: CaseSpec, case: str, path, existing: dict) -> dict:
             return existing
         log.info("%s: its %s mirror is missing or failed; mirroring it again", case, spec.tracker.name)
         return tracking.mirror(spec.tracker, existing, path)
+def _pruned_linears(loaded: LoadedModel) -> dict[str, object]:
+    """``{full module name: linear}`` of every prunable linear (the ones pruned, or that would be)."""
+    adapter = loaded.adapter
+    return {
+        f"{adapter.blocks}.{index}.{name}": linear
+        for index, block in enumerate(adapter.get_blocks(loaded.model))
+        for name, linear in adapter.get_linears(block).items()
+    }
+
+
+def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: int, timings: dict) -> dict:
+    started = time.perf_counter()
+    section = export.export_model(
+        loaded.model, loaded.tokenizer, spec.export, case, list(_pruned_linears(loaded)), spec.pattern, dense_parameters
+    )
+    timings["export_s"] = time.perf_counter() - started
+    return section
+
+
+def _efficiency(spec: CaseSpec, loaded: LoadedModel, timings: dict) -> dict:
+    started = time.perf_counter()
+    zeroshot.place(loaded.model, spec.device, spec.offload)
+    result = efficiency.evaluate_efficiency(
+        loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.device, spec.pattern, loaded.dtype,
+        loaded.context_length, spec.progress,
+    )
+    timings["eval_efficiency_s"] = time.perf_counter() - started
+    return result
 
 
 def run_case(spec: CaseSpec) -> dict:
@@ -279,6 +307,8 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
         document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
         notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
         ppl_seqlen = _check_lengths(spec, loaded)
+        if spec.efficiency:  # before pruning: a decode longer than the context fails at once
+            efficiency.check_lengths(spec.efficiency, loaded.context_length)
         if spec.zeroshot:
             zeroshot.check_fits(loaded.model, spec.device, spec.offload)
 
@@ -293,11 +323,16 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
                 document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
+        if spec.export is not None:
+            document["export"] = _export(spec, loaded, case, facts["parameters"], timings)
+
         inject(spec.fault, "eval", case)
         phase = time.perf_counter()
         document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
         if spec.zeroshot:
             document["metrics"]["zeroshot"] = _zeroshot(spec, loaded, zeroshot_tasks, timings)
+        if spec.efficiency:
+            document["metrics"]["efficiency"] = _efficiency(spec, loaded, timings)
         timings["eval_s"] = time.perf_counter() - phase
         inject(spec.fault, "write", case)
         document["status"] = "ok"

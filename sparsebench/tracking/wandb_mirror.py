@@ -37,7 +37,8 @@ def case_tags(document: dict) -> list[str]:
 
 def flat_summary(document: dict) -> dict:
     """Scalars for the run summary: ``ppl/<dataset>``, ``zeroshot/<task>/<acc|acc_norm>``,
-    ``zeroshot_mean/<convention>``, ``timings/<phase>``, ``sparsity/<key>``, ``status``."""
+    ``zeroshot_mean/<convention>``, ``timings/<phase>``, ``sparsity/<key>``, ``status``, and the export
+    and efficiency figures as ``efficiency/<field>`` (``sparsebench.evaluate.efficiency.efficiency_fields``)."""
     summary = {"status": document["status"], "case_id": document["case_id"]}
     for dataset, result in document.get("metrics", {}).get("ppl", {}).items():
         summary[f"ppl/{dataset}"] = result["ppl"]
@@ -53,6 +54,9 @@ def flat_summary(document: dict) -> dict:
     for key, value in document.get("sparsity", {}).items():
         if key != "per_layer":
             summary[f"sparsity/{key}"] = value
+    from sparsebench.evaluate.efficiency import efficiency_fields
+
+    summary.update({f"efficiency/{key}": value for key, value in efficiency_fields(document).items()})
     if "error" in document:
         summary["error"] = f"{document['error']['type']}: {document['error']['message']}"
     return summary

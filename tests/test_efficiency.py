@@ -1,0 +1,117 @@
+"""Export and efficiency as stages of a case: through the runner on tiny models, and their config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose_config, tiny_case_overrides
+from sparsebench.config import validate
+from sparsebench.errors import ConfigError
+from sparsebench.evaluate.efficiency import EfficiencySpec, PeakMemory, decode, evaluate_efficiency, validate_efficiency
+from sparsebench.evaluate.perplexity import perplexity, segment
+from sparsebench.data.tokens import evaluation_tokens
+from sparsebench.data.corpora import corpus_named, resolve_source
+from sparsebench.export import load_export
+from sparsebench.models.adapters import adapter_for
+from sparsebench.results import case_id
+from sparsebench.runner import run_case
+from tiny_models import tiny_model
+
+TINY_EFFICIENCY = [
+    "eval.efficiency.enabled=true", "eval.efficiency.prefill_seqlen=32", "eval.efficiency.decode_batches=[1,2]", "eval.efficiency.warmup=0",
+    "eval.efficiency.decode_prompt=8", "eval.efficiency.decode_tokens=16", "eval.efficiency.repeats=2",
+]
+
+
+def test_hf_export_reloads_to_the_same_perplexity_and_efficiency_is_measured(tiny_model_dirs, tmp_path, cache_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    overrides = tiny_case_overrides(tiny_model_dirs["llama"], tmp_path / "results", cache_dir, "wanda", ["sparsity=2of4", "export=hf", *TINY_EFFICIENCY])
+    spec = validate(compose_config(overrides))
+    document = run_case(spec)
+    assert document["status"] == "ok", document.get("error")
+    section = document["export"]
+    assert section["path"] == str(tmp_path / "results" / "models" / document["case_id"])
+    assert section["weight_bytes"] >= section["dense_weight_bytes"] == document["model"]["parameters"] * 4
+    assert section["bytes_on_disk"] > section["weight_bytes"]  # config and tokenizer too
+
+    reloaded = AutoModelForCausalLM.from_pretrained(section["path"], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(section["path"])
+    corpus = corpus_named("wikitext2", "eval.ppl.datasets")
+    tokens = evaluation_tokens(resolve_source(corpus, corpus.eval_split, spec.data_paths["wikitext2"]), tokenizer, cache_dir, None)
+    segments = segment(tokens, 64, 3)
+    again = perplexity(reloaded, adapter_for("auto", "llama"), segments, "cpu", False, 4, False)
+    assert again.ppl == document["metrics"]["ppl"]["wikitext2"]["ppl"]
+
+    efficiency = document["metrics"]["efficiency"]
+    dense = efficiency["dense_weights"]
+    assert dense["prefill"]["tokens_per_s"] > 0 and len(dense["prefill"]["seconds"]) == 2
+    assert set(dense["decode"]) == {"1", "2"} and all(d["tokens_per_s"] > 0 for d in dense["decode"].values())
+    assert efficiency["sparse_kernels"] is None and efficiency["speedup"] is None
+    assert any(skip["what"] == "sparse kernels" and "CUDA" in skip["why"] for skip in efficiency["skipped"])
+    assert "timings" in document and {"export_s", "eval_efficiency_s"} <= set(document["timings"])
+
+
+def test_compressed_export_through_the_runner_at_float16(tiny_model_dirs, tmp_path, cache_dir):
+    overrides = tiny_case_overrides(tiny_model_dirs["qwen2"], tmp_path / "results", cache_dir, "magnitude", ["export=compressed", "export.dtype=float16"])
+    document = run_case(validate(compose_config(overrides)))
+    assert document["status"] == "ok", document.get("error")
+    section = document["export"]
+    assert section["compression"]["sparsity_format"] == "sparse-bitmask" and section["compression"]["compressed_linears"] == 14
+    assert section["dense_weight_bytes"] == document["model"]["parameters"] * 2 and section["weight_bytes"] < section["dense_weight_bytes"]
+    loaded = load_export(section["path"])
+    weight = loaded.model.layers[0].mlp.up_proj.weight
+    assert weight.dtype == torch.float16 and (weight == 0).float().mean() == 0.5
+
+
+def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement():
+    model = tiny_model("llama")
+    memory = PeakMemory("cpu")
+    assert memory.reason_unavailable is None  # Linux: VmHWM resets through /proc/self/clear_refs
+    result = decode(model, 2, 8, 12, "cpu", 0, 2, memory)
+    difference = result["generate"]["seconds_median"] - result["first_token"]["seconds_median"]
+    assert result["tokens_per_s"] == pytest.approx(2 * 11 / difference)
+    assert result["peak_memory_bytes"] > 0
+    spec = validate_efficiency({"enabled": True, "prefill_batch": 1, "prefill_seqlen": 512, "decode_batches": [1], "decode_prompt": 8,
+                                "decode_tokens": 3, "warmup": 0, "repeats": 1, "sparse_kernels": "auto"})
+    linears = [m for name, m in model.named_modules() if name.endswith("proj")]
+    result = evaluate_efficiency(model, linears, spec, "cpu", None, torch.float32, 256, progress=False)
+    assert result["dense_weights"]["prefill"]["seqlen"] == 256  # capped at the model's context
+    assert "2:4" in result["skipped"][0]["why"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (["sparsity=4of8", "export=compressed"], r"export=compressed: compressed-tensors stores .* not sparsity.pattern=4:8"),
+        (["export=hf", "export.dtype=int8"], r"export.dtype='int8'"),
+        (["export.format=zip"], r"export.format='zip': allowed values are none, hf, compressed"),
+        (["eval=efficiency", "eval.efficiency.decode_tokens=1"], r"eval.efficiency.decode_tokens=1"),
+        (["eval=efficiency", "eval.efficiency.sparse_kernels=yes"], r"eval.efficiency.sparse_kernels='yes': allowed values are auto, off"),
+        (["eval=efficiency", "eval.efficiency.decode_batches=[]"], r"eval.efficiency.decode_batches"),
+    ],
+)
+def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(["device=cpu", *override]))
+
+
+def test_new_keys_enter_the_case_id_only_when_set():
+    import copy
+
+    plain = compose_config(["device=cpu"])
+    assert plain["export"] == {"format": "none", "dtype": None, "dir": None} and plain["eval"]["efficiency"]["enabled"] is False
+    without_new_keys = copy.deepcopy(plain)
+    del without_new_keys["export"], without_new_keys["eval"]["efficiency"]
+    assert case_id(plain, "m", "cpu") == case_id(without_new_keys, "m", "cpu")  # ids of earlier cases are unchanged
+    exported = copy.deepcopy(plain)
+    exported["export"]["format"] = "hf"
+    assert case_id(plain, "m", "cpu") != case_id(exported, "m", "cpu")
+    exported["export"]["dir"] = "/elsewhere"
+    assert case_id(exported, "m", "cpu") == case_id({**exported, "export": {**exported["export"], "dir": None}}, "m", "cpu")
+    measured = copy.deepcopy(plain)
+    measured["eval"]["efficiency"]["enabled"] = True
+    assert case_id(plain, "m", "cpu") != case_id(measured, "m", "cpu")
+    efficiency_only = validate(compose_config(["device=cpu", "eval=efficiency"]))
+    assert efficiency_only.perplexity.corpora == () and efficiency_only.efficiency.decode_batches == (1, 16)
