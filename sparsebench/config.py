@@ -19,6 +19,7 @@ from sparsebench.errors import ConfigError
 from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
+from sparsebench.finetune import FinetuneSpec, validate_finetune
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
@@ -136,6 +137,7 @@ class Config:
     metric: Dict[str, Any] = field(default_factory=dict)
     allocator: Dict[str, Any] = field(default_factory=dict)
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
+    finetune: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # finetune=none|lora (conf/finetune/)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,6 +211,7 @@ class CaseSpec:
     tracker: TrackerSpec = LOCAL_TRACKER
     fault: FaultSpec = NO_FAULT
     zeroshot: ZeroShotSpec | None = None  # None: no zero-shot evaluation
+    finetune: FinetuneSpec | None = None  # None: no fine-tuning after pruning
 
     @property
     def is_dense(self) -> bool:
@@ -324,9 +327,15 @@ def validate(config: dict) -> CaseSpec:
             raise ConfigError(f"data.{name}={path!r}: no such file or folder")
     zeroshot = validate_zeroshot(config["eval"].get("zeroshot") or {}, data_paths)
 
+    finetune = validate_finetune(config.get("finetune"), model["family"])
+
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
         raise ConfigError(f"offload=true keeps the model on the CPU and moves blocks to a GPU; it needs device=cuda (device resolved to {device!r})")
+    if finetune is not None and config["offload"]:
+        raise ConfigError("finetune=lora trains the whole model on the device; it needs offload=false (or finetune=none)")
+    if finetune is not None and finetune.autocast != "none" and finetune.autocast != "auto" and not device.startswith("cuda"):
+        raise ConfigError(f"finetune.autocast={finetune.autocast}: half-precision autocast is for GPUs; on device={device!r} use auto or none")
 
     return CaseSpec(
         model_path=model["path"],
@@ -354,4 +363,5 @@ def validate(config: dict) -> CaseSpec:
         tracker=validate_tracker(config.get("tracker") or {}, config.get("experiment_name", "adhoc")),
         fault=validate_fault(config.get("debug")),
         zeroshot=zeroshot,
+        finetune=finetune,
     )

@@ -16,6 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from sparsebench.finetune.spec import defining_finetune
+
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed")
 REQUIRED_KEYS = ("schema_version", "case_id", "status", "config", "timings", "environment")
@@ -45,6 +47,9 @@ def defining_config(config: dict, device_type: str) -> dict:
         defining["calibration"] = {k: v for k, v in config["calibration"].items() if k != "batch_size"}
     if (config.get("decomposition") or {}).get("rank") is not None:
         defining["decomposition"] = config["decomposition"]
+    finetune = defining_finetune(config.get("finetune"))
+    if finetune is not None:  # finetune=none leaves the ids of earlier cases as they were
+        defining["finetune"] = finetune
     return defining
 
 
@@ -57,6 +62,9 @@ def case_id(config: dict, model_name: str, device_type: str) -> str:
         sparsity = config["sparsity"]
         level = sparsity["pattern"].replace(":", "of") if sparsity["pattern"] != "unstructured" else f"s{sparsity['ratio']:g}"
         readable = [model_name, metric, config["allocator"].get("name", "unknown"), level]
+    finetune = (config.get("finetune") or {}).get("name", "none")
+    if finetune != "none":
+        readable.append(finetune)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(readable))
     return f"{safe}_{digest}"
 
