@@ -20,6 +20,7 @@ from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.finetune import FinetuneSpec, validate_finetune
+from sparsebench.finetune.spec import FinetuneConfig
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
@@ -137,7 +138,7 @@ class Config:
     metric: Dict[str, Any] = field(default_factory=dict)
     allocator: Dict[str, Any] = field(default_factory=dict)
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
-    finetune: Dict[str, Any] = field(default_factory=lambda: {"name": "none"})  # finetune=none|lora (conf/finetune/)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # finetune=none|lora (conf/finetune/)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -36,9 +36,15 @@ def attach_lora(model: nn.Module, names: list[str], rank: int, alpha: float, dro
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(names), bias="none")
     with torch.inference_mode(False):
         inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
+    trainable = 0
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(".lora_" in name)
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if parameter.requires_grad:
+            # float32 adapters (mixed precision): half-precision weights would lose the small updates,
+            # and a gradient scaler cannot unscale fp16 gradients
+            parameter.data = parameter.data.float()
+            trainable += parameter.numel()
+    return trainable
 
 
 def base_linear(module: nn.Module) -> nn.Module:

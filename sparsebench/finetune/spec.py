@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, List, Optional
 
 from sparsebench.data.corpora import Corpus, corpus_named
 from sparsebench.errors import ConfigError
@@ -23,28 +23,36 @@ PEFT_VERSION = "0.21.2"
 # Keys that say how the training runs, not what it computes: they stay out of the case id.
 HOW_TO_RUN_KEYS = ("gradient_checkpointing", "log_every")
 
-LORA_DEFAULTS: dict[str, Any] = {
-    "rank": 8,
-    "alpha": 16,
-    "dropout": 0.05,
-    "target_modules": None,
-    "steps": 200,
-    "learning_rate": 1e-4,
-    "schedule": "linear",
-    "warmup_steps": 0,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-    "batch_size": 4,
-    "grad_accum": 1,
-    "seqlen": 512,
-    "seed": 0,
-    "dataset": "c4",
-    "split": "train",
-    "autocast": "auto",
-    "gradient_checkpointing": False,
-    "merge": False,
-    "log_every": 10,
-}
+
+@dataclass
+class FinetuneConfig:
+    """The ``finetune`` keys (the Hydra schema; conf/finetune/lora.yaml documents them).
+
+    Read only when ``name`` is ``lora``, so a sweep ``finetune=none,lora finetune.steps=100`` composes.
+    """
+
+    name: str = "none"  # none | lora
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: Optional[List[str]] = None  # None: every pruned linear of the family
+    steps: int = 200
+    learning_rate: float = 1e-4
+    schedule: str = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: Optional[float] = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    seqlen: int = 512
+    seed: int = 0
+    dataset: str = "c4"
+    split: str = "train"
+    autocast: str = "auto"
+    gradient_checkpointing: bool = False
+    merge: bool = False
+    log_every: int = 10
+
 
 
 @dataclass(frozen=True)
@@ -135,16 +143,14 @@ def _targets(value: Any, family: str) -> tuple[str, ...] | None:
 
 def validate_finetune(config: dict | None, family: str = "auto") -> FinetuneSpec | None:
     """Check the ``finetune`` keys of a resolved configuration; None for ``finetune=none``."""
-    config = dict(config or {"name": "none"})
-    name = _choice("name", config.pop("name", "none"), METHODS)
-    if name == "none":
-        if config:
-            raise ConfigError(f"finetune.{sorted(config)[0]}: finetune=none takes no keys; pick finetune=lora to fine-tune")
-        return None
-    unknown = sorted(set(config) - set(LORA_DEFAULTS))
+    defaults = asdict(FinetuneConfig())
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(defaults))
     if unknown:
-        raise ConfigError(f"finetune.{unknown[0]}: not a key of finetune=lora; allowed keys are {', '.join(LORA_DEFAULTS)}")
-    values = {**LORA_DEFAULTS, **config}
+        raise ConfigError(f"finetune.{unknown[0]}: not a finetune key; allowed keys are {', '.join(defaults)}")
+    values = {**defaults, **config}
+    if _choice("name", values["name"], METHODS) == "none":
+        return None
     if importlib.util.find_spec("peft") is None:
         raise ConfigError(f"finetune=lora needs the peft package, which is not installed: pip install 'sparsebench[finetune]' (peft=={PEFT_VERSION})")
     steps = _integer("steps", values["steps"], 1)
