@@ -335,7 +335,7 @@ def validate(config: dict) -> CaseSpec:
         raise ConfigError(f"offload=true keeps the model on the CPU and moves blocks to a GPU; it needs device=cuda (device resolved to {device!r})")
     if finetune is not None and config["offload"]:
         raise ConfigError("finetune=lora trains the whole model on the device; it needs offload=false (or finetune=none)")
-    if finetune is not None and finetune.autocast != "none" and finetune.autocast != "auto" and not device.startswith("cuda"):
+    if finetune is not None and finetune.autocast in ("bfloat16", "float16") and not device.startswith("cuda"):
         raise ConfigError(f"finetune.autocast={finetune.autocast}: half-precision autocast is for GPUs; on device={device!r} use auto or none")
 
     return CaseSpec(

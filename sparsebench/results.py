@@ -16,8 +16,6 @@ import re
 import tempfile
 from pathlib import Path
 
-from sparsebench.finetune.spec import defining_finetune
-
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed")
 REQUIRED_KEYS = ("schema_version", "case_id", "status", "config", "timings", "environment")
@@ -47,6 +45,8 @@ def defining_config(config: dict, device_type: str) -> dict:
         defining["calibration"] = {k: v for k, v in config["calibration"].items() if k != "batch_size"}
     if (config.get("decomposition") or {}).get("rank") is not None:
         defining["decomposition"] = config["decomposition"]
+    from sparsebench.finetune.spec import defining_finetune  # here: reading documents needs no torch
+
     finetune = defining_finetune(config.get("finetune"))
     if finetune is not None:  # finetune=none leaves the ids of earlier cases as they were
         defining["finetune"] = finetune
