@@ -182,7 +182,11 @@ class Table:
 
 def method_of(config: dict) -> str:
     metric = config["metric"].get("name", "?")
-    return DENSE if metric == "none" else f"{metric} + {config['allocator'].get('name', '?')}"
+    method = DENSE if metric == "none" else f"{metric} + {config['allocator'].get('name', '?')}"
+    finetune = config.get("finetune") or {}
+    if finetune.get("name", "none") != "none":  # a recovered model is its own row
+        method += f" + {finetune['name']}{' (merged)' if finetune.get('merge') else ''}"
+    return method
 
 
 def sparsity_of(config: dict) -> str:

@@ -21,6 +21,8 @@ from sparsebench.evaluate.zeroshot import ZeroShotSpec, validate_zeroshot
 from sparsebench.export import ExportSpec, validate_export
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
+from sparsebench.finetune import FinetuneSpec, validate_finetune
+from sparsebench.finetune.spec import FinetuneConfig
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
@@ -172,6 +174,7 @@ class Config:
     metric: Dict[str, Any] = field(default_factory=dict)
     allocator: Dict[str, Any] = field(default_factory=dict)
     decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # finetune=none|lora (conf/finetune/)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -275,6 +278,7 @@ class CaseSpec:
     claims: ClaimsSpec = ClaimsSpec()
     export: ExportSpec | None = None  # None: export=none
     efficiency: EfficiencySpec | None = None  # None: no efficiency evaluation
+    finetune: FinetuneSpec | None = None  # None: no fine-tuning after pruning
 
     @property
     def is_dense(self) -> bool:
@@ -447,9 +451,15 @@ def validate(config: dict) -> CaseSpec:
     efficiency = validate_efficiency(config["eval"].get("efficiency") or {})
     export = validate_export(config.get("export"), None if metric.prune is None else pattern, Path(config["results_dir"]).expanduser())
 
+    finetune = validate_finetune(config.get("finetune"), model["family"])
+
     device = resolve_device(config["device"])
     if config["offload"] and not device.startswith("cuda"):
         raise ConfigError(f"offload=true keeps the model on the CPU and moves blocks to a GPU; it needs device=cuda (device resolved to {device!r})")
+    if finetune is not None and config["offload"]:
+        raise ConfigError("finetune=lora trains the whole model on the device; it needs offload=false (or finetune=none)")
+    if finetune is not None and finetune.autocast in ("bfloat16", "float16") and not device.startswith("cuda"):
+        raise ConfigError(f"finetune.autocast={finetune.autocast}: half-precision autocast is for GPUs; on device={device!r} use auto or none")
 
     return CaseSpec(
         model_path=model["path"],
@@ -480,4 +490,5 @@ def validate(config: dict) -> CaseSpec:
         claims=_claims(config),
         export=export,
         efficiency=efficiency,
+        finetune=finetune,
     )

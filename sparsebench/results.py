@@ -62,6 +62,11 @@ def defining_config(config: dict, device_type: str) -> dict:
         defining["decomposition"] = config["decomposition"]
     if (config.get("export") or {}).get("format", "none") != "none":  # later keys enter the id only when set
         defining["export"] = {k: v for k, v in config["export"].items() if k != "dir"}
+    from sparsebench.finetune.spec import defining_finetune  # here: reading documents needs no torch
+
+    finetune = defining_finetune(config.get("finetune"))
+    if finetune is not None:  # finetune=none leaves the ids of earlier cases as they were
+        defining["finetune"] = finetune
     return defining
 
 
@@ -74,6 +79,9 @@ def case_id(config: dict, model_name: str, device_type: str) -> str:
         sparsity = config["sparsity"]
         level = sparsity["pattern"].replace(":", "of") if sparsity["pattern"] != "unstructured" else f"s{sparsity['ratio']:g}"
         readable = [model_name, metric, config["allocator"].get("name", "unknown"), level]
+    finetune = (config.get("finetune") or {}).get("name", "none")
+    if finetune != "none":
+        readable.append(finetune)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "-", "_".join(readable))
     return f"{safe}_{digest}"
 

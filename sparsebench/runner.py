@@ -26,6 +26,7 @@ from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.faults import inject
 from sparsebench.evaluate import efficiency, zeroshot
+from sparsebench.finetune.stage import run_finetune
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
@@ -49,6 +50,8 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
             raise ConfigError(f"calibration.seqlen={spec.calibration.seqlen}: longer than the model's context ({context})")
         if ppl_seqlen > context:
             raise ConfigError(f"eval.ppl.seqlen={ppl_seqlen}: longer than the model's context ({context})")
+        if spec.finetune is not None and spec.finetune.seqlen > context:
+            raise ConfigError(f"finetune.seqlen={spec.finetune.seqlen}: longer than the model's context ({context})")
     return ppl_seqlen
 
 
@@ -175,7 +178,8 @@ def _zeroshot(spec: CaseSpec, loaded: LoadedModel, tasks: dict, timings: dict) -
     return results
 
 
-def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict) -> dict:
+def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict, stage: str = "") -> dict:
+    """Perplexity on every configured corpus; ``stage`` (e.g. ``before_finetune``) names the timings."""
     results = {}
     for corpus in spec.perplexity.corpora:
         started = time.perf_counter()
@@ -185,8 +189,8 @@ def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, n
         segments = segment(tokens, seqlen, min(limits) if limits else None)
         result = perplexity(loaded.model, loaded.adapter, segments, spec.device, spec.offload, spec.perplexity.batch_size, spec.progress, desc=f"ppl {corpus.name}")
         results[corpus.name] = {**result.as_dict(), "source": source.describe()}
-        timings[f"eval_ppl_{corpus.name}_s"] = time.perf_counter() - started
-        log.info("%s perplexity on %s: %.3f (%d segments of %d tokens)", spec.model_name, corpus.name, result.ppl, result.segments, seqlen)
+        timings[f"eval_ppl_{stage + '_' if stage else ''}{corpus.name}_s"] = time.perf_counter() - started
+        log.info("%s perplexity on %s%s: %.3f (%d segments of %d tokens)", spec.model_name, corpus.name, f" ({stage})" if stage else "", result.ppl, result.segments, seqlen)
     return results
 
 
@@ -256,6 +260,35 @@ def _efficiency(spec: CaseSpec, loaded: LoadedModel, timings: dict) -> dict:
     )
     timings["eval_efficiency_s"] = time.perf_counter() - started
     return result
+def _finetune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict, report: PruneReport | None) -> dict:
+    """Recovery fine-tuning (its own document section); the pruned layers' sparsity is checked again after it.
+
+    Returns the GPU peaks of the case before the training loop reset them.
+    """
+    finetune = spec.finetune
+    source = resolve_source(finetune.corpus, finetune.split, spec.data_paths.get(finetune.corpus.name))
+    eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
+    if source.path is not None and source.path in eval_paths:
+        log.warning("fine-tuning reads %s, which is also evaluated: the perplexity after fine-tuning is not held out", source.path)
+        notes["finetune_overlaps_evaluation"] = True
+    started = time.perf_counter()
+    outcome = run_finetune(finetune, loaded.model, loaded.tokenizer, loaded.adapter, source, spec.device, spec.cache_dir, notes["tokenizer"], spec.progress)
+    timings["finetune_s"] = time.perf_counter() - started
+    document["finetune"] = outcome.section
+    if report is not None:  # the evaluated weights: recount and check against the targets again
+        for layer in report.layers:
+            layer.zeros = outcome.zeros_after[layer.name]
+        document["sparsity"] = {**document["sparsity"], **sparsity.summarize(report.layers, document["model"]["parameters"])}
+        sparsity.check(report.layers)
+    return outcome.prior_peak_gpu
+
+
+def _case_peaks(memory: dict, prior_peak_gpu: dict) -> dict:
+    """The case's peaks: the later of those measured now and those from before a stage reset them."""
+    for key, value in prior_peak_gpu.items():
+        if memory.get(key) is not None:
+            memory[key] = max(memory[key], value)
+    return memory
 
 
 def run_case(spec: CaseSpec) -> dict:
@@ -291,6 +324,7 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
     document = {"schema_version": SCHEMA_VERSION, "case_id": case, "status": "failed", "config": spec.resolved, "started_at": _now()}
     timings: dict[str, float] = {}
     environment.reset_peak_memory(spec.device)
+    prior_peak_gpu: dict = {}
     started = time.perf_counter()
     try:
         inject(spec.fault, "load", case)
@@ -312,6 +346,7 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
         if spec.zeroshot:
             zeroshot.check_fits(loaded.model, spec.device, spec.offload)
 
+        report = None
         if spec.is_dense:
             document["sparsity"] = {"target": 0.0, "pattern": "dense"}
         else:
@@ -323,12 +358,17 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
                 document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
             sparsity.check(report.layers)
 
-        if spec.export is not None:
+        if spec.finetune is not None:
+            document["metrics"] = {}
+            document["metrics"]["ppl_before_finetune"] = _evaluate(spec, loaded, ppl_seqlen, timings, notes, stage="before_finetune")
+            prior_peak_gpu = _finetune(spec, loaded, timings, notes, document, report)
+
+        if spec.export is not None:  # after fine-tuning: the model that is evaluated is the one written
             document["export"] = _export(spec, loaded, case, facts["parameters"], timings)
 
         inject(spec.fault, "eval", case)
         phase = time.perf_counter()
-        document["metrics"] = {"ppl": _evaluate(spec, loaded, ppl_seqlen, timings, notes)}
+        document.setdefault("metrics", {})["ppl"] = _evaluate(spec, loaded, ppl_seqlen, timings, notes)
         if spec.zeroshot:
             document["metrics"]["zeroshot"] = _zeroshot(spec, loaded, zeroshot_tasks, timings)
         if spec.efficiency:
@@ -343,7 +383,7 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
     document.update(
         {
             "timings": timings,
-            "memory": environment.peak_memory(spec.device),
+            "memory": _case_peaks(environment.peak_memory(spec.device), prior_peak_gpu),
             "notes": notes,
             "environment": environment.describe(spec.device),
             "finished_at": _now(),

@@ -1,7 +1,8 @@
 """Log one result document as one W&B run: name = case id, group = experiment, tags from the case.
 
 The run's config is the resolved configuration; its summary holds the metrics, timings and the
-sparsity summary; the per-layer sparsity allocation is a ``wandb.Table``. Offline runs land in
+sparsity summary; the per-layer sparsity allocation is a ``wandb.Table``; a fine-tuned case's loss
+curve (the document's summarised curve) is a time series ``finetune/loss`` over ``finetune/step``. Offline runs land in
 ``DIR/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``. The run id is derived
 from the case (``run_id``), so mirroring a case again (after a kill between its document and its
 mirror) resumes the same online run, and replaces the same offline run's folder.
@@ -27,12 +28,16 @@ def case_tags(document: dict) -> list[str]:
     level = sparsity.get("pattern") if sparsity.get("pattern") not in (None, "unstructured") else f"{config['sparsity']['ratio']:g}"
     if config["metric"].get("name") == "none":
         level = "dense"
-    return [
+    tags = [
         f"model:{document.get('model', {}).get('name') or config['model'].get('name') or config['model']['path']}",
         f"metric:{config['metric'].get('name')}",
         f"allocator:{config['allocator'].get('name')}",
         f"sparsity:{level}",
     ]
+    finetune = (config.get("finetune") or {}).get("name", "none")
+    if finetune != "none":
+        tags.append(f"finetune:{finetune}")
+    return tags
 
 
 def flat_summary(document: dict) -> dict:
@@ -42,6 +47,11 @@ def flat_summary(document: dict) -> dict:
     summary = {"status": document["status"], "case_id": document["case_id"]}
     for dataset, result in document.get("metrics", {}).get("ppl", {}).items():
         summary[f"ppl/{dataset}"] = result["ppl"]
+    for dataset, result in document.get("metrics", {}).get("ppl_before_finetune", {}).items():
+        summary[f"ppl_before_finetune/{dataset}"] = result["ppl"]
+    for key, value in document.get("finetune", {}).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            summary[f"finetune/{key}"] = value
     for task, result in document.get("metrics", {}).get("zeroshot", {}).items():
         for metric in ("acc", "acc_norm") if task not in ("mean", "lm_eval") else ():
             if metric in result:
@@ -74,6 +84,14 @@ def _replace_offline_runs(spec: WandbSpec, identifier: str) -> None:
     for folder in root.glob(f"offline-run-*-{identifier}"):
         log.info("replacing the earlier offline W&B run %s", folder)
         shutil.rmtree(folder, ignore_errors=True)
+def log_loss_curve(run, curve: dict | None) -> None:
+    """The fine-tuning loss curve as a time series: ``finetune/loss`` against ``finetune/step``."""
+    if not curve:
+        return
+    run.define_metric("finetune/step")
+    run.define_metric("finetune/loss", step_metric="finetune/step")
+    for step, loss in zip(curve["step"], curve["loss"]):
+        run.log({"finetune/step": step, "finetune/loss": loss})
 
 
 def log_case(spec: WandbSpec, document: dict) -> dict:
@@ -105,6 +123,7 @@ def log_case(spec: WandbSpec, document: dict) -> dict:
         if per_layer:
             table = wandb.Table(columns=list(PER_LAYER_COLUMNS), data=[[name, layer["numel"], layer["target"], layer["achieved"]] for name, layer in per_layer.items()])
             run.log({"per_layer_sparsity": table})
+        log_loss_curve(run, document.get("finetune", {}).get("loss_curve"))
         run.summary.update(flat_summary(document))
         outcome = {"mode": spec.mode, "project": spec.project, "group": spec.group, "run_id": run.id, "run_dir": getattr(run.settings, "sync_dir", None)}
         if spec.mode == "online":
