@@ -200,7 +200,7 @@ def measure_all(model: nn.Module, spec: EfficiencySpec, device: str, context: in
 def sparse_kernel_problem(device: str, pattern, dtype: torch.dtype) -> str | None:
     """Why the semi-structured kernels cannot run for this case (None: they can)."""
     if pattern is None or (pattern.n, pattern.m) != (2, 4):
-        return f"semi-structured sparse kernels need 2:4 sparsity (this case: {pattern or 'unstructured'}); no sparse kernel for it in PyTorch"
+        return f"semi-structured sparse kernels need 2:4 sparsity (this case: {pattern or 'unstructured or dense'}); no sparse kernel for it in PyTorch"
     if not device.startswith("cuda"):
         return "semi-structured sparse kernels (torch.sparse.to_sparse_semi_structured) need a CUDA GPU of compute capability 8.0 or more; this case ran on the CPU"
     capability = torch.cuda.get_device_capability(device)
