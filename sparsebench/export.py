@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ import torch
 from torch import nn
 
 from sparsebench.errors import ConfigError
+from sparsebench.files import current_umask
 from sparsebench.lowrank import attach_low_rank, low_rank_ranks
 from sparsebench.masks import NMPattern
 
@@ -125,14 +128,29 @@ def export_model(model: nn.Module, tokenizer, spec: ExportSpec, case: str, prune
     ``dense_parameters``: the parameter count of the unpruned model, for the dense size at the same dtype.
     """
     started = time.perf_counter()
+    final = spec.directory / case
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    for stale in spec.directory.glob(f".{case}.partial-*"):  # left by a killed export of this case
+        shutil.rmtree(stale, ignore_errors=True)
+    # Written beside its final place and renamed there at the end: an export is whole or absent.
+    folder = Path(tempfile.mkdtemp(dir=spec.directory, prefix=f".{case}.partial-"))
+    folder.chmod(0o777 & ~current_umask())
+    try:
+        section = _write_export(model, tokenizer, spec, folder, final, pruned_linears, pattern, dense_parameters, started)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(folder, final)
+    return section
+
+
+def _write_export(model, tokenizer, spec: ExportSpec, folder: Path, final: Path, pruned_linears, pattern, dense_parameters: int, started: float) -> dict:
     dtype = EXPORT_DTYPES[spec.dtype] if spec.dtype else next(model.parameters()).dtype
-    folder = spec.directory / case
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
     state = _state_dict(model, dtype)
     ranks = low_rank_ranks(model)
-    section: dict = {"format": spec.format, "path": str(folder), "dtype": str(dtype).removeprefix("torch.")}
+    section: dict = {"format": spec.format, "path": str(final), "dtype": str(dtype).removeprefix("torch.")}
     if spec.format == "compressed":
         from compressed_tensors.compressors import ModelCompressor
         from compressed_tensors.config import SparsityCompressionConfig
@@ -165,7 +183,7 @@ def export_model(model: nn.Module, tokenizer, spec: ExportSpec, case: str, prune
             "loads_with": "AutoModelForCausalLM.from_pretrained" if spec.format == "hf" and not ranks else "sparsebench.export.load_export",
         }
     )
-    log.info("exported %s (%s, %.1f MB of weights, %.3f of dense) to %s", case, spec.format, weight_bytes / 1e6, section["weight_bytes_vs_dense"], folder)
+    log.info("exported %s (%s, %.1f MB of weights, %.3f of dense)", final, spec.format, weight_bytes / 1e6, section["weight_bytes_vs_dense"])
     return section
 
 

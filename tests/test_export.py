@@ -118,3 +118,21 @@ def test_impossible_exports_fail_in_validation(tmp_path):
         validate_export({"format": "hf", "dtype": "int8"}, None, tmp_path)
     assert validate_export({"format": "none"}, NMPattern(4, 8), tmp_path) is None
     assert validate_export({"format": "hf", "dir": None}, NMPattern(4, 8), tmp_path).directory == tmp_path / "models"
+
+
+def test_an_export_is_whole_or_absent(tmp_path):
+    """A failure while writing leaves no folder (and no temporary one); a stale temporary one is removed."""
+    model = tiny_model("llama")
+    names = _prune(model, TWO_FOUR)
+
+    class BrokenTokenizer:
+        def save_pretrained(self, folder):
+            raise OSError(28, "No space left on device")
+
+    stale = tmp_path / ".case.partial-old"
+    stale.mkdir()
+    with pytest.raises(OSError, match="No space left"):
+        export_model(model, BrokenTokenizer(), ExportSpec("hf", None, tmp_path), "case", names, TWO_FOUR, _parameters(model))
+    assert list(tmp_path.iterdir()) == []
+    section = export_model(model, None, ExportSpec("hf", None, tmp_path), "case", names, TWO_FOUR, _parameters(model))
+    assert [path.name for path in tmp_path.iterdir()] == ["case"] and section["path"] == str(tmp_path / "case")
