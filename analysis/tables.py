@@ -101,8 +101,12 @@ class Table:
 
 
 def method_of(config: dict) -> str:
+    """``metric + allocator``; an allocator refining a layer-wise base other than uniform (TRIM, DSnoT) adds it: ``wanda + trim (alpha)``."""
     metric = config["metric"].get("name", "?")
-    return DENSE if metric == "none" else f"{metric} + {config['allocator'].get('name', '?')}"
+    allocator = config["allocator"]
+    base = allocator.get("layerwise")
+    label = f"{allocator.get('name', '?')} ({base})" if base not in (None, "uniform") else allocator.get("name", "?")
+    return DENSE if metric == "none" else f"{metric} + {label}"
 
 
 def sparsity_of(config: dict) -> str:

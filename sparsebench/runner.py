@@ -139,7 +139,7 @@ def _refinement(spec: CaseSpec, loaded: LoadedModel) -> Refinement | None:
     allocator, metric = spec.allocator, spec.metric
     if allocator.refine_mask is not None:
         def mask(weight, stats, ratio, name):
-            scores = metric.scores(weight, stats, **spec.metric_params)
+            scores = metric.scores(weight, stats, **spec.metric_params) if metric.scores is not None else None  # None: the allocator scores (DSnoT's SparseGPT saliency)
             return allocator.refine_mask(weight, scores, stats, ratio, loaded.adapter.linear_kind(name), **spec.allocator_params)
 
         return Refinement(allocator.refine_needs, mask=mask)

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from analysis.tables import method_of
 from conftest import compose_config, tiny_case_overrides
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
 from tiny_models import tiny_model
@@ -208,3 +209,4 @@ def test_alpha_and_trim_over_alpha_end_to_end(tiny_model_dirs, tmp_path, cache_d
     assert trim["status"] == "ok", trim.get("error")
     assert trim["allocation"]["layerwise"] == "alpha" and trim["allocation"]["alpha"]["epsilon"] == 0.3
     assert trim["allocation"]["layerwise_ratios"] == pytest.approx(allocation["layer_ratios"])
+    assert method_of(trim["config"]) == "wanda + trim (alpha)" and method_of(document["config"]) == "wanda + alpha"

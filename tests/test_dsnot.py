@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from conftest import compose_config, tiny_case_overrides
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
 from tiny_models import block_linear_inputs, tiny_model
-from sparsebench.allocators.dsnot import dsnot_mask, refine_mask, sign_reorder
+from sparsebench.allocators.dsnot import _refine_from_saliency, dsnot_mask, refine_mask, sign_reorder
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.masks import select_per_row
 from sparsebench.metrics.multiflow import multiflow_scores
 from sparsebench.metrics.wanda import wanda_scores
 from sparsebench.runner import run_case
-from sparsebench.stats import INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, StatsAccumulator
+from sparsebench.stats import HESSIAN, INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, StatsAccumulator
 
 # ---------------------------------------------------------------- the reference, transcribed
 
@@ -130,6 +130,21 @@ def ref_dsnot_unstructured(args, weight, wrapped, initial_metric):
 
 
 def ref_initial_metric(method, weight, wrapped):
+    if method == "sparsegpt":
+        W = weight.clone().float()
+        H = wrapped.H.clone()
+        dead = torch.diag(H) == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        percdamp = 0.01
+        damp = percdamp * torch.mean(torch.diag(H))
+        diag = torch.arange(H.shape[0])
+        H[diag, diag] += damp
+        H = torch.linalg.cholesky(H)
+        H = torch.cholesky_inverse(H)
+        H = torch.linalg.cholesky(H, upper=True)
+        Hinv = H
+        return W**2 / (torch.diag(Hinv).reshape((1, -1))) ** 2
     if method == "wanda":
         return torch.abs(weight) * torch.sqrt(wrapped.scaler_row.reshape((1, -1)))
     actn_norm = torch.sqrt(wrapped.scaler_row.reshape((1, -1)))  # NeuroAL's "multiflow" initial metric
@@ -146,8 +161,8 @@ def ref_args(**overrides):
 # ---------------------------------------------------------------- against the reference
 
 
-def _stats_of(inputs):
-    accumulator = StatsAccumulator(frozenset({INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES}))
+def _stats_of(inputs, hessian=False):
+    accumulator = StatsAccumulator(frozenset({INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES} | ({HESSIAN} if hessian else set())))
     accumulator.add(inputs)
     return accumulator.stats
 
@@ -156,6 +171,8 @@ def _ref_wrapped(inputs):
     wrapped = RefWrappedGPT(inputs.shape[-1])
     for sequence in inputs:  # the reference calls the block once per calibration sequence
         wrapped.add_batch(sequence.unsqueeze(0))
+    flat = inputs.reshape(-1, inputs.shape[-1]).double()  # SparseGPT's H: 2/n sum x x^T, a scale that leaves the saliency order alone
+    wrapped.H = (2 * flat.T @ flat / inputs.shape[0]).float()
     return wrapped
 
 
@@ -189,11 +206,14 @@ def _compare(family, method, ratio, threshold, same_sign, seed=0, cycles=12):
     compared = rows = 0
     for name, (weight, inputs) in linears.items():
         inputs = inputs * 4  # wider activations: more rows above the update threshold, more cycles
-        wrapped, stats = _ref_wrapped(inputs), _stats_of(inputs)
+        wrapped, stats = _ref_wrapped(inputs), _stats_of(inputs, hessian=method == "sparsegpt")
         args = ref_args(sparsity_ratio=ratio, update_threshold=threshold, without_same_sign=not same_sign, max_cycle_time=cycles)
         ref_mask = ref_dsnot_unstructured(args, weight, wrapped, ref_initial_metric(method, weight, wrapped))
-        scores = (wanda_scores if method == "wanda" else multiflow_scores)(weight, stats.input_sq_norms)
-        mask, details = refine_mask(weight, scores, stats, ratio, "attention", cycles, threshold, same_sign=same_sign, skip="none")
+        if method == "sparsegpt":
+            mask, details = _refine_from_saliency(weight, None, stats, ratio, "attention", max_cycles=cycles, update_threshold=threshold, same_sign=same_sign, skip="none")
+        else:
+            scores = (wanda_scores if method == "wanda" else multiflow_scores)(weight, stats.input_sq_norms)
+            mask, details = refine_mask(weight, scores, stats, ratio, "attention", cycles, threshold, same_sign=same_sign, skip="none")
         expected = int(weight.shape[1] * ratio)
         assert (mask.sum(1) == expected).all(), name
         kept_count = ref_mask.sum(1) == expected
@@ -210,7 +230,7 @@ def test_masks_match_the_reference_on_tiny_models(family, one_thread):
     assert compared >= 0.9 * rows  # the rest: rows whose reference count changed (a candidate list ran out)
 
 
-@pytest.mark.parametrize("method,ratio,threshold,same_sign", [("multiflow", 0.7, 0.005, False), ("wanda", 0.6, 0.01, True)])
+@pytest.mark.parametrize("method,ratio,threshold,same_sign", [("multiflow", 0.7, 0.005, False), ("wanda", 0.6, 0.01, True), ("sparsegpt", 0.5, 0.01, False)])
 def test_masks_match_the_reference_for_other_settings(method, ratio, threshold, same_sign, one_thread):
     compared, rows = _compare("llama", method, ratio, threshold, same_sign, seed=1)
     assert compared >= 0.9 * rows
@@ -248,8 +268,9 @@ def test_dsnot_rejects_solvers_n_m_and_bad_keys(tiny_model_dirs, tmp_path, cache
 
     with pytest.raises(ConfigError, match="allocator='dsnot' cannot honour sparsity.pattern=2:4"):
         spec(extra=["sparsity=2of4"])
-    with pytest.raises(ConfigError, match="allocator=dsnot cannot refine metric='sparsegpt'.*: magnitude, multiflow, ria, swiftprune, wanda"):
-        spec("sparsegpt")
+    with pytest.raises(ConfigError, match="allocator=dsnot cannot refine metric='hassle_free'.*: magnitude, multiflow, ria, sparsegpt, swiftprune, wanda"):
+        spec("hassle_free", ["decomposition.rank=2"])
+    assert spec("sparsegpt").allocator.refine_needs == {INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, HESSIAN}
     with pytest.raises(ConfigError, match="allocator.skip='ffn': allowed values are mlp, attention, none"):
         spec(extra=["allocator.skip=ffn"])
     with pytest.raises(ConfigError, match="allocator.epsilon=0.1: only for allocator.layerwise=alpha"):

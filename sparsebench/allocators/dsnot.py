@@ -11,8 +11,12 @@ that sets each linear's ratio from a layer-wise base (``layerwise=uniform|owl|al
 ``sparsebench.allocators._layerwise``) and, through the ``refine_mask`` hook, chooses each
 linear's mask just before it would be pruned, from the case's metric's scores and the block's
 statistics (inputs: the outputs of the already pruned previous blocks, as in the reference). It
-composes with every score-based metric (magnitude, Wanda, RIA, SwiftPrune, multiflow); the
-initial mask always compares within rows, as the reference's. Per row r of W [rows, cols]:
+composes with every score-based metric (magnitude, Wanda, RIA, SwiftPrune, multiflow) and, as the
+references' ``--initial_method sparsegpt`` does, with SparseGPT: its initial mask is then the
+lowest OBS saliency W_ij^2 / [U]_jj^2 (U the upper Cholesky factor of (H + 0.01 mean(diag H) I)^-1,
+the references' hard-coded damping) of the dense weights, and no weight is updated (SparseGPT's
+solver does not run). The initial mask always compares within rows, as the reference's. Per row r
+of W [rows, cols]:
 
     mu_j = sum_t x_tj / sequences,  v_j = mean over sequences of the variance of x_j over the tokens
     c_ij = W_ij mu_j                       (the reference's DSnoT_metric)
@@ -46,6 +50,7 @@ not implemented (``allocator=dsnot`` takes unstructured sparsity only), nor per-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -56,9 +61,11 @@ from sparsebench.allocators._layerwise import base_allocation, base_keys, bind_b
 from sparsebench.errors import ConfigError
 from sparsebench.masks import prune_count
 from sparsebench.metrics import METRICS, MetricSpec
-from sparsebench.stats import INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, LayerStats
+from sparsebench.metrics.sparsegpt import inverse_hessian_factor
+from sparsebench.stats import HESSIAN, INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, LayerStats
 
 OWL_DEFAULTS = {"m": 5.0, "lam": 0.08}  # NeuroAL's --M and --lam
+SPARSEGPT_DAMP = 0.01  # the references' percdamp for the sparsegpt initial metric
 SKIPS = ("mlp", "attention", "none")
 
 
@@ -183,11 +190,24 @@ def refine_mask(
     )
 
 
+def obs_saliency(weight: Tensor, hessian: Tensor, damp: float = SPARSEGPT_DAMP) -> Tensor:
+    """SparseGPT's saliency of the dense weights, W_ij^2 / [U]_jj^2 (dead inputs: 0), as the references' initial metric."""
+    factor = inverse_hessian_factor(hessian.float(), damp)
+    w = weight.float().masked_fill((torch.diagonal(hessian) == 0).unsqueeze(0), 0.0)
+    return w.square() / torch.diagonal(factor).square().unsqueeze(0)
+
+
+def _refine_from_saliency(weight, scores, stats, ratio, linear, **params):
+    return refine_mask(weight, obs_saliency(weight, stats.hessian), stats, ratio, linear, **params)
+
+
 def _bind(spec: AllocatorSpec, params: dict, metric: MetricSpec) -> AllocatorSpec:
-    """Reject metrics without scores; take the layer-wise base's dense or weight pass."""
-    if metric.prune is not None and metric.scores is None:
-        usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None]
-        raise ConfigError(f"allocator=dsnot cannot refine metric={metric.name!r}: DSnoT starts from the metric's scores; metrics that have them: {', '.join(usable)}")
+    """Reject metrics without scores (SparseGPT: its saliency); take the layer-wise base's dense or weight pass."""
+    if metric.name == "sparsegpt":
+        spec = dataclasses.replace(spec, refine_mask=_refine_from_saliency, refine_needs=spec.refine_needs | {HESSIAN})
+    elif metric.prune is not None and metric.scores is None:
+        usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None] + ["sparsegpt"]
+        raise ConfigError(f"allocator=dsnot cannot refine metric={metric.name!r}: DSnoT starts from the metric's scores; metrics that have them: {', '.join(sorted(usable))}")
     keys = base_keys(params["layerwise"], OWL_DEFAULTS, params["m"], params["lam"], params["epsilon"])
     return bind_base(spec, params["layerwise"], keys)
 
