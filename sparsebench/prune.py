@@ -52,6 +52,24 @@ class Refinement:
     mask: Callable[[Tensor, LayerStats | None, float | Tensor, str], tuple[Tensor, dict]] | None = None
 
 
+def refinement_for(allocator, allocator_params: dict, metric: MetricSpec, metric_params: dict, adapter: FamilyAdapter) -> Refinement | None:
+    """The allocator's per-linear step at prune time (TRIM's ratios, DSnoT's mask), from the metric's scores; None if it has none."""
+    if allocator.refine_mask is not None:
+        def mask(weight, stats, ratio, name):
+            scores = metric.scores(weight, stats, **metric_params) if metric.scores is not None else None  # None: the allocator scores (DSnoT's SparseGPT saliency)
+            return allocator.refine_mask(weight, scores, stats, ratio, adapter.linear_kind(name), **allocator_params)
+
+        return Refinement(allocator.refine_needs, mask=mask)
+    if allocator.refine_layer is None:
+        return None
+
+    def refine(weight, stats, ratio):
+        scores = metric.scores(weight, stats, **metric_params)
+        return allocator.refine_layer(weight, scores, stats, ratio, **allocator_params)
+
+    return Refinement(allocator.refine_needs, refine=refine)
+
+
 def prunable_layers(model, adapter: FamilyAdapter) -> list[PrunableLayer]:
     layers = []
     for index, block in enumerate(adapter.get_blocks(model)):

@@ -26,7 +26,7 @@ from sparsebench.faults import inject
 from sparsebench.evaluate import zeroshot
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
-from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model, weight_block_summaries
+from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model, refinement_for, weight_block_summaries
 from sparsebench.sparsity import target_mean
 from sparsebench.results import SCHEMA_VERSION, case_id, document_path, read_document, write_document
 from sparsebench.trials import BlockTrials
@@ -135,22 +135,7 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
 
 
 def _refinement(spec: CaseSpec, loaded: LoadedModel) -> Refinement | None:
-    """The allocator's per-linear step at prune time (TRIM's ratios, DSnoT's mask), from the metric's scores."""
-    allocator, metric = spec.allocator, spec.metric
-    if allocator.refine_mask is not None:
-        def mask(weight, stats, ratio, name):
-            scores = metric.scores(weight, stats, **spec.metric_params) if metric.scores is not None else None  # None: the allocator scores (DSnoT's SparseGPT saliency)
-            return allocator.refine_mask(weight, scores, stats, ratio, loaded.adapter.linear_kind(name), **spec.allocator_params)
-
-        return Refinement(allocator.refine_needs, mask=mask)
-    if allocator.refine_layer is None:
-        return None
-
-    def refine(weight, stats, ratio):
-        scores = metric.scores(weight, stats, **spec.metric_params)
-        return allocator.refine_layer(weight, scores, stats, ratio, **spec.allocator_params)
-
-    return Refinement(allocator.refine_needs, refine=refine)
+    return refinement_for(spec.allocator, spec.allocator_params, spec.metric, spec.metric_params, loaded.adapter)
 
 
 def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
