@@ -1,7 +1,7 @@
 """Allocation and prune time of metric + allocator pairs in one process, on one model, one after another.
 
     python benchmarks/bench_methods.py gpu --out FILE [--methods wanda:uniform sparsegpt:uniform multiflow:uniform \\
-        wanda:alpha wanda:dsnot sparsegpt:dsnot wanda:trim:layerwise=alpha] [--nsamples 128] [--layers 32]
+        wanda:dsnot sparsegpt:dsnot wanda:alpha wanda:trim:layerwise=alpha] [--nsamples 128] [--layers 32]
     python benchmarks/bench_methods.py cpu --out FILE      # the same on a small LLaMA on the CPU (a smoke run)
 
 The GPU mode builds a model with LLaMA-2-7B's shapes and random fp16 weights (honest for time, never
@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_METHODS = ["wanda:uniform", "sparsegpt:uniform", "multiflow:uniform", "wanda:alpha", "wanda:dsnot", "sparsegpt:dsnot", "wanda:trim:layerwise=alpha"]
+DEFAULT_METHODS = ["wanda:uniform", "sparsegpt:uniform", "multiflow:uniform", "wanda:dsnot", "sparsegpt:dsnot", "wanda:alpha", "wanda:trim:layerwise=alpha"]
 
 
 def _synchronize(device: str) -> None:
@@ -72,7 +72,8 @@ def parse_method(text: str) -> tuple[str, str, dict]:
 
 
 @torch.inference_mode()
-def time_methods(model, adapter, ids, methods: list[str], sparsity: float, device: str, batch_size: int = 8) -> dict:
+def time_methods(model, adapter, ids, methods: list[str], sparsity: float, device: str, batch_size: int = 8, record=None) -> dict:
+    """{method: times}; ``record(results)`` is called after each method (partial results survive a time limit)."""
     from sparsebench.allocators import ALLOCATORS, Allocation
     from sparsebench.metrics import METRICS
     from sparsebench.prune import dense_block_summaries, prunable_layers, prune_model, refinement_for, weight_block_summaries
@@ -116,6 +117,8 @@ def time_methods(model, adapter, ids, methods: list[str], sparsity: float, devic
             results[text]["dsnot_swaps"] = swaps
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items())
         print(f"{text:<28} allocate {allocate_s:7.2f} s{' (weight pass reused)' if reused else ''}  prune {prune_s:7.2f} s ({phases})", flush=True)
+        if record is not None:
+            record(results)
     base = results.get("wanda:uniform")
     if base:
         for text, result in results.items():
@@ -144,13 +147,16 @@ def main() -> None:
         model = _llama(layers, 256, 512, 4, device, torch.float32)
     ids = torch.randint(0, 32000, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
     print(f"sparsity {args.sparsity}, calibration {nsamples} x {seqlen} random tokens", flush=True)
-    results = time_methods(model, ADAPTERS["llama"], ids, args.methods, args.sparsity, device)
     billions = sum(p.numel() for p in model.parameters()) / 1e9
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "blocks": layers, "parameters_billions": billions,
-        "nsamples": nsamples, "seqlen": seqlen, "sparsity": args.sparsity, "methods": results,
-    }, indent=1))
+
+    def record(results):
+        args.out.write_text(json.dumps({
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "blocks": layers, "parameters_billions": billions,
+            "nsamples": nsamples, "seqlen": seqlen, "sparsity": args.sparsity, "methods": results,
+        }, indent=1))
+
+    time_methods(model, ADAPTERS["llama"], ids, args.methods, args.sparsity, device, record=record)
 
 
 if __name__ == "__main__":
