@@ -143,6 +143,8 @@ def test_exponents_and_ratios_match_the_reference(family, one_thread):
         assert len(set(ours.values())) == len(blocks) > 1
         for layer in layers:
             assert ours[layer.name] == pytest.approx(ref_by_name[layer.name], abs=1e-5), layer.name
+    with pytest.raises(ConfigError, match=r"allocator.epsilon=0.5: AlphaPruning's ratios reach .* outside \(0, 1\) at sparsity 0.8; use allocator.epsilon <= 0.2"):
+        alpha_allocation(layers, 0.8, summaries, 0.5)
 
 
 def test_eigenvalues_are_the_squared_singular_values():
@@ -200,10 +202,6 @@ def test_alpha_and_trim_over_alpha_end_to_end(tiny_model_dirs, tmp_path, cache_d
     mean = sum(layer["target"] * layer["rows"] * layer["cols"] for layer in per_layer.values()) / sum(layer["rows"] * layer["cols"] for layer in per_layer.values())
     assert mean == pytest.approx(0.7, abs=1e-9)
     assert document["notes"]["dense_summaries"] == "computed"
-
-    too_wide = run_case(validate(compose_config(overrides(["allocator=alpha", "allocator.epsilon=0.5", "sparsity.ratio=0.8"]))))
-    assert too_wide["status"] == "failed" and "use allocator.epsilon <=" in too_wide["error"]["message"]
-    assert too_wide["notes"]["dense_summaries"] == "computed"  # the spectra are cached per epsilon too
 
     trim = run_case(validate(compose_config(overrides(["allocator=trim", "allocator.layerwise=alpha", "allocator.epsilon=0.3", "allocator.iterations=2"]))))
     assert trim["status"] == "ok", trim.get("error")
