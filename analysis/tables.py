@@ -181,8 +181,12 @@ class Table:
 
 
 def method_of(config: dict) -> str:
+    """``metric + allocator``; an allocator refining a layer-wise base other than uniform (TRIM, DSnoT) adds it: ``wanda + trim (alpha)``."""
     metric = config["metric"].get("name", "?")
-    method = DENSE if metric == "none" else f"{metric} + {config['allocator'].get('name', '?')}"
+    allocator = config["allocator"]
+    base = allocator.get("layerwise")
+    label = f"{allocator.get('name', '?')} ({base})" if base not in (None, "uniform") else allocator.get("name", "?")
+    method = DENSE if metric == "none" else f"{metric} + {label}"
     finetune = config.get("finetune") or {}
     if finetune.get("name", "none") != "none":  # a recovered model is its own row
         method += f" + {finetune['name']}{' (merged)' if finetune.get('merge') else ''}"

@@ -1,6 +1,6 @@
 """GPU-hours of a grid preset, from measured per-case times.
 
-    python benchmarks/estimate_grid.py --preset neuroal_grid --cases DIR [--zeroshot FILE]
+    python benchmarks/estimate_grid.py --preset neuroal_grid --cases DIR [--methods FILE] [--zeroshot FILE]
 
 ``--cases`` holds the result documents that ``bench_grid_cases.py`` measured on a GPU for a
 LLaMA-2-7B-shaped model (one per metric:allocator, plus the dense case). Every case of the preset
@@ -15,6 +15,15 @@ measured per-call overhead (whole call minus scoring). Only PIQA's data exists o
 other six tasks are such estimates; per request, not per token: at lm-eval's batch of 64 short
 requests a 7B model on an H100/H200 is far from compute-bound, so longer requests (BoolQ's
 passages) cost little more each, but the estimate is the lower side.
+
+``--methods`` is the JSON of ``bench_methods.py`` (allocation and prune time of metric + allocator
+pairs measured one after another in one process on the same GPU). A pair of the preset without a
+whole-case measurement is composed from one that has it plus measured prune-time differences from
+that file: (m, a) = whole(m, uniform) + [t(m, a) - t(m, uniform)], or whole(wanda, a) + [t(m, uniform)
+- t(wanda, uniform)], or whole(wanda, uniform) + both differences, where t(m, a) is the measured prune
+time, or t(m, uniform) + t(wanda, a) - t(wanda, uniform) where (m, a) itself was not timed. An
+allocator's weight pass (AlphaPruning's spectra: its ``allocate_s``) is counted as a dense pass,
+once per model with shared work. Composed pairs are listed in the output.
 
 It prints the total with the dense work shared (an allocator's dense pass, e.g. OWL's, once per
 model and calibration: what sparsebench does) and without (every case doing its own pass). The
@@ -102,14 +111,59 @@ def measured_times(folder: Path) -> tuple[dict, float]:
     return times, billions
 
 
+def method_times(path: Path) -> dict:
+    """{(metric, allocator): {"prune": s, "pass": s}} from bench_methods.py's JSON (pairs with extra keys are left out)."""
+    measured = json.loads(Path(path).read_text())["methods"]
+    times = {}
+    for label, result in measured.items():
+        parts = label.split(":")
+        if len(parts) == 2:
+            times[tuple(parts)] = {"prune": result["prune_s"], "pass": 0.0 if result.get("weight_pass_reused") else result["allocate_s"]}
+    return times
+
+
+def compose(times: dict, methods: dict, metric: str, allocator: str) -> dict | None:
+    """A whole-case time for (metric, allocator) from measured whole cases and measured prune-time differences."""
+    def prune(m, a):
+        if (m, a) in methods:
+            return methods[(m, a)]["prune"]
+        if (m, "uniform") in methods and ("wanda", a) in methods and ("wanda", "uniform") in methods:
+            return methods[(m, "uniform")]["prune"] + methods[("wanda", a)]["prune"] - methods[("wanda", "uniform")]["prune"]
+        return None
+
+    def weight_pass(a):
+        return max([0.0] + [value["pass"] for (_, allocator_name), value in methods.items() if allocator_name == a])
+
+    for base in ((metric, "uniform"), ("wanda", allocator), ("wanda", "uniform")):
+        if base not in times:
+            continue
+        here, there = prune(metric, allocator), prune(*base)
+        if here is None or there is None:
+            continue
+        dense_pass = times[base]["dense_pass"] if base[1] == allocator else weight_pass(allocator)
+        return {"warm": times[base]["warm"] + here - there, "dense_pass": dense_pass}
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", required=True)
     parser.add_argument("--cases", type=Path, required=True)
     parser.add_argument("--zeroshot", type=Path, help="bench_zeroshot.py's JSON: seconds per task at the measured size")
+    parser.add_argument("--methods", type=Path, help="bench_methods.py's JSON: prune times of pairs without a whole-case measurement")
     args = parser.parse_args()
     cases, tasks = preset_grid(args.preset)
     times, measured_billions = measured_times(args.cases)
+    composed = []
+    if args.methods:
+        methods = method_times(args.methods)
+        for case in cases:
+            pair = (case.get("metric", "wanda"), case.get("allocator", "uniform"))
+            if pair not in times:
+                estimate = compose(times, methods, *pair)
+                if estimate is not None:
+                    times[pair] = estimate
+                    composed.append(":".join(pair))
     zeroshot = json.loads(args.zeroshot.read_text()) if args.zeroshot else None
 
     dense_pass = {}  # allocator -> its dense pass's time at the measured size
@@ -151,6 +205,8 @@ def main() -> None:
                   + (f"; estimated from request counts: {', '.join(estimated)}" if estimated else ""))
         else:
             print(f"  zero-shot tasks {', '.join(tasks)} left out of the totals: pass --zeroshot")
+    if composed:
+        print(f"  composed from measured prune-time differences (--methods): {', '.join(sorted(composed))}")
     if missing:
         print(f"  no measurement for: {', '.join(sorted(missing))} (left out of the totals)")
     print(f"  with shared dense work (sparsebench): {shared / 3600:.1f} GPU-hours")

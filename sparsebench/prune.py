@@ -40,13 +40,34 @@ class PruneReport:
 
 @dataclass(frozen=True)
 class Refinement:
-    """A change of each linear's target just before it is pruned: ``refine(weight, stats, ratio) -> (ratio, details)``.
+    """A change of each linear's target just before it is pruned: ``refine(weight, stats, ratio) -> (ratio, details)``,
+    or the linear's mask itself: ``mask(weight, stats, ratio, name) -> (mask, details)`` (True = prune; the metric's
+    prune is then not called).
 
     ``needs``: the statistics it reads, gathered with the metric's in the block's statistics forward.
     """
 
     needs: frozenset[str]
-    refine: Callable[[Tensor, LayerStats | None, float | Tensor], tuple[float | Tensor, dict]]
+    refine: Callable[[Tensor, LayerStats | None, float | Tensor], tuple[float | Tensor, dict]] | None = None
+    mask: Callable[[Tensor, LayerStats | None, float | Tensor, str], tuple[Tensor, dict]] | None = None
+
+
+def refinement_for(allocator, allocator_params: dict, metric: MetricSpec, metric_params: dict, adapter: FamilyAdapter) -> Refinement | None:
+    """The allocator's per-linear step at prune time (TRIM's ratios, DSnoT's mask), from the metric's scores; None if it has none."""
+    if allocator.refine_mask is not None:
+        def mask(weight, stats, ratio, name):
+            scores = metric.scores(weight, stats, **metric_params) if metric.scores is not None else None  # None: the allocator scores (DSnoT's SparseGPT saliency)
+            return allocator.refine_mask(weight, scores, stats, ratio, adapter.linear_kind(name), **allocator_params)
+
+        return Refinement(allocator.refine_needs, mask=mask)
+    if allocator.refine_layer is None:
+        return None
+
+    def refine(weight, stats, ratio):
+        scores = metric.scores(weight, stats, **metric_params)
+        return allocator.refine_layer(weight, scores, stats, ratio, **allocator_params)
+
+    return Refinement(allocator.refine_needs, refine=refine)
 
 
 def prunable_layers(model, adapter: FamilyAdapter) -> list[PrunableLayer]:
@@ -89,11 +110,18 @@ def _prune_block_linears(block, adapter, metric, params, ratios, pattern, block_
             ratio = ratios[f"{block_index}.{name}"]
             rows, cols = weight.shape
             work = weight.to(device)
+            mask = None
             if refinement is not None:
-                ratio, details = refinement.refine(work, stats, ratio)
+                if refinement.mask is not None:
+                    mask, details = refinement.mask(work, stats, ratio, name)
+                else:
+                    ratio, details = refinement.refine(work, stats, ratio)
                 refined[f"{block_index}.{name}"] = (ratio, details)
             record = LayerSparsity(f"{block_index}.{name}", weight.numel(), rows, cols, target_mean(ratio), count_zeros(weight))
-            pruned = metric.prune(work, stats, SparsityTarget(ratio, pattern), **params)
+            if mask is not None:
+                pruned = work.masked_fill(mask, 0)
+            else:
+                pruned = metric.prune(work, stats, SparsityTarget(ratio, pattern), **params)
             if isinstance(pruned, Decomposition):  # the linear becomes S + B A (sparsebench.lowrank)
                 weight = install_decomposition(block, name, pruned).weight.data
                 decompositions[record.name] = pruned.info
@@ -110,7 +138,7 @@ def collect_block_stats(
 
     With ``propagate`` the same forward also replaces ``inputs.hidden`` by the block's outputs.
     """
-    accumulators = {group[0]: StatsAccumulator(needs) for group in adapter.input_groups}
+    accumulators = {group[0]: StatsAccumulator(needs, seqlen=inputs.hidden.shape[1]) for group in adapter.input_groups}
     handles = [
         block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
         for first, acc in accumulators.items()
@@ -151,6 +179,20 @@ def dense_block_summaries(
         inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
         if offload:
             block.to("cpu")
+    return summaries
+
+
+@torch.inference_mode()
+def weight_block_summaries(model, adapter: FamilyAdapter, summarize, params: dict, device: str, progress: bool = True) -> list:
+    """One value per block from ``summarize(weights, None, **params)``, reading only the weights (AlphaPruning).
+
+    Each block's weights are read on ``device`` (copied there one block at a time when offloaded).
+    """
+    summaries = []
+    for block in tqdm(adapter.get_blocks(model), desc="weight statistics", unit="block", disable=not progress):
+        weights = {name: block.get_submodule(name).weight.data.to(device) for name in adapter.linear_names}
+        summaries.append(summarize(weights, None, **params))
+        del weights
     return summaries
 
 

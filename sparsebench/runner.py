@@ -29,7 +29,7 @@ from sparsebench.evaluate import efficiency, zeroshot
 from sparsebench.finetune.stage import run_finetune
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
-from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model
+from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model, refinement_for, weight_block_summaries
 from sparsebench.sparsity import target_mean
 from sparsebench.results import SCHEMA_VERSION, case_id, document_path, document_problem, quarantine, read_document, remove_partials, write_document
 from sparsebench.trials import BlockTrials
@@ -89,6 +89,17 @@ def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
     }
 
 
+def _weight_work_key(spec: CaseSpec) -> dict:
+    """What a summary of the dense weights alone depends on: the model and the allocator's keys."""
+    return {
+        "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
+        "allocator": spec.allocator.name,
+        "params": spec.allocator_params,
+        "device_type": spec.device.split(":")[0],
+        "version": sparsebench.__version__,
+    }
+
+
 def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, notes: dict, document: dict) -> dict:
     """Each layer's target ratio from the allocator (after its dense pass or its trial prunes, if it has them)."""
     layers = prunable_layers(loaded.model, loaded.adapter)
@@ -100,6 +111,14 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
             lambda: dense_block_summaries(
                 loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
                 spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
+            ),
+        )
+        notes["dense_summaries"] = "reused from the cache" if shared else "computed"
+    elif spec.allocator.summarize_block is not None:  # the weights alone (AlphaPruning's spectra)
+        summaries, shared = cached(
+            spec.cache_dir, "dense", f"weight-summaries-{spec.allocator.name}", _weight_work_key(spec),
+            lambda: weight_block_summaries(
+                loaded.model, loaded.adapter, spec.allocator.summarize_block, spec.allocator_params, spec.device, spec.progress,
             ),
         )
         notes["dense_summaries"] = "reused from the cache" if shared else "computed"
@@ -120,17 +139,8 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
     return allocation.ratios
 
 
-def _refinement(spec: CaseSpec) -> Refinement | None:
-    """The allocator's per-linear step at prune time (TRIM), ordering weights by the metric's scores."""
-    allocator, metric = spec.allocator, spec.metric
-    if allocator.refine_layer is None:
-        return None
-
-    def refine(weight, stats, ratio):
-        scores = metric.scores(weight, stats, **spec.metric_params)
-        return allocator.refine_layer(weight, scores, stats, ratio, **spec.allocator_params)
-
-    return Refinement(allocator.refine_needs, refine)
+def _refinement(spec: CaseSpec, loaded: LoadedModel) -> Refinement | None:
+    return refinement_for(spec.allocator, spec.allocator_params, spec.metric, spec.metric_params, loaded.adapter)
 
 
 def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
@@ -139,7 +149,7 @@ def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, docu
     started = time.perf_counter()
     report = prune_model(
         loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
-        spec.device, spec.offload, spec.calibration.batch_size, spec.progress, _refinement(spec),
+        spec.device, spec.offload, spec.calibration.batch_size, spec.progress, _refinement(spec, loaded),
     )
     timings["prune_s"] = time.perf_counter() - started
     timings.update({f"prune_{name}": value for name, value in report.timings.items()})

@@ -15,14 +15,17 @@ from torch import Tensor
 INPUT_SQ_NORMS = "input_sq_norms"  # sum_t x_tj^2 per input feature j (Wanda, RIA)
 HESSIAN = "hessian"  # sum_t x_t x_t^T (SparseGPT); its diagonal is INPUT_SQ_NORMS
 LAST_TOKEN_INPUTS = "last_token_inputs"  # not a sum: the input at the last token of each sequence, [sequences, features] (TRIM)
-KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN, LAST_TOKEN_INPUTS)
+INPUT_SUMS = "input_sums"  # sum_t x_tj per input feature j (DSnoT's mean input)
+SEQUENCE_VARIANCES = "sequence_variances"  # sum over sequences of each sequence's variance of x_j over its tokens (DSnoT)
+KNOWN_STATISTICS = (INPUT_SQ_NORMS, HESSIAN, LAST_TOKEN_INPUTS, INPUT_SUMS, SEQUENCE_VARIANCES)
 
 
 @dataclass
 class LayerStats:
-    """Sums over calibration tokens of one input; ``num_tokens`` counts the tokens summed."""
+    """Sums over calibration tokens of one input; ``num_tokens`` counts the tokens summed, ``num_sequences`` the sequences."""
 
     num_tokens: int = 0
+    num_sequences: int = 0
     sums: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -40,6 +43,14 @@ class LayerStats:
     @property
     def last_token_inputs(self) -> Tensor:
         return self.sums[LAST_TOKEN_INPUTS]
+
+    @property
+    def input_sums(self) -> Tensor:
+        return self.sums[INPUT_SUMS]
+
+    @property
+    def sequence_variances(self) -> Tensor:
+        return self.sums[SEQUENCE_VARIANCES]
 
 
 def _half_gram_on_gpu(inputs: Tensor) -> Tensor | None:
@@ -85,17 +96,21 @@ def _tensor_cores_for(inputs: Tensor):
 class StatsAccumulator:
     """Adds batches of layer inputs ``[..., features]`` to running float32 sums.
 
-    ``LAST_TOKEN_INPUTS`` instead keeps ``inputs[:, -1]`` of each batch ``[sequences, tokens, features]``.
+    ``LAST_TOKEN_INPUTS`` instead keeps ``inputs[:, -1]`` of each batch ``[sequences, tokens, features]``;
+    ``SEQUENCE_VARIANCES`` adds each sequence's (population) variance over its tokens.
     """
 
-    def __init__(self, needs: frozenset[str]):
+    def __init__(self, needs: frozenset[str], seqlen: int | None = None):
         unknown = set(needs) - set(KNOWN_STATISTICS)
         if unknown:
             raise ValueError(f"unknown statistics {sorted(unknown)}; known: {KNOWN_STATISTICS}")
         self.needs = needs
+        self.seqlen = seqlen  # tokens per sequence, for inputs that arrive flattened to [tokens, features] (OPT's MLP)
         self.stats = LayerStats()
 
     def add(self, inputs: Tensor) -> None:
+        if inputs.dim() == 2 and self.seqlen is not None:
+            inputs = inputs.reshape(-1, self.seqlen, inputs.shape[-1])
         flat = inputs.reshape(-1, inputs.shape[-1])
         sums = self.stats.sums
         if HESSIAN in self.needs:
@@ -112,7 +127,18 @@ class StatsAccumulator:
             if INPUT_SQ_NORMS not in sums:
                 sums[INPUT_SQ_NORMS] = torch.zeros(flat.shape[1], device=flat.device)
             sums[INPUT_SQ_NORMS].add_(torch.linalg.vector_norm(flat, dim=0, dtype=torch.float32).square())
+        if INPUT_SUMS in self.needs:
+            if INPUT_SUMS not in sums:
+                sums[INPUT_SUMS] = torch.zeros(flat.shape[1], device=flat.device)
+            sums[INPUT_SUMS].add_(flat.sum(dim=0, dtype=torch.float32))
+        if SEQUENCE_VARIANCES in self.needs:
+            sequences = inputs.reshape(-1, *inputs.shape[-2:])
+            if SEQUENCE_VARIANCES not in sums:
+                sums[SEQUENCE_VARIANCES] = torch.zeros(flat.shape[1], device=flat.device)
+            for sequence in sequences:  # one at a time: no float32 copy of the whole batch
+                sums[SEQUENCE_VARIANCES].add_(torch.var(sequence.float(), dim=0, correction=0))
         if LAST_TOKEN_INPUTS in self.needs:
             last = inputs.reshape(-1, *inputs.shape[-2:])[:, -1].to(torch.float32, copy=True)  # a copy: no view of the batch
             sums[LAST_TOKEN_INPUTS] = torch.cat([sums[LAST_TOKEN_INPUTS], last]) if LAST_TOKEN_INPUTS in sums else last
         self.stats.num_tokens += flat.shape[0]
+        self.stats.num_sequences += inputs.reshape(-1, *inputs.shape[-2:]).shape[0]

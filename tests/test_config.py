@@ -24,7 +24,7 @@ def base(tiny_model_dirs, tmp_path, cache_dir):
         ("sparsity.ratio=1.5", ConfigError, "sparsity.ratio=1.5: must be a number in (0, 1)"),
         ("sparsity.ratio=0", ConfigError, "sparsity.ratio=0"),
         ("sparsity.pattern=3:2", ConfigError, "sparsity.pattern"),
-        ("metric.name=nonesuch", ConfigError, "allowed: hassle_free, magnitude, none, ria, sparsegpt, swiftprune, wanda"),
+        ("metric.name=nonesuch", ConfigError, "allowed: hassle_free, magnitude, multiflow, none, ria, sparsegpt, swiftprune, wanda"),
         ("metric.comparison=column", ConfigError, "metric.comparison='column': allowed values are row, layer"),
         ("+metric.blocksize=64", ConfigError, "metric.blocksize: not a key of metric 'wanda'; allowed: comparison"),
         ("model.family=gpt2", ConfigError, "model.family='gpt2': allowed values are auto, gpt_neox, llama, mistral, opt, phi, qwen2"),

@@ -257,11 +257,11 @@ def test_trim_rejects_n_m_metrics_without_row_order_and_bad_keys(tiny_model_dirs
 
     with pytest.raises(ConfigError, match="allocator='trim' cannot honour sparsity.pattern=2:4 .* allocators that can: uniform"):
         spec(extra=["sparsity=2of4"])
-    with pytest.raises(ConfigError, match="allocator=trim cannot refine metric='sparsegpt'.*: magnitude, ria, swiftprune, wanda"):
+    with pytest.raises(ConfigError, match="allocator=trim cannot refine metric='sparsegpt'.*: magnitude, multiflow, ria, swiftprune, wanda"):
         spec("sparsegpt")
     with pytest.raises(ConfigError, match="allocator=trim cannot refine metric='hassle_free'"):
         spec("hassle_free", ["decomposition.rank=2"])
-    with pytest.raises(ConfigError, match="allocator.layerwise='neuroal': allowed values are uniform, owl"):
+    with pytest.raises(ConfigError, match="allocator.layerwise='neuroal': allowed values are uniform, owl, alpha"):
         spec(extra=["allocator.layerwise=neuroal"])
     with pytest.raises(ConfigError, match="allocator.m=5.0: only for allocator.layerwise=owl"):
         spec(extra=["allocator.m=5.0"])

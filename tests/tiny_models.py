@@ -52,3 +52,26 @@ def save_tiny_model(folder, family: str, text_lines: list[str], seed: int = 0):
     model.save_pretrained(folder)
     train_tiny_tokenizer(text_lines).save_pretrained(folder)
     return folder
+
+
+def block_linear_inputs(model, block_index: int = 0, sequences: int = 4, tokens: int = 24, seed: int = 0):
+    """``(adapter, {linear name: (weight, inputs [sequences, tokens, features])})`` of one block of a tiny model,
+    from a forward of random token ids (each linear's input as the block sees it)."""
+    from sparsebench.models.adapters import adapter_for
+
+    adapter = adapter_for("auto", model.config.model_type)
+    block = adapter.get_blocks(model)[block_index]
+    captured = {}
+    handles = [
+        block.get_submodule(name).register_forward_pre_hook(lambda module, args, name=name: captured.__setitem__(name, args[0].detach().clone()))
+        for name in adapter.linear_names
+    ]
+    ids = torch.randint(0, VOCAB, (sequences, tokens), generator=torch.Generator().manual_seed(seed))
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    shaped = {name: inputs.reshape(sequences, tokens, inputs.shape[-1]) for name, inputs in captured.items()}  # OPT's MLP sees [tokens, features]
+    return adapter, {name: (block.get_submodule(name).weight.data.clone(), shaped[name]) for name in adapter.linear_names}

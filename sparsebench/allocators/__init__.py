@@ -6,7 +6,9 @@ reaches the target sparsity. It is a pure function
 a float for the whole layer or a tensor with one ratio per output row. An allocator that looks
 at the dense model (OWL) declares the calibration statistics it ``needs`` and a
 ``summarize_block(weights, stats, **params)`` that a dense pass over the blocks calls once per
-block; ``block_summaries`` is then the list of what it returned, else None. An allocator that
+block; ``block_summaries`` is then the list of what it returned, else None. An allocator with a
+``summarize_block`` and no ``needs`` (AlphaPruning) reads the weights alone: it is called once
+per block with ``stats=None`` and no calibration data is read for it. An allocator that
 chooses among candidate allocations by trial prunes (NeuroAL) declares ``uses_trials`` and gets
 ``trials=`` a ``sparsebench.trials.BlockTrials`` (trial prunes with the case's metric on
 calibration data). An allocator may return an ``Allocation`` instead of the bare ratios, to
@@ -18,6 +20,10 @@ just before the metric prunes, with the metric's ``scores`` and the statistics `
 of that block's inputs (the already pruned previous blocks' outputs). ``bind(spec, params,
 metric) -> spec`` checks the case's metric and resolves what depends on the keys (e.g. the
 dense-pass ``needs`` of the layer-wise allocator TRIM runs under); it runs at validation.
+Instead of ratios, an allocator may choose each linear's mask at prune time (DSnoT):
+``refine_mask(weight, scores, stats, ratio, linear, **params) -> (mask, details)``, ``linear``
+being the adapter's kind of the linear (``attention`` or ``mlp``); the weights it masks are zeroed
+and the metric's own prune is not called.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class AllocatorSpec:
     refine_layer: Callable[..., tuple[Tensor, dict]] | None = None  # per-row ratios of one linear at prune time
     refine_needs: frozenset[str] = frozenset()  # statistics refine_layer reads, gathered in the pruning walk
     bind: Callable[..., AllocatorSpec] | None = None  # (spec, params, metric) -> spec, at validation
+    refine_mask: Callable[..., tuple[Tensor, dict]] | None = None  # the mask of one linear at prune time (DSnoT)
 
     def bound(self, params: dict[str, Any], metric) -> AllocatorSpec:
         """This spec for these keys and this metric (itself unless the allocator has ``bind``)."""
@@ -96,9 +103,12 @@ def register_allocator(
     refine_layer: Callable[..., tuple[Tensor, dict]] | None = None,
     refine_needs: frozenset[str] = frozenset(),
     bind: Callable[..., AllocatorSpec] | None = None,
+    refine_mask: Callable[..., tuple[Tensor, dict]] | None = None,
 ):
     def decorate(fn):
-        spec = AllocatorSpec(name, fn, params, supports_nm, paper, frozenset(needs), summarize_block, uses_trials, refine_layer, frozenset(refine_needs), bind)
+        spec = AllocatorSpec(
+            name, fn, params, supports_nm, paper, frozenset(needs), summarize_block, uses_trials, refine_layer, frozenset(refine_needs), bind, refine_mask,
+        )
         ALLOCATORS.add(name, spec)
         return fn
 

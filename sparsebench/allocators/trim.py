@@ -1,7 +1,8 @@
 """TRIM, Targeted Row-wise Iterative Metric-driven pruning (arXiv 2505.16743; github flobk/TRIM at
 effcd518: ``lib/trim.py``, ``lib/prune.py`` ``prune_wanda`` with ``trim=True``).
 
-TRIM keeps a layer-wise allocator's ratio s_L for each linear (``layerwise=uniform`` or ``owl``)
+TRIM keeps a layer-wise allocator's ratio s_L for each linear (``layerwise=uniform``, ``owl`` or
+``alpha``)
 and, at prune time, redistributes it over the linear's output rows. With X the linear's inputs at
 the last token of each calibration sequence ([cols, sequences]; from the block's statistics
 forward, i.e. the outputs of the already pruned previous blocks), the metric's per-row ascending
@@ -35,7 +36,11 @@ Every other detail is the reference's defaults (``main.py``): ``qmetric=cosim_fl
 reference calibrates on 256 C4 sequences; here X has one column per calibration sequence
 (``calibration.nsamples``). Under ``layerwise=owl`` the block ratios are OWL's
 (``sparsebench.allocators.owl``) with TRIM's defaults M = 7, lambda = 0.05 (its ``--Hyper_m``,
-``--Lamda``; its scripts use per-model values, e.g. 5 and 0.12 for Qwen2.5-3B). TRIM needs the
+``--Lamda``; its scripts use per-model values, e.g. 5 and 0.12 for Qwen2.5-3B). Under
+``layerwise=alpha`` they are AlphaPruning's (``sparsebench.allocators.alpha``, TRIM's
+``wanda_alpha``: alpha_peak, block-wise mapping) with ``epsilon`` null = 0.2 (TRIM's argparse
+default is 0.3, its Qwen2.5-3B script 0.1; 0.2 is AlphaPruning's own Wanda setting, and 0.3 puts
+ratios above 1 at 80 %). TRIM needs the
 metric's ordering, so it composes with the score-based metrics (magnitude, Wanda, RIA,
 SwiftPrune), each row ordered by the metric's scores; metrics that take one ratio per layer
 (SparseGPT, HASSLE-free) and N:M patterns are rejected (the reference ignores N:M under TRIM).
@@ -43,14 +48,13 @@ SwiftPrune), each row ordered by the metric's scores; metrics that take one rati
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import ALLOCATORS, Allocation, AllocatorSpec, PrunableLayer, register_allocator
-from sparsebench.allocators.owl import outlier_ratio, owl
+from sparsebench.allocators import Allocation, AllocatorSpec, PrunableLayer, register_allocator
+from sparsebench.allocators._layerwise import base_allocation, base_keys, bind_base, check_base
 from sparsebench.errors import ConfigError
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.stats import LAST_TOKEN_INPUTS, LayerStats
@@ -58,7 +62,6 @@ from sparsebench.stats import LAST_TOKEN_INPUTS, LayerStats
 REFERENCE_LEARNING_RATES = [0.01, 0.02, 0.04, 0.08, 0.12, 0.16]
 REFERENCE_NEGATIVE_LEARNING_RATES = [-0.01, -0.02, -0.04]
 ROW_RATIO_CAP = 0.95  # the reference's "don't allow sparsity > 95% for stability"
-LAYERWISE = ("uniform", "owl")
 OWL_DEFAULTS = {"m": 7.0, "lam": 0.05}  # the TRIM reference's --Hyper_m and --Lamda
 _EPS = 1e-8
 _SPREAD_EPS = 1e-6
@@ -66,16 +69,16 @@ _SPREAD_EPS = 1e-6
 
 @dataclass
 class TRIMParams:
-    layerwise: str = "uniform"  # uniform | owl: the layer ratios TRIM refines per row
+    layerwise: str = "uniform"  # uniform | owl | alpha: the layer ratios TRIM refines per row
     iterations: int = 10
     learning_rates: list[float] = field(default_factory=lambda: list(REFERENCE_LEARNING_RATES))
     negative_learning_rates: list[float] = field(default_factory=lambda: list(REFERENCE_NEGATIVE_LEARNING_RATES))  # []: none
     m: float | None = None  # layerwise=owl only; null: 7
     lam: float | None = None  # layerwise=owl only; null: 0.05
+    epsilon: float | None = None  # layerwise=alpha only; null: 0.2
 
     def check(self, key: str) -> None:
-        if self.layerwise not in LAYERWISE:
-            raise ConfigError(f"{key}.layerwise={self.layerwise!r}: allowed values are {', '.join(LAYERWISE)}")
+        check_base(key, self.layerwise, OWL_DEFAULTS, self.m, self.lam, self.epsilon)
         if not isinstance(self.iterations, int) or self.iterations < 1:
             raise ConfigError(f"{key}.iterations={self.iterations!r}: must be an integer >= 1")
         rates = self.learning_rates
@@ -84,17 +87,6 @@ class TRIMParams:
         negative = self.negative_learning_rates
         if negative is None or not all(isinstance(lr, (int, float)) and lr < 0 for lr in negative):
             raise ConfigError(f"{key}.negative_learning_rates={negative!r}: must be a list of numbers < 0 ([] forbids them)")
-        if self.layerwise == "owl":
-            owl_params = ALLOCATORS.get("owl").params(**resolved_owl_keys(self.m, self.lam))
-            owl_params.check(key)
-        else:
-            for name in ("m", "lam"):
-                if getattr(self, name) is not None:
-                    raise ConfigError(f"{key}.{name}={getattr(self, name)!r}: only for {key}.layerwise=owl")
-
-
-def resolved_owl_keys(m: float | None, lam: float | None) -> dict[str, float]:
-    return {"m": OWL_DEFAULTS["m"] if m is None else m, "lam": OWL_DEFAULTS["lam"] if lam is None else lam}
 
 
 # ---------------------------------------------------------------- the row refinement of one linear
@@ -224,22 +216,16 @@ def refine_layer(weight: Tensor, scores: Tensor, stats: LayerStats, ratio, itera
 # ---------------------------------------------------------------- the layer-wise part and the registration
 
 
-def _owl_outlier_ratio(weights, stats, m=None, lam=None, **_trim_keys) -> float:
-    return outlier_ratio(weights, stats, **resolved_owl_keys(m, lam))
-
-
 def _bind(spec: AllocatorSpec, params: dict, metric: MetricSpec) -> AllocatorSpec:
-    """Reject metrics without a per-row ordering; take OWL's dense pass only under ``layerwise=owl``."""
+    """Reject metrics without a per-row ordering; take the layer-wise base's dense or weight pass."""
     if metric.prune is not None and (metric.scores is None or not metric.row_ratios):
         usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None and METRICS.get(name).row_ratios]
         raise ConfigError(
             f"allocator=trim cannot refine metric={metric.name!r}: TRIM needs per-row ratios and the metric's score order "
             f"within each row; metrics that have both: {', '.join(usable)}"
         )
-    if params["layerwise"] == "owl":
-        owl_spec = ALLOCATORS.get("owl")
-        return dataclasses.replace(spec, needs=owl_spec.needs, summarize_block=_owl_outlier_ratio)
-    return spec
+    keys = base_keys(params["layerwise"], OWL_DEFAULTS, params["m"], params["lam"], params["epsilon"])
+    return bind_base(spec, params["layerwise"], keys)
 
 
 @register_allocator(
@@ -247,12 +233,8 @@ def _bind(spec: AllocatorSpec, params: dict, metric: MetricSpec) -> AllocatorSpe
 )
 def trim(
     layers: list[PrunableLayer], sparsity: float, block_summaries, layerwise: str = "uniform", iterations: int = 10,
-    learning_rates=None, negative_learning_rates=None, m: float | None = None, lam: float | None = None,
+    learning_rates=None, negative_learning_rates=None, m: float | None = None, lam: float | None = None, epsilon: float | None = None,
 ) -> Allocation:
     """The layer-wise ratios TRIM starts from; the rows are refined at prune time (``refine_layer``)."""
-    details: dict = {"layerwise": layerwise, "iterations": iterations}
-    if layerwise == "owl":
-        keys = resolved_owl_keys(m, lam)
-        details["owl"] = keys
-        return Allocation(owl(layers, sparsity, block_summaries, **keys), details)
-    return Allocation({layer.name: sparsity for layer in layers}, details)
+    base = base_allocation(layers, sparsity, block_summaries, layerwise, base_keys(layerwise, OWL_DEFAULTS, m, lam, epsilon))
+    return Allocation(base.ratios, {"layerwise": layerwise, "iterations": iterations, **base.details})

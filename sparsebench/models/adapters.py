@@ -27,6 +27,15 @@ class FamilyAdapter:
     def linear_names(self) -> tuple[str, ...]:
         return tuple(name for group in self.input_groups for name in group)
 
+    @property
+    def mlp_linears(self) -> tuple[str, ...]:
+        """The MLP's linears: the last two input groups (the MLP's input and its output projection) in every family."""
+        return tuple(name for group in self.input_groups[-2:] for name in group)
+
+    def linear_kind(self, name: str) -> str:
+        """``mlp`` or ``attention``."""
+        return "mlp" if name in self.mlp_linears else "attention"
+
     def get_blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
 
