@@ -41,6 +41,16 @@ def reference_l_scores(weight, inputs):
     return torch.tensor([[float(weight[i, j]) ** 2 / (1 - energy[j] / total) for j in range(cols)] for i in range(rows)], dtype=torch.float64)
 
 
+def reference_contribution_scores(weight, inputs):
+    """|w_ij| * ||x_j||, ||x_j||^2 = sum_t x_tj^2, element by element."""
+    rows, cols = weight.shape
+    energy = [sum(float(inputs[t, j]) ** 2 for t in range(inputs.shape[0])) for j in range(cols)]
+    return torch.tensor([[abs(float(weight[i, j])) * energy[j] ** 0.5 for j in range(cols)] for i in range(rows)], dtype=torch.float64)
+
+
+REFERENCE_SCORES = {"obs_rank1": reference_l_scores, "contribution": reference_contribution_scores}
+
+
 def reference_row_mask(scores, counts):
     """Per row, the ``counts[i]`` lowest scores (ties by position)."""
     mask = torch.zeros_like(scores, dtype=torch.bool)
@@ -71,32 +81,43 @@ def test_l_scores_without_input_energy_are_squared_weights():
     assert torch.equal(l_scores(weight, torch.zeros(weight.shape[1])), weight.float().square())
 
 
+@pytest.mark.parametrize("score", ["contribution", "obs_rank1"])
 @pytest.mark.parametrize("ratio", [0.5, 0.7])
-def test_unstructured_mask_equals_reference(ratio):
+def test_unstructured_mask_equals_reference(ratio, score):
     weight, inputs = _layer(seed=1)
-    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(ratio))
+    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(ratio), score=score)
     counts = [int(weight.shape[1] * ratio)] * weight.shape[0]
-    assert torch.equal(pruned == 0, reference_row_mask(reference_l_scores(weight, inputs).float(), counts))
+    assert torch.equal(pruned == 0, reference_row_mask(REFERENCE_SCORES[score](weight, inputs).float(), counts))
 
 
-def test_per_row_ratios_mask_equals_reference():
+@pytest.mark.parametrize("score", ["contribution", "obs_rank1"])
+def test_per_row_ratios_mask_equals_reference(score):
     weight, inputs = _layer(seed=2)
     ratios = torch.linspace(0.2, 0.9, weight.shape[0])
-    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(ratios))
+    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(ratios), score=score)
     counts = [int(weight.shape[1] * float(r) + 1e-6) for r in ratios]
-    assert torch.equal(pruned == 0, reference_row_mask(reference_l_scores(weight, inputs).float(), counts))
+    assert torch.equal(pruned == 0, reference_row_mask(REFERENCE_SCORES[score](weight, inputs).float(), counts))
 
 
+@pytest.mark.parametrize("score", ["contribution", "obs_rank1"])
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8)])
-def test_n_m_mask_equals_reference(n, m):
+def test_n_m_mask_equals_reference(n, m, score):
     weight, inputs = _layer(seed=3)
-    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(n / m, NMPattern(n, m)))
-    assert torch.equal(pruned == 0, reference_n_m_mask(reference_l_scores(weight, inputs).float(), n, m))
+    pruned = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(n / m, NMPattern(n, m)), score=score)
+    assert torch.equal(pruned == 0, reference_n_m_mask(REFERENCE_SCORES[score](weight, inputs).float(), n, m))
+
+
+@pytest.mark.parametrize("target", [SparsityTarget(0.5), SparsityTarget(0.7), SparsityTarget(0.5, NMPattern(2, 4))])
+def test_the_contribution_reading_prunes_what_wanda_prunes_per_row(target):
+    weight, inputs = _layer(seed=5)
+    swift = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), target, score="contribution") == 0
+    wanda = METRICS.get("wanda").prune(weight.float(), _stats(inputs), target, comparison="row") == 0
+    assert torch.equal(swift, wanda)
 
 
 def test_input_energy_protects_weights_of_high_energy_features():
     weight, inputs = _layer(seed=4)
-    swift = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(0.5)) == 0
+    swift = METRICS.get("swiftprune").prune(weight.float(), _stats(inputs), SparsityTarget(0.5), score="obs_rank1") == 0
     magnitude = METRICS.get("magnitude").prune(weight.float(), None, SparsityTarget(0.5), comparison="row") == 0
     loud = slice(0, weight.shape[1] // 16)
     assert not torch.equal(swift, magnitude)
@@ -151,6 +172,7 @@ def test_ewma_threshold_lands_near_the_target_count():
     ("ewma_alpha", 1.5, "metric.ewma_alpha=1.5"),
     ("refine_passes", -1, "metric.refine_passes=-1: must be an integer >= 0"),
     ("refine_passes", 1.5, "metric.refine_passes=1.5"),
+    ("score", "hessian", "metric.score='hessian': allowed values are contribution, obs_rank1"),
 ])
 def test_bad_parameters_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -164,7 +186,7 @@ def test_tiny_model_case_meets_its_sparsity(sparsity, tiny_model_dirs, tmp_path,
     spec = validate(compose_config(tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "swiftprune", [sparsity])))
     document = run_case(spec)
     assert document["status"] == "ok", document.get("error")
-    assert document["config"]["metric"] == {"name": "swiftprune", "ewma_alpha": 0.125, "refine_passes": 4}
+    assert document["config"]["metric"] == {"name": "swiftprune", "score": "contribution", "ewma_alpha": 0.125, "refine_passes": 4}
     # status ok: every layer passed the runner's check of achieved against target sparsity
     assert document["sparsity"]["target"] == pytest.approx(0.5 if sparsity.endswith("2of4") else 0.7)
 

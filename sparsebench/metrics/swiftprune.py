@@ -4,7 +4,16 @@ a Hessian-free "contribution" score (the L-score) with an EWMA-based selection i
 APPROXIMATION. No official code exists and the paper's equations could not be read here (see
 docs/research/swiftprune.md). What is implemented, and how sure each part is:
 
-Score (form confirmed in part, inputs our reading). The L-score replaces the OBS saliency
+Two readings of the score, chosen by ``metric.score``:
+- ``contribution`` (the default): ``|W_ij| * ||X_j||``, each weight's contribution to its output
+  over the calibration tokens. The abstract calls the metric "contribution-based" and claims
+  accuracy on par with the state of the art at 50 %; this reading has Wanda's score, so with the
+  per-row selection below its mask is Wanda's, found without a sort.
+- ``obs_rank1``: the L-score as reconstructed below from an unofficial re-implementation. Measured
+  on SmolLM2 it behaves like magnitude pruning (docs/research/swiftprune.md), which contradicts the
+  paper's accuracy claims; it is kept for comparison.
+
+Score ``obs_rank1`` (form confirmed in part, inputs our reading). The L-score replaces the OBS saliency
 ``w_q^2 / [H^-1]_qq``. An unofficial re-implementation documents the form
 ``L_i = w_i^2 / (1 - x_i^2 / S)``; a summary of the paper says L depends on "the weight's value
 and the sum of squared input values". We read x as the layer input:
@@ -49,15 +58,22 @@ from torch import Tensor
 from sparsebench.errors import ConfigError
 from sparsebench.masks import SparsityTarget, prune_counts_per_row, select_n_m
 from sparsebench.metrics import register_metric
+from sparsebench.metrics.wanda import wanda_scores
 from sparsebench.stats import INPUT_SQ_NORMS, LayerStats
+
+
+SCORES = ("contribution", "obs_rank1")
 
 
 @dataclass
 class SwiftPruneParams:
+    score: str = "contribution"
     ewma_alpha: float = 0.125
     refine_passes: int = 4
 
     def check(self, key: str) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"{key}.score={self.score!r}: allowed values are {', '.join(SCORES)}")
         if isinstance(self.ewma_alpha, bool) or not isinstance(self.ewma_alpha, (int, float)) or not 0 < self.ewma_alpha <= 1:
             raise ConfigError(f"{key}.ewma_alpha={self.ewma_alpha!r}: must be a number in (0, 1]")
         if isinstance(self.refine_passes, bool) or not isinstance(self.refine_passes, int) or self.refine_passes < 0:
@@ -71,6 +87,17 @@ def l_scores(weight: Tensor, input_sq_norms: Tensor) -> Tensor:
     share = energy / total if total > 0 else torch.zeros_like(energy)
     remainder = (1 - share).clamp_min(torch.finfo(torch.float32).eps)
     return weight.float().square() / remainder.unsqueeze(0)
+
+
+def contribution_scores(weight: Tensor, input_sq_norms: Tensor) -> Tensor:
+    """``|W_ij| * ||X_j||``: each weight's contribution to its output, computed as Wanda computes its
+    score (same operations, float32), so that the masks are Wanda's bit for bit. The EWMA threshold
+    models squared scores; on these it starts further off and its counting passes and the partial
+    selection make up for it (speed only: the mask is exact either way)."""
+    return wanda_scores(weight, input_sq_norms)
+
+
+SCORE_FUNCTIONS = {"contribution": contribution_scores, "obs_rank1": l_scores}
 
 
 def ewma_last(values: Tensor, alpha: float) -> Tensor:
@@ -145,15 +172,17 @@ def select_per_row_ewma(scores: Tensor, ratio: float | Tensor, alpha: float = 0.
     return (at_most & ~ties) | (ties & (ties.cumsum(1) <= room.unsqueeze(1)))
 
 
-def _swiftprune_layer_scores(weight: Tensor, stats: LayerStats, ewma_alpha: float = 0.125, refine_passes: int = 4) -> Tensor:
-    return l_scores(weight, stats.input_sq_norms)  # its masks equal a stable per-row sort of these
+def _swiftprune_layer_scores(weight: Tensor, stats: LayerStats, score: str = "contribution", ewma_alpha: float = 0.125, refine_passes: int = 4) -> Tensor:
+    return SCORE_FUNCTIONS[score](weight, stats.input_sq_norms)  # its masks equal a stable per-row sort of these
 
 
 @register_metric(
     "swiftprune", SwiftPruneParams, needs=frozenset({INPUT_SQ_NORMS}), paper="arXiv 2501.16376 (approximation)", scores=_swiftprune_layer_scores
 )
-def swiftprune(weight: Tensor, stats: LayerStats, target: SparsityTarget, ewma_alpha: float = 0.125, refine_passes: int = 4) -> Tensor:
-    scores = l_scores(weight, stats.input_sq_norms)
+def swiftprune(
+    weight: Tensor, stats: LayerStats, target: SparsityTarget, score: str = "contribution", ewma_alpha: float = 0.125, refine_passes: int = 4
+) -> Tensor:
+    scores = SCORE_FUNCTIONS[score](weight, stats.input_sq_norms)
     if target.pattern is not None:
         mask = select_n_m(scores, target.pattern)
     else:
