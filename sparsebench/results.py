@@ -37,6 +37,8 @@ def _defining_eval(evaluation: dict) -> dict:
 def defining_config(config: dict, device_type: str) -> dict:
     """The parts of a resolved configuration that change a case's numbers."""
     model = {k: config["model"].get(k) for k in ("path", "family", "dtype", "revision")}
+    if config["model"].get("bos_per_segment") is not None:  # later key: in the id only when set
+        model["bos_per_segment"] = config["model"]["bos_per_segment"]
     data = {k: v for k, v in config["data"].items() if v is not None or k in _FIRST_DATA_KEYS}
     defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(config["eval"]), "data": data, "device_type": device_type}
     if config["metric"].get("name") != "none":
