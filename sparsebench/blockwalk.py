@@ -32,7 +32,7 @@ class _StopForward(Exception):
 class BlockInputs:
     hidden: Tensor  # [sequences, seqlen, hidden] on the work device
     kwargs: dict[str, Any]  # what the first block takes besides the hidden states
-    block_kwargs: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)  # the same for each block
+    block_kwargs: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)  # each block's own
 
     def kwargs_for(self, block: nn.Module) -> dict[str, Any]:
         """What ``block`` takes besides the hidden states (its own, where blocks take different ones)."""
