@@ -4,13 +4,18 @@ The inputs of the first block are captured by running the model until that block
 pre-hook stops the forward there), so each family's own embedding, position and mask code runs
 unchanged. The keyword arguments a block receives (attention mask, rotary embeddings, position
 ids) are captured once for a batch of one sequence and broadcast over micro-batches: every
-segment has the same length, so they are the same for all. With ``offload`` the model stays on
-the CPU and only the block at work (plus the small non-block modules) sits on the GPU.
+segment has the same length, so they are the same for all. They are captured for every block,
+because blocks of one model may take different ones (Gemma 3's sliding-window layers take a
+sliding mask and local rotary embeddings, its full-attention layers a causal mask and global
+ones): in that one-sequence pass each block is replaced by the identity while its arguments are
+recorded, so no block computes and an offloaded model needs none of them on the GPU. With
+``offload`` the model stays on the CPU and only the block at work (plus the small non-block
+modules) sits on the GPU.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -26,7 +31,12 @@ class _StopForward(Exception):
 @dataclass
 class BlockInputs:
     hidden: Tensor  # [sequences, seqlen, hidden] on the work device
-    kwargs: dict[str, Any]  # what every block takes besides the hidden states
+    kwargs: dict[str, Any]  # what the first block takes besides the hidden states
+    block_kwargs: dict[nn.Module, dict[str, Any]] = field(default_factory=dict)  # each block's own
+
+    def kwargs_for(self, block: nn.Module) -> dict[str, Any]:
+        """What ``block`` takes besides the hidden states (its own, where blocks take different ones)."""
+        return self.block_kwargs.get(block, self.kwargs)
 
 
 def move_non_block_modules(model: nn.Module, blocks: nn.ModuleList, device: torch.device | str) -> None:
@@ -48,37 +58,79 @@ def batches(count: int, batch_size: int) -> Iterator[slice]:
         yield slice(start, min(count, start + batch_size))
 
 
+_NOT_REUSABLE = ("hidden_states", "cache", "past_key_values", "past_key_value", "layer_past")
+
+
+def _reusable_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A block's keyword arguments without the hidden states and caches, with ``use_cache=False``."""
+    kept = {k: v for k, v in kwargs.items() if k not in _NOT_REUSABLE}
+    kept["use_cache"] = False
+    return kept
+
+
+@torch.inference_mode()
+def capture_block_kwargs(model: nn.Module, adapter: FamilyAdapter, one_sequence: Tensor, device: torch.device | str) -> dict[nn.Module, dict[str, Any]]:
+    """The keyword arguments the model passes to each of its blocks, for ``one_sequence`` [1, seqlen].
+
+    Every block is the identity during this forward (it records its arguments and returns its
+    hidden states unchanged), so the model's own mask and position code runs and no block computes.
+    """
+    blocks = list(adapter.get_blocks(model))
+    recorded: dict[nn.Module, dict[str, Any]] = {}
+    saved = {block: block.__dict__.get("forward") for block in blocks}
+
+    def identity_for(block: nn.Module):
+        def identity(*args, **kwargs):
+            recorded[block] = _reusable_kwargs(kwargs)
+            if block is blocks[-1]:
+                raise _StopForward  # the final norm and the head are not needed
+            return args[0] if args else kwargs["hidden_states"]
+
+        return identity
+
+    try:
+        for block in blocks:
+            block.forward = identity_for(block)
+        try:
+            model(one_sequence.to(device), use_cache=False)
+        except _StopForward:
+            pass
+    finally:
+        for block, forward in saved.items():
+            if forward is None:
+                del block.forward
+            else:
+                block.forward = forward
+    if len(recorded) != len(blocks):
+        raise RuntimeError(f"the model called {len(recorded)} of its {len(blocks)} blocks ({adapter.name} adapter)")
+    return recorded
+
+
 @torch.inference_mode()
 def capture_block_inputs(
     model: nn.Module, adapter: FamilyAdapter, input_ids: Tensor, device: torch.device | str, batch_size: int
 ) -> BlockInputs:
-    """Hidden states entering the first block for every sequence of ``input_ids`` [n, seqlen]."""
+    """Hidden states entering the first block for every sequence of ``input_ids`` [n, seqlen], and
+    the keyword arguments of every block."""
     first_block = adapter.get_blocks(model)[0]
     captured: list[Tensor] = []
-    kwargs_of_one: dict[str, Any] = {}
 
     def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        captured.append(hidden)
-        if not kwargs_of_one:
-            kwargs_of_one.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
-            kwargs_of_one["use_cache"] = False
-            kwargs_of_one.pop("past_key_values", None)
-            kwargs_of_one.pop("past_key_value", None)
-            kwargs_of_one.pop("layer_past", None)
+        captured.append(args[0] if args else kwargs["hidden_states"])
         raise _StopForward
 
+    block_kwargs = capture_block_kwargs(model, adapter, input_ids[:1], device)
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        for part in [slice(0, 1)] + list(batches(input_ids.shape[0], batch_size)):
+        for part in batches(input_ids.shape[0], batch_size):
             try:
                 model(input_ids[part].to(device), use_cache=False)
             except _StopForward:
                 pass
     finally:
         handle.remove()
-    hidden = torch.cat(captured[1:], dim=0)
-    return BlockInputs(hidden, kwargs_of_one)
+    hidden = torch.cat(captured, dim=0)
+    return BlockInputs(hidden, block_kwargs[first_block], block_kwargs)
 
 
 @torch.inference_mode()
@@ -87,7 +139,7 @@ def run_block(block: nn.Module, inputs: BlockInputs, batch_size: int, out: Tenso
     hidden = inputs.hidden
     result = torch.empty_like(hidden) if out is None else out
     for part in batches(hidden.shape[0], batch_size):
-        result[part] = _block_output(block(hidden[part], **inputs.kwargs))
+        result[part] = _block_output(block(hidden[part], **inputs.kwargs_for(block)))
     return result
 
 
@@ -95,7 +147,7 @@ def run_block(block: nn.Module, inputs: BlockInputs, batch_size: int, out: Tenso
 def run_block_for_hooks(block: nn.Module, inputs: BlockInputs, batch_size: int) -> None:
     """Run the block for what its hooks observe; its outputs are dropped batch by batch."""
     for part in batches(inputs.hidden.shape[0], batch_size):
-        block(inputs.hidden[part], **inputs.kwargs)
+        block(inputs.hidden[part], **inputs.kwargs_for(block))
 
 
 def synchronize(device: torch.device | str) -> None:

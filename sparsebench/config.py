@@ -27,7 +27,7 @@ from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
 from sparsebench.models.loading import DTYPES
-from sparsebench.models.sources import check_path
+from sparsebench.models.sources import check_path, parse_pypi
 from sparsebench.tracking import LOCAL_TRACKER, TrackerSpec, validate_tracker
 
 # ----------------------------------------------------------------------------- schema (Hydra)
@@ -41,6 +41,9 @@ class ModelConfig:
     dtype: str = "auto"
     revision: Optional[str] = None
     trust_remote_code: bool = False
+    # a BOS token starts every calibration and evaluation segment; None: the family's default
+    # (gemma3: true; the others false, the papers' protocol of plain windows of the token stream)
+    bos_per_segment: Optional[bool] = None
 
 
 @dataclass
@@ -279,6 +282,7 @@ class CaseSpec:
     export: ExportSpec | None = None  # None: export=none
     efficiency: EfficiencySpec | None = None  # None: no efficiency evaluation
     finetune: FinetuneSpec | None = None  # None: no fine-tuning after pruning
+    bos_per_segment: bool | None = None  # None: the family adapter's default
 
     @property
     def is_dense(self) -> bool:
@@ -377,7 +381,8 @@ def resolve_device(device: str) -> str:
 
 
 def model_name_from_path(path: str) -> str:
-    tail = path.split("#", 1)[0].rstrip("/").split("/")[-1]
+    pypi = parse_pypi(path)
+    tail = pypi.name if pypi is not None else path.split("#", 1)[0].rstrip("/").split("/")[-1]
     return tail.removesuffix(".gguf") or "model"
 
 
@@ -468,6 +473,7 @@ def validate(config: dict) -> CaseSpec:
         dtype=model["dtype"],
         revision=model.get("revision"),
         trust_remote_code=bool(model.get("trust_remote_code", False)),
+        bos_per_segment=model.get("bos_per_segment"),
         ratio=0.0 if metric.prune is None else float(ratio),
         pattern=None if metric.prune is None else pattern,
         metric=metric,

@@ -51,6 +51,8 @@ def _defining_eval(evaluation: dict) -> dict:
 def defining_config(config: dict, device_type: str) -> dict:
     """The parts of a resolved configuration that change a case's numbers (absent groups read as empty)."""
     model = {k: config["model"].get(k) for k in ("path", "family", "dtype", "revision")}
+    if config["model"].get("bos_per_segment") is not None:  # later key: in the id only when set
+        model["bos_per_segment"] = config["model"]["bos_per_segment"]
     data = {k: v for k, v in (config.get("data") or {}).items() if v is not None or k in _FIRST_DATA_KEYS}
     evaluation = config.get("eval") or {"ppl": {}}
     defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(evaluation), "data": data, "device_type": device_type}

@@ -55,6 +55,18 @@ def _check_lengths(spec: CaseSpec, loaded: LoadedModel) -> int:
     return ppl_seqlen
 
 
+def _bos_token_id(spec: CaseSpec, loaded: LoadedModel) -> int | None:
+    """The BOS token that starts every segment (``model.bos_per_segment``, by default the family's), or None."""
+    wanted = spec.bos_per_segment if spec.bos_per_segment is not None else loaded.adapter.bos_per_segment
+    if not wanted:
+        return None
+    bos = loaded.tokenizer.bos_token_id
+    if bos is None:
+        default = "" if spec.bos_per_segment else f" (the {loaded.adapter.name} family's default)"
+        raise ConfigError(f"model.bos_per_segment=true{default}: the tokenizer of {spec.model_name} has no BOS token; set model.bos_per_segment=false")
+    return int(bos)
+
+
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
     """The calibration segments, or None when neither the metric nor the allocator reads data."""
     if not spec.reads_calibration:
@@ -66,7 +78,7 @@ def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: 
         log.warning("calibration reads %s, which is also evaluated: the perplexity is not held out", source.path)
         notes["calibration_overlaps_evaluation"] = True
     started = time.perf_counter()
-    ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"])
+    ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"], notes.get("bos_token_id"))
     timings["calibration_data_s"] = time.perf_counter() - started
     notes["calibration_source"] = source.describe()
     return ids
@@ -78,9 +90,11 @@ def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
     Not the sparsity, metric or pattern: those only act after the dense pass.
     """
     calibration = spec.calibration
+    bos = {"bos_token_id": notes["bos_token_id"]} if notes.get("bos_token_id") is not None else {}
     return {
         "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
         "tokenizer": notes["tokenizer"],
+        **bos,
         "calibration": calibration.key(spec.data_paths.get(calibration.corpus.name)),
         "allocator": spec.allocator.name,
         "params": spec.allocator_params,
@@ -194,9 +208,9 @@ def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, n
     for corpus in spec.perplexity.corpora:
         started = time.perf_counter()
         source = resolve_source(corpus, corpus.eval_split, spec.data_paths.get(corpus.name))
-        tokens = evaluation_tokens(source, loaded.tokenizer, spec.cache_dir, notes["tokenizer"])
+        tokens = evaluation_tokens(source, loaded.tokenizer, spec.cache_dir, notes["tokenizer"], notes.get("bos_token_id"))
         limits = [n for n in (spec.perplexity.max_segments, corpus.eval_max_segments) if n is not None]
-        segments = segment(tokens, seqlen, min(limits) if limits else None)
+        segments = segment(tokens, seqlen, min(limits) if limits else None, notes.get("bos_token_id"))
         result = perplexity(loaded.model, loaded.adapter, segments, spec.device, spec.offload, spec.perplexity.batch_size, spec.progress, desc=f"ppl {corpus.name}")
         results[corpus.name] = {**result.as_dict(), "source": source.describe()}
         timings[f"eval_ppl_{stage + '_' if stage else ''}{corpus.name}_s"] = time.perf_counter() - started
@@ -350,6 +364,10 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
         facts = loaded.facts()
         document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
         notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
+        bos_token_id = _bos_token_id(spec, loaded)
+        document["model"]["bos_per_segment"] = bos_token_id is not None
+        if bos_token_id is not None:
+            notes["bos_token_id"] = bos_token_id
         ppl_seqlen = _check_lengths(spec, loaded)
         if spec.efficiency:  # before pruning: a decode longer than the context fails at once
             efficiency.check_lengths(spec.efficiency, loaded.context_length)

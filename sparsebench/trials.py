@@ -90,7 +90,7 @@ class BlockTrials:
                 move_non_block_modules(self.model, self.adapter.get_blocks(self.model), self.device)
             self._first_block_inputs = capture_block_inputs(self.model, self.adapter, self.calibration_ids, self.device, self.batch_size)
         captured = self._first_block_inputs
-        return BlockInputs(captured.hidden.clone(), captured.kwargs)
+        return BlockInputs(captured.hidden.clone(), captured.kwargs, captured.block_kwargs)
 
     @torch.inference_mode()
     def run(self, ratios: dict[str, float | Tensor], desc: str = "trial prune") -> list[list[InputNorms]]:

@@ -27,7 +27,7 @@ def base(tiny_model_dirs, tmp_path, cache_dir):
         ("metric.name=nonesuch", ConfigError, "allowed: hassle_free, magnitude, multiflow, none, ria, sparsegpt, swiftprune, wanda"),
         ("metric.comparison=column", ConfigError, "metric.comparison='column': allowed values are row, layer"),
         ("+metric.blocksize=64", ConfigError, "metric.blocksize: not a key of metric 'wanda'; allowed: comparison"),
-        ("model.family=gpt2", ConfigError, "model.family='gpt2': allowed values are auto, gpt_neox, llama, mistral, opt, phi, qwen2"),
+        ("model.family=gpt2", ConfigError, "model.family='gpt2': allowed values are auto, gemma3, gpt_neox, llama, mistral, opt, phi, qwen2"),
         ("model.dtype=int8", ConfigError, "model.dtype='int8'"),
         ("calibration.dataset=imagenet", ConfigError, "calibration.dataset='imagenet': allowed values are c4, ptb, wikitext2"),
         ("eval.ppl.datasets=[wikitext2,lambada]", ConfigError, "eval.ppl.datasets='lambada': allowed values are c4, ptb, wikitext2"),
@@ -116,5 +116,5 @@ def test_unsupported_architecture_lists_the_supported_ones(base, tmp_path, cache
 
     folder = tmp_path / "gpt2"
     AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(folder)
-    with pytest.raises(ConfigError, match=r"architecture 'gpt2' is not supported; supported model types: gpt_neox, llama, mistral, opt, phi, qwen2"):
+    with pytest.raises(ConfigError, match=r"architecture 'gpt2' is not supported; supported model types: gemma3_text, gpt_neox, llama, mistral, opt, phi, qwen2"):
         load_model(str(folder), cache_dir)

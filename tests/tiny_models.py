@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3TextConfig,
     GPTNeoXConfig,
     LlamaConfig,
     MistralConfig,
@@ -14,6 +15,7 @@ from transformers import (
 )
 
 VOCAB = 320
+BOS_FAMILIES = {"gemma3"}  # adapters whose default is model.bos_per_segment=true
 
 TINY_CONFIGS = {
     "llama": lambda: LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256),
@@ -21,6 +23,11 @@ TINY_CONFIGS = {
     "mistral": lambda: MistralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, sliding_window=None),
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, word_embed_proj_dim=64),
     "gpt_neox": lambda: GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, rotary_pct=0.25),
+    # One sliding-window layer then one full-attention layer, as Gemma 3 interleaves them (5:1 in
+    # the real models): a window of 8 tokens masks most of a 40- or 64-token test sequence, and the
+    # two layer types take different rotary bases (10k local, 1M global), so a block given the
+    # other type's mask or rotary embeddings computes something else.
+    "gemma3": lambda: Gemma3TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=256, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
     "phi": lambda: PhiConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256, partial_rotary_factor=0.5),
 }
 
@@ -33,24 +40,26 @@ def tiny_model(family: str, seed: int = 0, dtype=torch.float32):
     return model
 
 
-def train_tiny_tokenizer(text_lines: list[str]):
-    """A byte-level BPE tokenizer with VOCAB entries, trained offline on the given lines."""
+def train_tiny_tokenizer(text_lines: list[str], bos: bool = False):
+    """A byte-level BPE tokenizer with VOCAB entries, trained offline on the given lines (with a
+    ``<bos>`` token for families that start every segment with one)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    special = ["<eos>", "<bos>"] if bos else ["<eos>"]
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(text_lines, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", **({"bos_token": "<bos>"} if bos else {}))
 
 
 def save_tiny_model(folder, family: str, text_lines: list[str], seed: int = 0):
     """A tiny model of ``family`` and a tokenizer, saved as a Hugging Face folder."""
     model = tiny_model(family, seed)
     model.save_pretrained(folder)
-    train_tiny_tokenizer(text_lines).save_pretrained(folder)
+    train_tiny_tokenizer(text_lines, bos=family in BOS_FAMILIES).save_pretrained(folder)
     return folder
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparsebench.blockwalk import batches, capture_block_inputs, move_non_block_modules, run_block
+from sparsebench.data.tokens import with_bos
 from sparsebench.models.adapters import FamilyAdapter
 
 
@@ -32,13 +33,17 @@ class PerplexityResult:
         return {"ppl": self.ppl, "segments": self.segments, "seqlen": self.seqlen, "tokens_scored": self.tokens_scored}
 
 
-def segment(tokens: Tensor, seqlen: int, max_segments: int | None) -> Tensor:
-    count = tokens.numel() // seqlen
+def segment(tokens: Tensor, seqlen: int, max_segments: int | None, bos_token_id: int | None = None) -> Tensor:
+    """``[count, seqlen]`` non-overlapping windows of ``tokens``; with ``bos_token_id``
+    (``model.bos_per_segment``) each is the BOS token followed by the next ``seqlen - 1`` tokens,
+    so every token of the text is predicted once, the first of each window from the BOS alone."""
+    length = seqlen - 1 if bos_token_id is not None else seqlen
+    count = tokens.numel() // length
     if max_segments is not None:
         count = min(count, max_segments)
     if count == 0:
         raise ValueError(f"the evaluation text has {tokens.numel()} tokens, fewer than one segment of {seqlen}")
-    return tokens[: count * seqlen].view(count, seqlen)
+    return with_bos(tokens[: count * length].view(count, length), bos_token_id)
 
 
 def mean_nll(logits: Tensor, input_ids: Tensor) -> Tensor:

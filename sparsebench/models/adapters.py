@@ -4,13 +4,22 @@ An adapter says where the decoder blocks are, which linears of a block are prune
 input they read, so statistics are computed once per input), and which modules turn the last
 block's output into the LM head's input. Adding a family is one more ``FamilyAdapter`` in ``ADAPTERS``.
 Embeddings and the LM head are never pruned.
+
+What happens between the embedding table and the first block (Gemma's scaling of embeddings by
+sqrt(hidden)), the keyword arguments each block takes (masks, rotary embeddings; they may differ
+from block to block, see ``sparsebench.blockwalk``) and the norms inside a block (Gemma's
+``(1 + weight)`` RMSNorm, its q/k norms) are the model's own code, run unchanged: the block walk
+captures the first block's inputs from the model's forward and calls the blocks as modules. Only
+what follows the last block is named here: the final modules, the head and, for families that
+squash their logits (Gemma's ``final_logit_softcapping``), the cap.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from sparsebench.errors import ConfigError
 
@@ -22,6 +31,8 @@ class FamilyAdapter:
     blocks: str  # dotted path of the ModuleList of decoder blocks
     input_groups: tuple[tuple[str, ...], ...]  # prunable linears of a block, grouped by shared input
     final_modules: tuple[str, ...]  # applied in order after the last block (final norm, projections)
+    logit_softcap: str | None = None  # config key of a cap applied as cap * tanh(logits / cap), when set
+    bos_per_segment: bool = False  # default of model.bos_per_segment: the family needs a BOS token first
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -52,11 +63,26 @@ class FamilyAdapter:
         return modules
 
     def get_head(self, model: nn.Module) -> nn.Module:
-        """The LM head (``lm_head``, GPT-NeoX's former ``embed_out``), as transformers itself finds it."""
-        return model.get_output_embeddings()
+        """The LM head (``lm_head``, GPT-NeoX's former ``embed_out``), as transformers itself finds it,
+        followed by the family's logit cap where the model's config sets one."""
+        head = model.get_output_embeddings()
+        cap = getattr(model.config, self.logit_softcap, None) if self.logit_softcap else None
+        return _SoftCappedHead(head, float(cap)) if cap else head
 
     def get_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         return {name: block.get_submodule(name) for name in self.linear_names}
+
+
+class _SoftCappedHead(nn.Module):
+    """``cap * tanh(head(x) / cap)``: Gemma's final logit soft-capping (as in Gemma2/3ForCausalLM.forward)."""
+
+    def __init__(self, head: nn.Module, cap: float):
+        super().__init__()
+        self.head = head
+        self.cap = cap
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.head(hidden) / self.cap) * self.cap
 
 
 _LLAMA_GROUPS = (
@@ -73,6 +99,11 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         FamilyAdapter("llama", ("llama",), "model.layers", _LLAMA_GROUPS, ("model.norm",)),
         FamilyAdapter("qwen2", ("qwen2",), "model.layers", _LLAMA_GROUPS, ("model.norm",)),
         FamilyAdapter("mistral", ("mistral",), "model.layers", _LLAMA_GROUPS, ("model.norm",)),
+        # Gemma 3 text models (Gemma3ForCausalLM, model_type gemma3_text; a GGUF file's "gemma3" is
+        # read as gemma3_text by transformers): LLaMA's linears; q_norm/k_norm and the four
+        # (1 + weight) RMSNorms of each block are not pruned. Gemma is trained with a BOS token at
+        # the start of every sequence and is far worse without it (docs/gemma3.md).
+        FamilyAdapter("gemma3", ("gemma3_text",), "model.layers", _LLAMA_GROUPS, ("model.norm",), "final_logit_softcapping", bos_per_segment=True),
         FamilyAdapter(
             "opt",
             ("opt",),
