@@ -46,7 +46,7 @@ def test_sparsegpt_on_the_gpu_agrees_with_the_float64_reference():
     weight = torch.randn(128, 256, generator=g, dtype=torch.float64)
     hessian = inputs.T @ inputs
     reference = sparsegpt_column_by_column(weight, hessian, 0.5)
-    ours = METRICS.get("sparsegpt").prune(weight.float().cuda(), LayerStats(4096, {HESSIAN: hessian.float().cuda()}), SparsityTarget(0.5)).double().cpu()
+    ours = METRICS.get("sparsegpt").prune(weight.float().cuda(), LayerStats(4096, sums={HESSIAN: hessian.float().cuda()}), SparsityTarget(0.5)).double().cpu()
     assert ((ours == 0) != (reference == 0)).float().mean() < 2e-3
     assert torch.linalg.norm(ours - reference) / torch.linalg.norm(reference) < 1e-3
 

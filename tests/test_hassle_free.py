@@ -21,7 +21,7 @@ def _layer(rows=24, cols=64, tokens=400, seed=0, dtype=torch.float64):
 
 
 def _stats(inputs):
-    return LayerStats(inputs.shape[0], {HESSIAN: inputs.T @ inputs})
+    return LayerStats(inputs.shape[0], sums={HESSIAN: inputs.T @ inputs})
 
 
 def _reference(weight, hessian, ratio, pattern, rank, iterations, damp):

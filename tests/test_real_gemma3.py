@@ -22,7 +22,7 @@ from sparsebench.metrics import METRICS
 from sparsebench.models.loading import load_model
 from sparsebench.prune import prunable_layers, prune_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.gemma3_real]
 
 SEQLEN, SEGMENTS = 256, 4
 
