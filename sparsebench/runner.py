@@ -67,16 +67,22 @@ def _bos_token_id(spec: CaseSpec, loaded: LoadedModel) -> int | None:
     return int(bos)
 
 
+def _training_source(spec: CaseSpec, corpus, split: str, stage: str, notes: dict):
+    """The text a stage learns from; if it is also evaluated, say so (``notes.<stage>_overlaps_evaluation``)."""
+    source = resolve_source(corpus, split, spec.data_paths.get(corpus.name))
+    eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
+    if source.path is not None and source.path in eval_paths:
+        log.warning("%s reads %s, which is also evaluated: the perplexity is not held out", stage, source.path)
+        notes[f"{stage}_overlaps_evaluation"] = True
+    return source
+
+
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
     """The calibration segments, or None when neither the metric nor the allocator reads data."""
     if not spec.reads_calibration:
         return None
     calib = spec.calibration
-    source = resolve_source(calib.corpus, calib.split, spec.data_paths.get(calib.corpus.name))
-    eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
-    if source.path is not None and source.path in eval_paths:
-        log.warning("calibration reads %s, which is also evaluated: the perplexity is not held out", source.path)
-        notes["calibration_overlaps_evaluation"] = True
+    source = _training_source(spec, calib.corpus, calib.split, "calibration", notes)
     started = time.perf_counter()
     ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"], notes.get("bos_token_id"))
     timings["calibration_data_s"] = time.perf_counter() - started
@@ -284,17 +290,15 @@ def _efficiency(spec: CaseSpec, loaded: LoadedModel, timings: dict) -> dict:
     )
     timings["eval_efficiency_s"] = time.perf_counter() - started
     return result
+
+
 def _finetune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict, report: PruneReport | None) -> dict:
     """Recovery fine-tuning (its own document section); the pruned layers' sparsity is checked again after it.
 
     Returns the GPU peaks of the case before the training loop reset them.
     """
     finetune = spec.finetune
-    source = resolve_source(finetune.corpus, finetune.split, spec.data_paths.get(finetune.corpus.name))
-    eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
-    if source.path is not None and source.path in eval_paths:
-        log.warning("fine-tuning reads %s, which is also evaluated: the perplexity after fine-tuning is not held out", source.path)
-        notes["finetune_overlaps_evaluation"] = True
+    source = _training_source(spec, finetune.corpus, finetune.split, "finetune", notes)
     started = time.perf_counter()
     outcome = run_finetune(finetune, loaded.model, loaded.tokenizer, loaded.adapter, source, spec.device, spec.cache_dir, notes["tokenizer"], spec.progress)
     timings["finetune_s"] = time.perf_counter() - started
