@@ -49,7 +49,7 @@ BILLIONS = {
 }
 C4_SEGMENTS = 256
 # Requests lm-eval scores per task, 0-shot: documents of the evaluated split x answer choices
-# (README's zero-shot table); ARC has 4 choices for almost every question (a few 3 or 5).
+# (docs/zeroshot.md's task table); ARC has 4 choices for almost every question (a few 3 or 5).
 TASK_REQUESTS = {
     "boolq": 3270 * 2, "rte": 277 * 2, "hellaswag": 10042 * 4, "winogrande": 1267 * 2,
     "arc_easy": 2376 * 4, "arc_challenge": 1172 * 4, "openbookqa": 500 * 4, "piqa": 1838 * 2,
