@@ -5,7 +5,7 @@ Used for token tensors (``tokens/``) and for dense work shared by every case of 
 temporary file and renamed into place, so parallel cases never read half a file.
 
 Parallel cases (several GPUs, or several slots of one) compute a value once: the first to miss it
-claims it (``<folder>/.claims/<kind>-<digest>.claim``, the same claims as a case's, see
+claims it (``<cache_dir>/.claims/<folder>-<kind>-<digest>.claim``, the same claims as a case's, see
 ``sparsebench.claims``) and computes it; the others wait for its file. A claim whose owner died
 (SIGKILL, out of memory) is taken over at once on the same host, and after ``stale_after_s`` of
 no heartbeat from another host, so a killed holder never leaves the others waiting for ever.
@@ -65,7 +65,7 @@ def cached(
             if waited_since is not None:
                 log.info("%s: computed by another process; waited %.1f s", path.name, time.monotonic() - waited_since)
             return torch.load(path, weights_only=True), True
-        claim = claim_case(path.parent, path.stem, heartbeat_s, stale_after_s)
+        claim = claim_case(Path(cache_dir), f"{folder}-{path.stem}", heartbeat_s, stale_after_s)  # beside, not in, the values' folder
         if isinstance(claim, Busy):
             if waited_since is None:
                 waited_since = time.monotonic()
