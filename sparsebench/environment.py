@@ -46,6 +46,7 @@ def describe(device: str) -> dict:
         "device": device,
         "cpu_threads": torch.get_num_threads(),
         "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # the slot of a gpu_pool job
+        "pid": os.getpid(),  # tells apart the workers of two slots on one GPU
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -132,6 +132,7 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
                 loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
                 spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
             ),
+            spec.claims.heartbeat_s, spec.claims.stale_after_s,  # cases running at once wait for the one computing it
         )
         notes["dense_summaries"] = "reused from the cache" if shared else "computed"
     elif spec.allocator.summarize_block is not None:  # the weights alone (AlphaPruning's spectra)
@@ -140,6 +141,7 @@ def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dic
             lambda: weight_block_summaries(
                 loaded.model, loaded.adapter, spec.allocator.summarize_block, spec.allocator_params, spec.device, spec.progress,
             ),
+            spec.claims.heartbeat_s, spec.claims.stale_after_s,
         )
         notes["dense_summaries"] = "reused from the cache" if shared else "computed"
     trials = {}
