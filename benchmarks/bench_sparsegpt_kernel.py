@@ -13,7 +13,8 @@ factor of each Hessian, then the solve), for
 - ``torch``: metric.kernel=torch, factor shared;
 - ``torch, factor per layer``: the torch path with a factor per linear (the code before the kernel);
 
-then the solve alone (factors given) of triton and torch, the factors alone, and the FLOP floor
+then the solve alone (factors given) of triton and torch (and of triton with one GEMM per block
+instead of one per span of 8 blocks), the factors alone (also the reference's way), and the FLOP floor
 of the solve: in-block column updates ``rows * B * (B - 1)`` per block of B columns, plus the
 trailing GEMMs ``2 * rows * B * (later columns)``, divided by the fp32 peak without tensor cores
 (``--peak-tflops``, 67 by the H200 datasheet) and by an fp32 GEMM rate measured here (8192^3,
@@ -183,6 +184,11 @@ def main() -> None:
                 return [module.sparsegpt_solve(weights[name].float(), factors[group], target, kernel=kernel) for name, _, group in LAYERS]
             _, seconds = _timed(solve_only)
             row[f"{kernel}_solve_only_s"] = round(seconds, 4)
+        spans = module._SUPER_BLOCKS
+        module._SUPER_BLOCKS = 1  # one GEMM per block carries its errors, as the torch path and the reference
+        _, seconds = _timed(lambda: [module.sparsegpt_solve(weights[name].float(), factors[group], target) for name, _, group in LAYERS])
+        module._SUPER_BLOCKS = spans
+        row["triton_solve_only_gemm_per_block_s"] = round(seconds, 4)
         row.update(
             weights=sum(w.numel() for w in weights.values()),
             triton_vs_torch=round(row["torch_s"] / row["triton_s"], 2),
