@@ -23,7 +23,7 @@ from sparsebench.masks import NMPattern, SparsityTarget, prune_count  # noqa: E4
 from sparsebench.metrics import sparsegpt as module  # noqa: E402
 
 # (name, rows, cols, blocksize, ratio, n, m): odd row counts, column counts not a multiple of the
-# block; blocks of 8 make two spans of 8 blocks (module._SUPER_BLOCKS), blocks of 32 one
+# block (a last block of 8 or 16 columns), blocks of 8 to 32 columns (many blocks, several GEMMs)
 CASES = [
     ("unstructured", 21, 72, 8, 0.6, 0, 0),
     ("2:4", 21, 72, 32, 0.5, 2, 4),

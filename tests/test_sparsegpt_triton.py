@@ -96,20 +96,3 @@ def test_layers_sharing_a_hessian_share_its_factor():
     del hessian
     assert not module._FACTOR_CACHE  # dropped with its Hessian
 
-
-def test_inverse_factor_from_one_cholesky_equals_the_references_three():
-    import torch
-
-    from sparsebench.metrics import sparsegpt as module
-
-    g = torch.Generator().manual_seed(6)
-    inputs = torch.randn(400, 150, generator=g, dtype=torch.float64) @ torch.randn(150, 150, generator=g, dtype=torch.float64)
-    damped = module.damped_hessian(inputs.T @ inputs, 0.01)
-    reference = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
-    ours = module.inverse_factor_of_damped(damped)
-    assert torch.equal(ours, torch.triu(ours))
-    assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-12)
-    lower = torch.linalg.cholesky(damped)
-    halves = module.lower_triangular_inverse(lower, leaf=16)  # four levels of halving, odd sizes included
-    assert torch.allclose(halves @ lower, torch.eye(150, dtype=torch.float64), atol=1e-9)
-    assert torch.equal(halves, torch.tril(halves))

@@ -23,10 +23,9 @@ checks it against a column-by-column transcription in float64.
 Device dispatch (``kernel``, the config key ``metric.kernel``): on a CUDA device the default
 ``triton`` runs each block's column loop as one Triton kernel (``_sparsegpt_triton``: every
 program holds a tile of rows in registers and runs the reference's recursion column by column, N:M
-masks chosen in the kernel), and GEMMs carry the errors to the later columns (the next blocks of
-a span of 8 at once each, the columns after the span by one GEMM of K = 1024); this is the
-reference's arithmetic in the reference's order except for how the GEMM sums are grouped, and the
-fast path on GPUs (see docs/sparsegpt_kernel.md). On a CPU, and on CUDA with ``kernel=torch`` (kept to compare), the
+masks chosen in the kernel), then one GEMM carries the block's errors to the later columns, as
+the reference does; this is the reference's arithmetic in the reference's order, and the fast
+path on GPUs (see docs/sparsegpt_kernel.md). On a CPU, and on CUDA with ``kernel=torch`` (kept to compare), the
 torch path below runs. This is a choice by device, not a fallback: ``kernel=triton`` on CUDA
 without the triton package is an error.
 
@@ -56,9 +55,6 @@ from sparsebench.stats import HESSIAN, LayerStats
 _SOLVE_ELEMENTS = 1 << 26
 _CPU_SUB_BLOCK = 16
 KERNELS = ("triton", "torch")
-# Triton path: the errors of this many blocks are carried to the later columns by one GEMM (K =
-# 8 x 128): the same products as one GEMM per block, summed in another order, with larger GEMMs.
-_SUPER_BLOCKS = 8
 
 
 @dataclass
@@ -90,32 +86,13 @@ def damped_hessian(hessian: Tensor, damp: float, damp_diagonal: float = 0.0) -> 
 def inverse_factor_of_damped(damped: Tensor) -> Tensor:
     """Upper Cholesky factor U of H^-1 for an already damped (positive definite) H.
 
-    The reference takes three factorisations, ``chol(chol_inverse(chol(H)), upper)``. The same
-    matrix comes from one Cholesky and one triangular inverse: with J the order reversal and
-    ``J H J = L L^T``, ``H^-1 = (J L^-T J)(J L^-1 J)`` and ``J L^-1 J`` is upper triangular with a
-    positive diagonal, so it is U (the Cholesky factor is unique). Half the time on an H200 at
-    11008 features, and no less accurate (benchmarks/bench_sparsegpt_kernel.py prints both).
+    Computed as the reference does (Cholesky, inverse, Cholesky), so that in float32 the factor
+    is the reference's bit for bit: a one-Cholesky form (U = J chol(J H J)^-1 J, J the order
+    reversal) takes 2.7x less time at 11008 features on an H200 and is as accurate against
+    float64, but its other rounding flipped about 1e-3 of the masks on a 4096 x 4096 layer and
+    failed the float64-reference test on the GPU (docs/sparsegpt_kernel.md).
     """
-    lower = torch.linalg.cholesky(torch.flip(damped, (0, 1)))
-    return torch.flip(lower_triangular_inverse(lower), (0, 1))
-
-
-def lower_triangular_inverse(lower: Tensor, leaf: int = 1024) -> Tensor:
-    """L^-1 of a lower-triangular L by halves: ``[[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``.
-
-    Two matrix products per level instead of one triangular solve against the identity (which
-    does 3x the arithmetic); triangular solves for the diagonal blocks of at most ``leaf``.
-    """
-    size = lower.shape[0]
-    if size <= leaf:
-        identity = torch.eye(size, dtype=lower.dtype, device=lower.device)
-        return torch.linalg.solve_triangular(lower, identity, upper=False)
-    half = size // 2
-    inverse = torch.zeros_like(lower)
-    inverse[:half, :half] = lower_triangular_inverse(lower[:half, :half], leaf)
-    inverse[half:, half:] = lower_triangular_inverse(lower[half:, half:], leaf)
-    inverse[half:, :half] = -(inverse[half:, half:] @ lower[half:, :half]) @ inverse[:half, :half]
-    return inverse
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
 
 
 def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
@@ -247,24 +224,19 @@ def _triton_solve(weight: Tensor, factor: Tensor, target: SparsityTarget, blocks
     factor = factor.contiguous()
     rows, cols = work.shape
     pattern = target.pattern
-    span = blocksize * _SUPER_BLOCKS
-    errors = torch.empty(rows, min(span, cols), dtype=work.dtype, device=work.device)
-    for first in range(0, cols, span):
-        last = min(first + span, cols)
-        for start in range(first, last, blocksize):
-            stop = min(start + blocksize, last)
-            block = work[:, start:stop]
-            if start > first:  # the errors of this span's earlier blocks, not yet carried
-                block.addmm_(errors[:, : start - first], factor[first:start, start:stop], alpha=-1)
-            block_factor = factor[start:stop, start:stop]
-            block_errors = errors[:, start - first : stop - first]
-            if pattern is None:
-                scale = torch.diagonal(block_factor).square().unsqueeze(0)
-                obs_block(block, block_factor, block_errors, mask=select_per_layer(block.square() / scale, float(target.ratio)))
-            else:
-                obs_block(block, block_factor, block_errors, n=pattern.n, m=pattern.m)
-        if last < cols:
-            work[:, last:].addmm_(errors[:, : last - first], factor[first:last, last:], alpha=-1)
+    errors = torch.empty(rows, min(blocksize, cols), dtype=work.dtype, device=work.device)
+    for start in range(0, cols, blocksize):
+        stop = min(start + blocksize, cols)
+        block = work[:, start:stop]
+        block_factor = factor[start:stop, start:stop]
+        block_errors = errors[:, : stop - start]
+        if pattern is None:
+            scale = torch.diagonal(block_factor).square().unsqueeze(0)
+            obs_block(block, block_factor, block_errors, mask=select_per_layer(block.square() / scale, float(target.ratio)))
+        else:
+            obs_block(block, block_factor, block_errors, n=pattern.n, m=pattern.m)
+        if stop < cols:
+            work[:, stop:].addmm_(block_errors, factor[start:stop, stop:], alpha=-1)
     return work
 
 
