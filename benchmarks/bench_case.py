@@ -2,6 +2,7 @@
 
     python benchmarks/bench_case.py cpu            # real SmolLM2-135M on this CPU, through the CLI's runner
     python benchmarks/bench_case.py gpu            # LLaMA-2-7B-shaped random weights on a GPU
+    python benchmarks/bench_case.py gpu --metrics sparsegpt --sparsity 0.5 2:4   # SparseGPT unstructured and 2:4
 
 The GPU mode builds a model with LLaMA-2-7B's shapes and random fp16 weights (honest for timing,
 never for quality), calibrates on 128 x 2048 random tokens, and prints for Wanda and SparseGPT:
@@ -120,6 +121,7 @@ def _restore(model, original: dict) -> None:
 def gpu_case(args) -> None:
     from sparsebench.allocators import ALLOCATORS
     from sparsebench.evaluate.perplexity import perplexity
+    from sparsebench.masks import NMPattern
     from sparsebench.metrics import METRICS
     from sparsebench.models.adapters import ADAPTERS
     from sparsebench.prune import prunable_layers, prune_model
@@ -146,16 +148,19 @@ def gpu_case(args) -> None:
     # dense weights to restore between metrics, kept in CPU memory so they do not count on the GPU
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     results = {}
-    for metric in args.metrics:
+    for metric, sparsity in [(metric, sparsity) for sparsity in args.sparsity for metric in args.metrics]:
         _restore(model, original)
         torch.cuda.reset_peak_memory_stats()
-        ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)
-        report, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), {}, ratios, None, ids, "cuda", False, 8, progress=False))
+        pattern = NMPattern(*(int(part) for part in sparsity.split(":"))) if ":" in sparsity else None
+        ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), pattern.ratio if pattern else float(sparsity))
+        params = {"kernel": args.kernel} if metric == "sparsegpt" and args.kernel else {}
+        report, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), params, ratios, pattern, ids, "cuda", False, 8, progress=False))
         prune_peak = torch.cuda.max_memory_allocated()
         result, ppl_s = _timed(lambda: perplexity(model, adapter, eval_ids, "cuda", False, 4, progress=False))
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items())
         results[metric] = prune_s + ppl_s
-        print(f"[gpu] {metric:>9} 50%: prune {prune_s:.2f} s ({phases}); perplexity on {args.eval_segments} x 4096 tokens {ppl_s:.2f} s; "
+        label = sparsity if pattern else f"{float(sparsity):.0%}"
+        print(f"[gpu] {metric:>9} {label}{f' (kernel={args.kernel})' if params else ''}: prune {prune_s:.2f} s ({phases}); perplexity on {args.eval_segments} x 4096 tokens {ppl_s:.2f} s; "
               f"case {prune_s + ppl_s:.2f} s = {(prune_s + ppl_s) / floor:.1f}x the floor; peak GPU {_gib(prune_peak)}")
     if args.offload:
         model.cpu()
@@ -177,6 +182,8 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=None)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--eval-segments", type=int, default=80, help="WikiText-2 test is about 80 segments of 4096 LLaMA tokens")
+    parser.add_argument("--sparsity", nargs="+", default=["0.5"], help="GPU: 0.5 (unstructured) and/or N:M patterns such as 2:4")
+    parser.add_argument("--kernel", choices=["triton", "torch"], help="GPU: SparseGPT's metric.kernel (default: the metric's default, triton)")
     parser.add_argument("--reference", action="store_true", help="time the reference SparseGPT loop on one block (GPU)")
     parser.add_argument("--offload", action="store_true", help="also prune with offload=true (GPU)")
     parser.add_argument("--results-dir", default=str(ROOT / "results" / "benchmarks"))

@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="rows of the random inputs behind the Hessian")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference loop")
     parser.add_argument("--extra", help="another sparsegpt.py to time beside ours")
+    parser.add_argument("--kernel", choices=["triton", "torch"], default="torch",
+                        help="metric.kernel of our solve on a GPU (torch: the batched-inverse path this script was written for; triton: bench_sparsegpt_kernel.py)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     extra = _load_extra(args.extra) if args.extra else None
@@ -82,12 +84,12 @@ def main() -> None:
         for spec in args.patterns:
             n, m = (int(part) for part in spec.split(":"))
             target = SparsityTarget(n / m, NMPattern(n, m))
-            sparsegpt_solve(weight[:, : 4 * m], factor[: 4 * m, : 4 * m], target)  # warm-up
-            sparsegpt_solve(weight, factor, target)  # captures this shape's CUDA graph (once per block shape)
-            ours, ours_s = _timed(lambda: sparsegpt_solve(weight, factor, target), device)
-            row = {"shape": shape, "pattern": spec, "ours_s": round(ours_s, 3)}
-            if device == "cuda":  # the same solve without CUDA graphs: what the graphs save
-                eager, eager_s = _timed(lambda: sparsegpt_solve(weight, factor, target, cuda_graphs=False), device)
+            sparsegpt_solve(weight[:, : 4 * m], factor[: 4 * m, : 4 * m], target, kernel=args.kernel)  # warm-up
+            sparsegpt_solve(weight, factor, target, kernel=args.kernel)  # captures this shape's CUDA graph (once per block shape)
+            ours, ours_s = _timed(lambda: sparsegpt_solve(weight, factor, target, kernel=args.kernel), device)
+            row = {"shape": shape, "pattern": spec, "kernel": args.kernel, "ours_s": round(ours_s, 3)}
+            if device == "cuda" and args.kernel == "torch":  # the same solve without CUDA graphs: what the graphs save
+                eager, eager_s = _timed(lambda: sparsegpt_solve(weight, factor, target, cuda_graphs=False, kernel="torch"), device)
                 row.update(eager_s=round(eager_s, 3), eager_equal=bool(torch.equal(eager, ours)))
             if extra is not None:
                 other, other_s = _timed(lambda: extra.sparsegpt_solve(weight, factor, target), device)

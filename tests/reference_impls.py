@@ -68,7 +68,7 @@ def sparsegpt_column_by_column(W, H, sparsity, prunen=0, prunem=0, blocksize=128
         if prunen == 0:
             tmp = W1**2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
             k = math.floor(tmp.numel() * sparsity + 1e-6)
-            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool)
+            mask1 = torch.zeros(tmp.numel(), dtype=torch.bool, device=tmp.device)
             mask1[torch.sort(tmp.flatten(), stable=True)[1][:k]] = True
             mask1 = mask1.view_as(tmp)
         else:
