@@ -148,19 +148,23 @@ def gpu_case(args) -> None:
     # dense weights to restore between metrics, kept in CPU memory so they do not count on the GPU
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     results = {}
-    for metric, sparsity in [(metric, sparsity) for sparsity in args.sparsity for metric in args.metrics]:
+    factors = args.factor or [None]
+    cases = [(metric, sparsity, factor) for sparsity in args.sparsity for metric in args.metrics for factor in (factors if metric == "sparsegpt" else [None])]
+    for metric, sparsity, factor in cases:
         _restore(model, original)
         torch.cuda.reset_peak_memory_stats()
         pattern = NMPattern(*(int(part) for part in sparsity.split(":"))) if ":" in sparsity else None
         ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), pattern.ratio if pattern else float(sparsity))
         params = {"kernel": args.kernel} if metric == "sparsegpt" and args.kernel else {}
+        if factor:
+            params["factor"] = factor
         report, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), params, ratios, pattern, ids, "cuda", False, 8, progress=False))
         prune_peak = torch.cuda.max_memory_allocated()
         result, ppl_s = _timed(lambda: perplexity(model, adapter, eval_ids, "cuda", False, 4, progress=False))
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items())
         results[metric] = prune_s + ppl_s
         label = sparsity if pattern else f"{float(sparsity):.0%}"
-        print(f"[gpu] {metric:>9} {label}{f' (kernel={args.kernel})' if params else ''}: prune {prune_s:.2f} s ({phases}); perplexity on {args.eval_segments} x 4096 tokens {ppl_s:.2f} s; "
+        print(f"[gpu] {metric:>9} {label}{''.join(f' ({k}={v})' for k, v in params.items())}: prune {prune_s:.2f} s ({phases}); perplexity on {args.eval_segments} x 4096 tokens {ppl_s:.2f} s; "
               f"case {prune_s + ppl_s:.2f} s = {(prune_s + ppl_s) / floor:.1f}x the floor; peak GPU {_gib(prune_peak)}")
     if args.offload:
         model.cpu()
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--eval-segments", type=int, default=80, help="WikiText-2 test is about 80 segments of 4096 LLaMA tokens")
     parser.add_argument("--sparsity", nargs="+", default=["0.5"], help="GPU: 0.5 (unstructured) and/or N:M patterns such as 2:4")
     parser.add_argument("--kernel", choices=["triton", "torch"], help="GPU: SparseGPT's metric.kernel (default: the metric's default, triton)")
+    parser.add_argument("--factor", nargs="+", choices=["reference", "float64"], help="GPU: SparseGPT's metric.factor, each in turn (default: the metric's default, reference)")
     parser.add_argument("--reference", action="store_true", help="time the reference SparseGPT loop on one block (GPU)")
     parser.add_argument("--offload", action="store_true", help="also prune with offload=true (GPU)")
     parser.add_argument("--results-dir", default=str(ROOT / "results" / "benchmarks"))

@@ -120,7 +120,10 @@ def compare_factor_methods(hessians) -> list[dict]:
         ours, ours_s = _timed(lambda: module.inverse_factor_of_damped(damped), repeats=3)
         alternative, alternative_s = _timed(lambda: factor_by_one_cholesky(damped), repeats=3)
         exact = module.inverse_factor_of_damped(damped.double())
+        in_float64, float64_s = _timed(lambda: module.inverse_hessian_factor(hessians[group], 0.01, "float64"), repeats=3)
         rows.append({"size": damped.shape[0], "reference_way_ms": round(ours_s * 1e3, 1), "one_cholesky_ms": round(alternative_s * 1e3, 1),
+                     "factor_float64_ms": round(float64_s * 1e3, 1),
+                     "factor_float64_rel_err_vs_f64": float(torch.linalg.norm(in_float64.double() - exact) / torch.linalg.norm(exact)),
                      "reference_way_rel_err_vs_f64": float(torch.linalg.norm(ours.double() - exact) / torch.linalg.norm(exact)),
                      "one_cholesky_rel_err_vs_f64": float(torch.linalg.norm(alternative.double() - exact) / torch.linalg.norm(exact))})
     return rows

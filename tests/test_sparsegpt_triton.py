@@ -96,3 +96,51 @@ def test_layers_sharing_a_hessian_share_its_factor():
     del hessian
     assert not module._FACTOR_CACHE  # dropped with its Hessian
 
+
+
+def test_factor_key_names_allowed_values():
+    spec = METRICS.get("sparsegpt")
+    assert spec.make_params({"factor": "float64"})["factor"] == "float64"
+    with pytest.raises(ConfigError, match="metric.factor='fp64'.*reference, float64"):
+        spec.make_params({"factor": "fp64"})
+
+
+def test_float64_factor_by_one_cholesky_is_the_exact_factor_rounded():
+    import torch
+
+    from sparsebench.metrics import sparsegpt as module
+
+    g = torch.Generator().manual_seed(5)
+    # an ill-conditioned Hessian (rank 12 plus a little noise) over 300 features: two levels of halving at leaf 64
+    inputs = torch.randn(600, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 300, generator=g, dtype=torch.float64)
+    inputs += 0.05 * torch.randn(600, 300, generator=g, dtype=torch.float64)
+    hessian = inputs.T @ inputs
+    exact = module.inverse_factor_of_damped(module.damped_hessian(hessian, 0.01))
+    damped = module.damped_hessian(hessian, 0.01)
+    lower = torch.linalg.cholesky(torch.flip(damped, (0, 1)))
+    assert torch.allclose(module.lower_triangular_inverse(lower, leaf=64), torch.linalg.inv(lower), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(module.inverse_factor_by_one_cholesky(damped), exact, rtol=1e-8, atol=1e-12)
+    in_float64 = module.inverse_hessian_factor(hessian.float(), 0.01, "float64")
+    reference_way = module.inverse_hessian_factor(hessian.float(), 0.01)
+    assert in_float64.dtype == torch.float32
+    # against the exact factor of the float32 Hessian they were given
+    exact_of_given = module.inverse_factor_of_damped(module.damped_hessian(hessian.float().double(), 0.01))
+    error = lambda factor: float(torch.linalg.norm(factor.double() - exact_of_given) / torch.linalg.norm(exact_of_given))  # noqa: E731
+    assert error(in_float64) < 1e-7 < error(reference_way)  # float32 rounding of the exact factor; the reference's float32 arithmetic is worse
+
+
+def test_sparsegpt_with_the_float64_factor_matches_the_float64_reference():
+    import torch
+
+    from sparsebench.masks import SparsityTarget
+    from sparsebench.stats import HESSIAN, LayerStats
+    from tests.reference_impls import sparsegpt_column_by_column
+
+    g = torch.Generator().manual_seed(6)
+    inputs = torch.randn(512, 96, generator=g, dtype=torch.float64)
+    weight = torch.randn(20, 96, generator=g, dtype=torch.float64)
+    hessian = inputs.T @ inputs
+    reference = sparsegpt_column_by_column(weight, hessian, 0.5, blocksize=32)
+    ours = METRICS.get("sparsegpt").prune(weight.float(), LayerStats(512, sums={HESSIAN: hessian.float()}), SparsityTarget(0.5), blocksize=32, factor="float64")
+    assert ((ours == 0) != (reference == 0)).float().mean() < 2e-3
+    assert torch.linalg.norm(ours.double() - reference) / torch.linalg.norm(reference) < 1e-5

@@ -55,6 +55,9 @@ from sparsebench.stats import HESSIAN, LayerStats
 _SOLVE_ELEMENTS = 1 << 26
 _CPU_SUB_BLOCK = 16
 KERNELS = ("triton", "torch")
+# How U is computed: "reference" as the reference does, in the solve's dtype (float32 for half and
+# float32 weights); "float64": one Cholesky and a triangular inverse in float64, then rounded.
+FACTORS = ("reference", "float64")
 
 
 @dataclass
@@ -62,9 +65,11 @@ class SparseGPTParams:
     blocksize: int = 128
     damp: float = 0.01
     kernel: str = "triton"
+    factor: str = "reference"
 
     def check(self, key: str) -> None:
         check_choice(f"{key}.kernel", self.kernel, KERNELS)
+        check_choice(f"{key}.factor", self.factor, FACTORS)
         if self.blocksize < 1:
             raise ConfigError(f"{key}.blocksize={self.blocksize}: must be a positive integer")
         if not 0 <= self.damp < 1:
@@ -95,8 +100,42 @@ def inverse_factor_of_damped(damped: Tensor) -> Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
 
 
-def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, with dead features set to 1."""
+def inverse_factor_by_one_cholesky(damped: Tensor) -> Tensor:
+    """The same U from one Cholesky and one triangular inverse: with J the order reversal and
+    ``J H J = L L^T``, ``H^-1 = (J L^-T J)(J L^-1 J)`` and ``J L^-1 J`` is upper triangular with a
+    positive diagonal, so it is U (the Cholesky factor is unique). A third of the reference's
+    arithmetic; used in float64 (``factor=float64``), where its rounding is far below float32's."""
+    lower = torch.linalg.cholesky(torch.flip(damped, (0, 1)))
+    return torch.flip(lower_triangular_inverse(lower), (0, 1))
+
+
+def lower_triangular_inverse(lower: Tensor, leaf: int = 1024) -> Tensor:
+    """L^-1 of a lower-triangular L by halves: ``[[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``;
+    triangular solves against the identity for diagonal blocks of at most ``leaf``."""
+    size = lower.shape[0]
+    if size <= leaf:
+        return torch.linalg.solve_triangular(lower, torch.eye(size, dtype=lower.dtype, device=lower.device), upper=False)
+    half = size // 2
+    inverse = torch.zeros_like(lower)
+    inverse[:half, :half] = lower_triangular_inverse(lower[:half, :half], leaf)
+    inverse[half:, half:] = lower_triangular_inverse(lower[half:, half:], leaf)
+    inverse[half:, :half] = -(inverse[half:, half:] @ lower[half:, :half]) @ inverse[:half, :half]
+    return inverse
+
+
+def inverse_hessian_factor(hessian: Tensor, damp: float, factor: str = "reference") -> Tensor:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1, with dead features set to 1.
+
+    ``factor="reference"``: three factorisations in ``hessian``'s dtype, as the reference.
+    ``factor="float64"``: ``inverse_factor_by_one_cholesky`` in float64, returned in ``hessian``'s
+    dtype: closer to the exact factor than the reference's float32 one, and on GPUs with full-rate
+    float64 (A100, H100, H200) faster (benchmarks/bench_sparsegpt_kernel.py times both); on GPUs
+    with 1/32-1/64-rate float64 (most consumer and L-series cards) it is slow.
+    """
+    if factor == "float64":
+        return inverse_factor_by_one_cholesky(damped_hessian(hessian.to(torch.float64), damp)).to(hessian.dtype)
+    if factor != "reference":
+        raise ValueError(f"factor={factor!r}: allowed values are {', '.join(FACTORS)}")
     return inverse_factor_of_damped(damped_hessian(hessian, damp))
 
 
@@ -141,10 +180,11 @@ def solve_fixed_mask_group(weights: Tensor, factor: Tensor, mask: Tensor, sub_bl
 
 @register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774", row_ratios=False)
 def sparsegpt(
-    weight: Tensor, stats: LayerStats, target: SparsityTarget, blocksize: int = 128, damp: float = 0.01, kernel: str = "triton"
+    weight: Tensor, stats: LayerStats, target: SparsityTarget, blocksize: int = 128, damp: float = 0.01, kernel: str = "triton",
+    factor: str = "reference",
 ) -> Tensor:
     compute_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    factor = _shared_factor(stats.hessian, compute_dtype, damp)
+    factor = _shared_factor(stats.hessian, compute_dtype, damp, factor)
     return sparsegpt_solve(weight.to(compute_dtype), factor, target, blocksize, kernel=kernel).to(weight.dtype)
 
 
@@ -152,7 +192,7 @@ def sparsegpt(
 _FACTOR_CACHE: dict = {}
 
 
-def _shared_factor(hessian: Tensor, dtype: torch.dtype, damp: float) -> Tensor:
+def _shared_factor(hessian: Tensor, dtype: torch.dtype, damp: float, method: str = "reference") -> Tensor:
     """``inverse_hessian_factor`` of ``hessian``, computed once for the layers that share it.
 
     The entry is dropped when the Hessian tensor is freed (so it holds no memory past the block)
@@ -163,11 +203,11 @@ def _shared_factor(hessian: Tensor, dtype: torch.dtype, damp: float) -> Tensor:
     """
     version = None if hessian.is_inference() else hessian._version
     entry = _FACTOR_CACHE.get("last")
-    if entry is not None and entry[0]() is hessian and entry[1:4] == (version, dtype, damp):
+    if entry is not None and entry[0]() is hessian and entry[1:4] == (version, dtype, (damp, method)):
         return entry[4]
     _FACTOR_CACHE.clear()
-    factor = inverse_hessian_factor(hessian.to(dtype), damp)
-    _FACTOR_CACHE["last"] = (weakref.ref(hessian, lambda _: _FACTOR_CACHE.clear()), version, dtype, damp, factor)
+    factor = inverse_hessian_factor(hessian.to(dtype), damp, method)
+    _FACTOR_CACHE["last"] = (weakref.ref(hessian, lambda _: _FACTOR_CACHE.clear()), version, dtype, (damp, method), factor)
     return factor
 
 
