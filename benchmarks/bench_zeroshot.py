@@ -97,12 +97,12 @@ def mean_tokens(lm, lm_eval_task) -> float:
     return sum(lengths) / len(lengths)
 
 
-def measure(model, tokenizer, local: dict, limit: int | None, batch_size, max_batch_size: int, device: str) -> dict:
-    """One engine run over the tasks at one batch size: per task times, counts and accuracy."""
+def measure(model, tokenizer, local: dict, limit: int | None, scoring: str, batch_size, max_batch_size: int, batch_tokens, device: str) -> dict:
+    """One engine run over the tasks: per task times, counts and accuracy."""
     from sparsebench.evaluate.zeroshot import ZeroShotSpec, evaluate_zeroshot, load_tasks, validate_zeroshot, wrap_model
 
     checked = validate_zeroshot({"tasks": list(local), "limit": limit}, local)
-    spec = ZeroShotSpec(checked.tasks, checked.local_copies, limit, batch_size, max_batch_size)
+    spec = ZeroShotSpec(checked.tasks, checked.local_copies, limit, batch_size, max_batch_size, scoring, batch_tokens)
     tasks = load_tasks(spec)
     lm = wrap_model(model, tokenizer, spec, device, progress=False)
     if device.startswith("cuda"):
@@ -121,22 +121,50 @@ def measure(model, tokenizer, local: dict, limit: int | None, batch_size, max_ba
             **{metric: result[metric] for metric in ("acc", "acc_norm") if metric in result},
         }
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"tasks": per_task, "batch_size_used": lm.batch_size, "peak_gpu_allocated_bytes": peak}
+    return {"scoring": scoring, "tasks": per_task, "batch_size_used": lm.batch_size, "batch_tokens": lm.batch_tokens,
+            "forward_counts": dict(lm.forward_counts), "peak_gpu_allocated_bytes": peak}
 
 
-def report(mode: str, device: str, description: str, batch_size, run: dict) -> None:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def forward_floor(model, tokens: int, width: int, batch_tokens: int, device: str, vocab_size: int) -> float:
+    """Seconds of the model's plain forward (logits at every position, nothing else) over ``tokens``
+    tokens packed into full rows of ``width`` tokens (no padding), ``batch_tokens // width`` rows
+    per forward, as many forwards as ``tokens`` needs (the last one partial): the floor of scoring
+    requests of ``width`` tokens on average at the same token budget. One untimed forward first."""
+    rows_per_forward = max(1, batch_tokens // width)
+    rows = max(1, round(tokens / width))
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, vocab_size, (rows_per_forward, width), generator=generator).to(device)
+    with torch.no_grad():
+        model(batch[:1]).logits
+        synchronize(device)
+        started = time.perf_counter()
+        for first in range(0, rows, rows_per_forward):
+            model(batch[: min(rows_per_forward, rows - first)]).logits
+        synchronize(device)
+    return time.perf_counter() - started
+
+
+def report(mode: str, device: str, description: str, run: dict) -> dict:
+    label = f"{run['scoring']}, " + (f"{run['batch_tokens']} tokens per batch" if run["scoring"] == "token_batches" else f"batch {run['batch_size_used']}")
     for name, task in run["tasks"].items():
         accuracy = ", ".join(f"{metric} {task[metric]:.4f}" for metric in ("acc", "acc_norm") if metric in task)
-        print(f"[{mode}] batch {batch_size} (used {task['batch_sizes']}): {name}: {task['documents']} documents, "
+        print(f"[{mode}] {label}: {name}: {task['documents']} documents, "
               f"{task['requests']} requests of {task['tokens_per_request']:.0f} tokens on average: {task['seconds']:.1f} s per task "
-              f"(scoring {task['scoring_seconds']:.1f} s = {1000 * task['scoring_seconds'] / task['requests']:.1f} s per 1,000 requests); {accuracy}")
-    line = {
+              f"(scoring {task['scoring_seconds']:.2f} s = {1000 * task['scoring_seconds'] / task['requests']:.2f} s per 1,000 requests); {accuracy}", flush=True)
+    return {
         "mode": mode,
         "device": device_name(device),
         "model": description,
         "torch": torch.__version__,
-        "batch_size": batch_size,
+        "scoring": run["scoring"],
         "batch_size_used": run["batch_size_used"],
+        "batch_tokens": run["batch_tokens"] if run["scoring"] == "token_batches" else None,
+        "forward_counts": run["forward_counts"] or None,
         "seconds_per_task": {name: round(task["seconds"], 3) for name, task in run["tasks"].items()},
         "scoring_seconds_per_task": {name: round(task["scoring_seconds"], 3) for name, task in run["tasks"].items()},
         "seconds_per_1000_requests": {name: round(1000 * task["scoring_seconds"] / task["requests"], 3) for name, task in run["tasks"].items()},
@@ -145,7 +173,6 @@ def report(mode: str, device: str, description: str, batch_size, run: dict) -> N
         "accuracy": {name: {m: task[m] for m in ("acc", "acc_norm") if m in task} for name, task in run["tasks"].items()},
         "peak_gpu_allocated_bytes": run["peak_gpu_allocated_bytes"],
     }
-    print(json.dumps(line), flush=True)
 
 
 def main() -> None:
@@ -156,8 +183,10 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="folder with the tokenizer (default: the model folder)")
     parser.add_argument("--data", nargs="+", default=[f"piqa={PIQA}"], metavar="TASK=PATH")
     parser.add_argument("--limit", type=int, default=None, help="the first N documents of each task")
-    parser.add_argument("--batch-sizes", nargs="+", default=["auto"], help="'auto' (lm-eval's detection on a GPU, 8 on a CPU) or integers")
+    parser.add_argument("--batch-size", default="auto", help="scoring=hflm: 'auto' (lm-eval's detection on a GPU, 8 on a CPU) or an integer")
     parser.add_argument("--max-batch-size", type=int, default=64)
+    parser.add_argument("--batch-tokens", default="auto", help="scoring=token_batches: padded tokens per forward, 'auto' or an integer")
+    parser.add_argument("--no-hflm", action="store_true", help="skip lm-eval's own loop (the old path)")
     parser.add_argument("--cache-dir", default="~/.cache/sparsebench", help="cpu: sparsebench's cache holding SmolLM2")
     args = parser.parse_args()
 
@@ -171,9 +200,38 @@ def main() -> None:
         model, tokenizer, description = load_folder(args.model, args.tokenizer, device)
     print(f"[{args.mode}] {description} on {device_name(device)}, loaded in {time.perf_counter() - started:.1f} s; torch {torch.__version__}", flush=True)
     local = dict(item.split("=", 1) for item in args.data)
-    for batch_size in args.batch_sizes:
-        size = batch_size if batch_size == "auto" else int(batch_size)
-        report(args.mode, device, description, size, measure(model, tokenizer, local, args.limit, size, args.max_batch_size, device))
+    as_int = lambda value: value if value == "auto" else int(value)
+    with torch.no_grad():  # CUDA context, kernels and allocator warmed before anything is timed
+        model(torch.zeros(1, 64, dtype=torch.long, device=device)).logits
+    synchronize(device)
+    new = measure(model, tokenizer, local, args.limit, "token_batches", as_int(args.batch_size), args.max_batch_size, as_int(args.batch_tokens), device)
+    line = report(args.mode, device, description, new)
+    counts = new["forward_counts"]
+    scoring = sum(task["scoring_seconds"] for task in new["tasks"].values())
+    requests = sum(task["requests"] for task in new["tasks"].values())
+    width = max(1, round(counts["tokens"] / counts["rows"]))  # the mean input length
+    floor = forward_floor(model, counts["tokens"], width, new["batch_tokens"], device, model.config.vocab_size)
+    line.update(
+        floor_seconds=round(floor, 3),
+        floor_definition=f"the model's forward over the same {counts['tokens']} input tokens as rows of {width} tokens, no padding, "
+                         f"{max(1, new['batch_tokens'] // width)} rows per forward",
+        ratio_to_floor=round(scoring / floor, 3),
+        tokens_per_second=round(counts["tokens"] / scoring),
+        floor_tokens_per_second=round(counts["tokens"] / floor),
+        padding_fraction=round(1 - counts["tokens"] / counts["padded_tokens"], 4),
+    )
+    print(f"[{args.mode}] forward floor: {floor:.2f} s for {counts['tokens']} tokens ({counts['tokens'] / floor:,.0f} tokens/s); "
+          f"token_batches scoring {scoring:.2f} s ({counts['tokens'] / scoring:,.0f} tokens/s, {counts['forwards']} forwards, "
+          f"{100 * line['padding_fraction']:.1f} % padding) = {scoring / floor:.2f}x the floor", flush=True)
+    if not args.no_hflm:
+        old = measure(model, tokenizer, local, args.limit, "hflm", as_int(args.batch_size), args.max_batch_size, as_int(args.batch_tokens), device)
+        old_line = report(args.mode, device, description, old)
+        old_scoring = sum(task["scoring_seconds"] for task in old["tasks"].values())
+        same = old_line["accuracy"] == line["accuracy"]
+        line.update(hflm=old_line, ratio_new_to_hflm=round(scoring / old_scoring, 3), hflm_ratio_to_floor=round(old_scoring / floor, 3), same_accuracy_as_hflm=same)
+        print(f"[{args.mode}] lm-eval's own loop (hflm): scoring {old_scoring:.2f} s = {old_scoring / floor:.2f}x the floor; "
+              f"token_batches / hflm = {scoring / old_scoring:.3f}; accuracies {'identical' if same else 'DIFFERENT'}", flush=True)
+    print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
