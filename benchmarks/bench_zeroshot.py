@@ -1,10 +1,10 @@
-"""Time of zero-shot evaluation (lm-eval through sparsebench's engine) per task and per 1,000 requests.
+"""Zero-shot scoring time against the model's forward floor, and against lm-eval's own loop.
 
     python benchmarks/bench_zeroshot.py cpu                                # SmolLM2-135M on this CPU, local PIQA
-    python benchmarks/bench_zeroshot.py cpu --limit 300 --batch-sizes 1 8 32
+    python benchmarks/bench_zeroshot.py cpu --limit 300
     python benchmarks/bench_zeroshot.py gpu --model DIR --data piqa=DIR    # a model folder (config, weights, tokenizer)
     python benchmarks/bench_zeroshot.py gpu --model random:DIR --data piqa=DIR          # DIR's config.json shapes, random weights
-    python benchmarks/bench_zeroshot.py gpu --model random:llama-2-7b --tokenizer DIR --data piqa=DIR
+    python benchmarks/bench_zeroshot.py gpu --model random:llama-2-7b --tokenizer DIR --data piqa=DIR [--also-batch-tokens 8192 32768]
 
 ``cpu`` loads the real SmolLM2-135M the way ``model=smollm2-135m-q4`` does (sparsebench's loader,
 float32). ``gpu`` needs only torch, transformers and lm-eval with its dependencies (no Hydra, no
@@ -15,12 +15,24 @@ random weights are honest for time, never for accuracy. The tokenizer is read fr
 (default: the model folder).
 
 Tasks are those given local data (``--data TASK=PATH``, as ``data.<task>`` takes it; default: PIQA
-from ../shared/data/zeroshot). Each task is one ``simple_evaluate`` call, as the runner makes it.
-Two times are measured per task: the whole call (requests built, scored, aggregated, and lm-eval's
-environment report, about 2 s) and the scoring alone (the model's forwards over all requests); the
-time per 1,000 requests is the scoring time. The last line of output is one JSON object:
-``{"seconds_per_task": {...}, "seconds_per_1000_requests": {...}, "device": ..., ...}``
-(with several ``--batch-sizes``, one JSON line per batch size).
+from ../shared/data/zeroshot), evaluated through sparsebench's engine (one ``simple_evaluate`` call,
+as the runner makes it) three ways in one process, after one warm-up forward:
+
+1. ``scoring=token_batches`` (the default) at ``--batch-tokens`` padded tokens per forward;
+2. the forward floor: the same model's plain forward (logits at every position, nothing else) over
+   the same number of input tokens as (1) ran (one input per group of requests lm-eval lets share a
+   forward), packed into full rows of their mean length (no padding), as many rows per forward as
+   the same token budget holds; the ratio (1) / floor is what scoring costs beyond the forwards
+   themselves (padding, tokenising, log-softmax and reading scores back, Python);
+3. ``scoring=hflm``: lm-eval's own loop (``--batch-size``, ``auto`` by default), the old path; the
+   ratio (1) / (3) and whether the accuracies are identical are printed.
+
+Scoring time is the whole ``loglikelihood`` call (tokenising included), apart from lm-eval's work
+around it (building requests, aggregation, its environment report). The last line of output is one
+JSON object: (1)'s ``seconds_per_task``, ``scoring_seconds_per_task``, ``seconds_per_1000_requests``,
+``requests``, ``accuracy``, ``device``, ..., with ``floor_seconds``, ``ratio_to_floor``,
+``tokens_per_second``, ``padding_fraction``, ``hflm`` (the same fields for (3)),
+``ratio_new_to_hflm`` and ``same_accuracy_as_hflm`` (``estimate_grid.py --zeroshot`` reads it).
 """
 
 from __future__ import annotations
@@ -121,7 +133,16 @@ def measure(model, tokenizer, local: dict, limit: int | None, scoring: str, batc
             **{metric: result[metric] for metric in ("acc", "acc_norm") if metric in result},
         }
     peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return {"scoring": scoring, "tasks": per_task, "batch_size_used": lm.batch_size, "batch_tokens": lm.batch_tokens,
+    pairs = [instance.args for loaded in tasks.values() for instance in loaded.lm_eval_task.instances]
+    started = time.perf_counter()
+    if scoring == "token_batches":
+        from sparsebench.evaluate.zeroshot_scoring import encode_all
+
+        encode_all(lm, pairs)
+    else:
+        [lm._encode_pair(*pair) for pair in pairs]
+    tokenise = time.perf_counter() - started  # part of the scoring time: lm-eval one string at a time, or batched
+    return {"scoring": scoring, "tokenise_seconds": tokenise, "tasks": per_task, "batch_size_used": lm.batch_size, "batch_tokens": lm.batch_tokens,
             "forward_counts": dict(lm.forward_counts), "peak_gpu_allocated_bytes": peak}
 
 
@@ -156,6 +177,7 @@ def report(mode: str, device: str, description: str, run: dict) -> dict:
         print(f"[{mode}] {label}: {name}: {task['documents']} documents, "
               f"{task['requests']} requests of {task['tokens_per_request']:.0f} tokens on average: {task['seconds']:.1f} s per task "
               f"(scoring {task['scoring_seconds']:.2f} s = {1000 * task['scoring_seconds'] / task['requests']:.2f} s per 1,000 requests); {accuracy}", flush=True)
+    print(f"[{mode}] {label}: tokenising every task's requests alone takes {run['tokenise_seconds']:.2f} s (part of the scoring time)", flush=True)
     return {
         "mode": mode,
         "device": device_name(device),
@@ -165,6 +187,7 @@ def report(mode: str, device: str, description: str, run: dict) -> dict:
         "batch_size_used": run["batch_size_used"],
         "batch_tokens": run["batch_tokens"] if run["scoring"] == "token_batches" else None,
         "forward_counts": run["forward_counts"] or None,
+        "tokenise_seconds": round(run["tokenise_seconds"], 3),
         "seconds_per_task": {name: round(task["seconds"], 3) for name, task in run["tasks"].items()},
         "scoring_seconds_per_task": {name: round(task["scoring_seconds"], 3) for name, task in run["tasks"].items()},
         "seconds_per_1000_requests": {name: round(1000 * task["scoring_seconds"] / task["requests"], 3) for name, task in run["tasks"].items()},
@@ -187,6 +210,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-tokens", default="auto", help="scoring=token_batches: padded tokens per forward, 'auto' or an integer")
     parser.add_argument("--no-hflm", action="store_true", help="skip lm-eval's own loop (the old path)")
+    parser.add_argument("--also-batch-tokens", nargs="*", type=int, default=[], help="token_batches at these budgets too (time and ratio to their floors)")
     parser.add_argument("--cache-dir", default="~/.cache/sparsebench", help="cpu: sparsebench's cache holding SmolLM2")
     args = parser.parse_args()
 
@@ -231,6 +255,18 @@ def main() -> None:
         line.update(hflm=old_line, ratio_new_to_hflm=round(scoring / old_scoring, 3), hflm_ratio_to_floor=round(old_scoring / floor, 3), same_accuracy_as_hflm=same)
         print(f"[{args.mode}] lm-eval's own loop (hflm): scoring {old_scoring:.2f} s = {old_scoring / floor:.2f}x the floor; "
               f"token_batches / hflm = {scoring / old_scoring:.3f}; accuracies {'identical' if same else 'DIFFERENT'}", flush=True)
+    budgets = {}
+    for budget in args.also_batch_tokens:
+        other = measure(model, tokenizer, local, args.limit, "token_batches", as_int(args.batch_size), args.max_batch_size, budget, device)
+        other_scoring = sum(task["scoring_seconds"] for task in other["tasks"].values())
+        other_floor = forward_floor(model, counts["tokens"], width, budget, device, model.config.vocab_size)
+        same = {name: {m: task[m] for m in ("acc", "acc_norm") if m in task} for name, task in other["tasks"].items()} == line["accuracy"]
+        budgets[budget] = {"scoring_seconds": round(other_scoring, 3), "floor_seconds": round(other_floor, 3), "ratio_to_floor": round(other_scoring / other_floor, 3),
+                           "forwards": other["forward_counts"]["forwards"], "peak_gpu_allocated_bytes": other["peak_gpu_allocated_bytes"], "same_accuracy": same}
+        print(f"[{args.mode}] token_batches at {budget} tokens per batch: scoring {other_scoring:.2f} s, its floor {other_floor:.2f} s, "
+              f"{other_scoring / other_floor:.2f}x; accuracies {'identical' if same else 'DIFFERENT'}", flush=True)
+    if budgets:
+        line["other_batch_tokens"] = budgets
     print(json.dumps(line), flush=True)
 
 

@@ -8,13 +8,15 @@ LLaMA-2-7B-shaped model (one per metric:allocator, plus the dense case). Every c
 of its metric and allocator, scaled by the model's parameter count relative to the measured model
 (pruning and evaluation are both linear in the parameters at a fixed token count). C4's perplexity
 (256 x 2048 tokens) is the measured WikiText-2 time per segment x 256. ``--zeroshot`` is the JSON
-written by ``bench_zeroshot.py`` on the same GPU for grids with zero-shot: a task it measured takes
-its measured time; any other task is estimated as its request count (documents x choices of the
-split lm-eval evaluates, ``TASK_REQUESTS``) at the measured scoring rate per request, plus the
-measured per-call overhead (whole call minus scoring). Only PIQA's data exists offline here, so the
-other six tasks are such estimates; per request, not per token: at lm-eval's batch of 64 short
-requests a 7B model on an H100/H200 is far from compute-bound, so longer requests (BoolQ's
-passages) cost little more each, but the estimate is the lower side.
+written by ``bench_zeroshot.py`` on the same GPU for grids with zero-shot (its last line: the
+default ``scoring=token_batches``): a task it measured takes its measured scoring time; any other
+task is estimated as its request count (documents x choices of the split lm-eval evaluates,
+``TASK_REQUESTS``) at the measured scoring rate per request; the measured overhead of a
+``simple_evaluate`` call (whole call minus scoring) is counted once per case, since sparsebench
+evaluates all of a case's tasks in one call. Only PIQA's data exists offline here, so the other six
+tasks are such estimates, per request: scoring now runs near the model's forward floor, so a task
+with longer requests than PIQA's (~36 tokens; BoolQ's passages, HellaSwag's contexts) costs about
+proportionally more per request, and the estimate is the lower side.
 
 ``--methods`` is the JSON of ``bench_methods.py`` (allocation and prune time of metric + allocator
 pairs measured one after another in one process on the same GPU). A pair of the preset without a
@@ -61,12 +63,12 @@ def zeroshot_seconds(measured: dict, tasks: list[str]) -> tuple[float, list[str]
     rates = [measured["scoring_seconds_per_task"][t] / measured["requests"][t] for t in measured["requests"]]
     overheads = [measured["seconds_per_task"][t] - measured["scoring_seconds_per_task"][t] for t in measured["requests"]]
     per_request, overhead = sum(rates) / len(rates), sum(overheads) / len(overheads)
-    total, estimated = 0.0, []
+    total, estimated = overhead, []  # one simple_evaluate call per case for all its tasks
     for task in tasks:
-        if task in measured["seconds_per_task"]:
-            total += measured["seconds_per_task"][task]
+        if task in measured["scoring_seconds_per_task"]:
+            total += measured["scoring_seconds_per_task"][task]
         else:
-            total += TASK_REQUESTS[task] * per_request + overhead
+            total += TASK_REQUESTS[task] * per_request
             estimated.append(task)
     return total, estimated
 
