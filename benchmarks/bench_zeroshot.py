@@ -146,6 +146,34 @@ def measure(model, tokenizer, local: dict, limit: int | None, scoring: str, batc
             "forward_counts": dict(lm.forward_counts), "peak_gpu_allocated_bytes": peak}
 
 
+def compare_requests(model, tokenizer, local: dict, limit: int | None, batch_size, max_batch_size: int, batch_tokens, device: str) -> dict:
+    """Every request's (log-likelihood, greedy) from both scorings: the largest difference, and the
+    requests and documents (argmax over a document's choices, raw and per character) that differ."""
+    import dataclasses
+
+    from sparsebench.evaluate.zeroshot import ZeroShotSpec, load_tasks, validate_zeroshot, wrap_model
+
+    checked = validate_zeroshot({"tasks": list(local), "limit": limit}, local)
+    spec = ZeroShotSpec(checked.tasks, checked.local_copies, limit, batch_size, max_batch_size, "token_batches", batch_tokens)
+    instances, tasks = [], load_tasks(spec)
+    for loaded in tasks.values():
+        loaded.lm_eval_task.build_all_requests(limit=limit, rank=0, world_size=1)
+        instances += loaded.lm_eval_task.instances
+    new = wrap_model(model, tokenizer, spec, device, progress=False).loglikelihood(instances, disable_tqdm=True)
+    old = wrap_model(model, tokenizer, dataclasses.replace(spec, scoring="hflm"), device, progress=False).loglikelihood(instances, disable_tqdm=True)
+    differences = [abs(a[0] - b[0]) for a, b in zip(new, old)]
+    documents = {}
+    for instance, a, b in zip(instances, new, old):
+        choice = tasks[instance.task_name].lm_eval_task.doc_to_choice(instance.doc)[instance.idx]  # acc_norm: per character of the choice
+        documents.setdefault((instance.task_name, instance.doc_id), []).append((a[0], b[0], len(choice)))
+    argmax = lambda values: max(range(len(values)), key=values.__getitem__)  # the first of equal values, as numpy's
+    flipped = sum(argmax([x[0] for x in v]) != argmax([x[1] for x in v]) for v in documents.values())
+    flipped_norm = sum(argmax([x[0] / x[2] for x in v]) != argmax([x[1] / x[2] for x in v]) for v in documents.values())
+    return {"requests": len(instances), "max_abs_difference": max(differences), "mean_abs_difference": sum(differences) / len(differences),
+            "greedy_mismatches": sum(a[1] != b[1] for a, b in zip(new, old)), "documents": len(documents),
+            "documents_whose_acc_choice_differs": flipped, "documents_whose_acc_norm_choice_differs": flipped_norm}
+
+
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize(torch.device(device))
@@ -210,6 +238,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--batch-tokens", default="auto", help="scoring=token_batches: padded tokens per forward, 'auto' or an integer")
     parser.add_argument("--no-hflm", action="store_true", help="skip lm-eval's own loop (the old path)")
+    parser.add_argument("--compare-requests", action="store_true", help="also score every request both ways and print the largest difference")
     parser.add_argument("--also-batch-tokens", nargs="*", type=int, default=[], help="token_batches at these budgets too (time and ratio to their floors)")
     parser.add_argument("--cache-dir", default="~/.cache/sparsebench", help="cpu: sparsebench's cache holding SmolLM2")
     args = parser.parse_args()
@@ -267,6 +296,9 @@ def main() -> None:
               f"{other_scoring / other_floor:.2f}x; accuracies {'identical' if same else 'DIFFERENT'}", flush=True)
     if budgets:
         line["other_batch_tokens"] = budgets
+    if args.compare_requests:
+        line["per_request"] = compare_requests(model, tokenizer, local, args.limit, as_int(args.batch_size), args.max_batch_size, as_int(args.batch_tokens), device)
+        print(f"[{args.mode}] per request, token_batches against hflm: {line['per_request']}", flush=True)
     print(json.dumps(line), flush=True)
 
 
