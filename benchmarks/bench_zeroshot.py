@@ -4,7 +4,7 @@
     python benchmarks/bench_zeroshot.py cpu --limit 300
     python benchmarks/bench_zeroshot.py gpu --model DIR --data piqa=DIR    # a model folder (config, weights, tokenizer)
     python benchmarks/bench_zeroshot.py gpu --model random:DIR --data piqa=DIR          # DIR's config.json shapes, random weights
-    python benchmarks/bench_zeroshot.py gpu --model random:llama-2-7b --tokenizer DIR --data piqa=DIR [--also-batch-tokens 8192 32768]
+    python benchmarks/bench_zeroshot.py gpu --model random:llama-2-7b --tokenizer DIR --data piqa=DIR [--also-batch-tokens 16384 32768] [--compare-requests]
 
 ``cpu`` loads the real SmolLM2-135M the way ``model=smollm2-135m-q4`` does (sparsebench's loader,
 float32). ``gpu`` needs only torch, transformers and lm-eval with its dependencies (no Hydra, no
@@ -254,8 +254,11 @@ def main() -> None:
     print(f"[{args.mode}] {description} on {device_name(device)}, loaded in {time.perf_counter() - started:.1f} s; torch {torch.__version__}", flush=True)
     local = dict(item.split("=", 1) for item in args.data)
     as_int = lambda value: value if value == "auto" else int(value)
-    with torch.no_grad():  # CUDA context, kernels and allocator warmed before anything is timed
-        model(torch.zeros(1, 64, dtype=torch.long, device=device)).logits
+    with torch.no_grad():  # CUDA context, kernels and the allocator warmed at the budget before anything is timed
+        from sparsebench.evaluate.zeroshot import AUTO_BATCH_TOKENS
+
+        budget = AUTO_BATCH_TOKENS["cuda" if device.startswith("cuda") else "cpu"] if args.batch_tokens == "auto" else int(args.batch_tokens)
+        model(torch.zeros(max(1, budget // 64), 64, dtype=torch.long, device=device)).logits
     synchronize(device)
     new = measure(model, tokenizer, local, args.limit, "token_batches", as_int(args.batch_size), args.max_batch_size, as_int(args.batch_tokens), device)
     line = report(args.mode, device, description, new)
