@@ -83,3 +83,24 @@ def test_batched_tokenisation_is_lm_evals(requests_and_models):
     lm._encoded = encoded
     lm.tokenizer.encode = None  # every string must now come from the batch
     assert [lm._encode_pair(*request.args) for request in requests] == one_at_a_time
+
+
+def test_scoring_keys_leave_the_case_id_unchanged():
+    """How the forwards are batched changes speed, not scores: cases run before these keys existed
+    (or with the other scoring) keep their ids."""
+    import copy
+
+    from conftest import compose_config
+
+    from sparsebench.results import case_id
+
+    config = compose_config(["device=cpu", "eval=zeroshot"])
+    assert config["eval"]["zeroshot"]["scoring"] == "token_batches" and config["eval"]["zeroshot"]["batch_tokens"] == "auto"
+    before = copy.deepcopy(config)
+    del before["eval"]["zeroshot"]["scoring"], before["eval"]["zeroshot"]["batch_tokens"]
+    other = copy.deepcopy(config)
+    other["eval"]["zeroshot"].update(scoring="hflm", batch_tokens=4096)
+    assert case_id(config, "m", "cpu") == case_id(before, "m", "cpu") == case_id(other, "m", "cpu")
+    fewer = copy.deepcopy(config)
+    fewer["eval"]["zeroshot"]["limit"] = 10
+    assert case_id(config, "m", "cpu") != case_id(fewer, "m", "cpu")
