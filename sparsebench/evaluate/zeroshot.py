@@ -201,23 +201,22 @@ def wrap_model(model, tokenizer, spec: ZeroShotSpec, device: str, progress: bool
         scoring (the model's forwards over all requests), apart from lm-eval's work around it, and
         which scores with ``score_requests`` when ``scoring=token_batches``."""
 
-        scoring_seconds = 0.0
-        scoring_seconds_by_task: dict = {}
-        requests_scored = 0
-        scoring = spec.scoring
-        batch_tokens = tokens_per_batch
-        forward_counts: dict = {}  # token_batches: forwards, tokens, padded_tokens, summed over calls
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.scoring, self.batch_tokens = spec.scoring, tokens_per_batch
+            self.scoring_seconds, self.requests_scored = 0.0, 0
+            self.scoring_seconds_by_task: dict = {}
+            self.forward_counts: dict = {}  # token_batches: forwards, rows, tokens, padded_tokens, summed over calls
+            self._encoded: dict = {}  # (string, add_special_tokens) -> tokens, during a loglikelihood call
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             if self.scoring == "hflm" or self.backend != "causal":
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             return score_requests(self, requests, self.batch_tokens, disable_tqdm=disable_tqdm, counts=self.forward_counts)
 
-        _encoded: dict = {}
-
         def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs):
             """lm-eval's encoding, read from ``encode_all``'s batch when it holds the string."""
-            encoded = None if kwargs else self._encoded.get((string, add_special_tokens))
+            encoded = None if kwargs else getattr(self, "_encoded", {}).get((string, add_special_tokens))  # HFLM.__init__ may encode
             if encoded is None:
                 return super().tok_encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left_truncate_len, **kwargs)
             return encoded[-left_truncate_len:] if left_truncate_len else list(encoded)
