@@ -8,13 +8,17 @@ LLaMA-2-7B-shaped model (one per metric:allocator, plus the dense case). Every c
 of its metric and allocator, scaled by the model's parameter count relative to the measured model
 (pruning and evaluation are both linear in the parameters at a fixed token count). C4's perplexity
 (256 x 2048 tokens) is the measured WikiText-2 time per segment x 256. ``--zeroshot`` is the JSON
-written by ``bench_zeroshot.py`` on the same GPU for grids with zero-shot: a task it measured takes
-its measured time; any other task is estimated as its request count (documents x choices of the
-split lm-eval evaluates, ``TASK_REQUESTS``) at the measured scoring rate per request, plus the
-measured per-call overhead (whole call minus scoring). Only PIQA's data exists offline here, so the
-other six tasks are such estimates; per request, not per token: at lm-eval's batch of 64 short
-requests a 7B model on an H100/H200 is far from compute-bound, so longer requests (BoolQ's
-passages) cost little more each, but the estimate is the lower side.
+written by ``bench_zeroshot.py`` on the same GPU for grids with zero-shot (its last line: the
+default ``scoring=token_batches``): a task it measured takes its measured scoring time; any other
+task is estimated as its request count (documents x choices of the split lm-eval evaluates,
+``TASK_REQUESTS``) at the measured scoring rate per request; lm-eval's work around the scoring
+(whole call minus scoring: building the requests from the documents, aggregating, its environment
+report) is given to every task in proportion to its documents at the measured rate per document
+(sparsebench evaluates all of a case's tasks in one call, so the fixed part, about 2 s, is counted
+once per task: the upper side). Only PIQA's data exists offline here, so the other six
+tasks are such estimates, per request: scoring now runs near the model's forward floor, so a task
+with longer requests than PIQA's (~36 tokens; BoolQ's passages, HellaSwag's contexts) costs about
+proportionally more per request, and the estimate is the lower side.
 
 ``--methods`` is the JSON of ``bench_methods.py`` (allocation and prune time of metric + allocator
 pairs measured one after another in one process on the same GPU). A pair of the preset without a
@@ -50,23 +54,23 @@ BILLIONS = {
 C4_SEGMENTS = 256
 # Requests lm-eval scores per task, 0-shot: documents of the evaluated split x answer choices
 # (docs/zeroshot.md's task table); ARC has 4 choices for almost every question (a few 3 or 5).
-TASK_REQUESTS = {
-    "boolq": 3270 * 2, "rte": 277 * 2, "hellaswag": 10042 * 4, "winogrande": 1267 * 2,
-    "arc_easy": 2376 * 4, "arc_challenge": 1172 * 4, "openbookqa": 500 * 4, "piqa": 1838 * 2,
-}
+TASK_DOCUMENTS = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376, "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838}
+TASK_CHOICES = {"boolq": 2, "rte": 2, "hellaswag": 4, "winogrande": 2, "arc_easy": 4, "arc_challenge": 4, "openbookqa": 4, "piqa": 2}
+TASK_REQUESTS = {task: documents * TASK_CHOICES[task] for task, documents in TASK_DOCUMENTS.items()}
 
 
 def zeroshot_seconds(measured: dict, tasks: list[str]) -> tuple[float, list[str]]:
     """Seconds of zero-shot evaluation per case at the measured size, and the tasks that were estimated."""
-    rates = [measured["scoring_seconds_per_task"][t] / measured["requests"][t] for t in measured["requests"]]
-    overheads = [measured["seconds_per_task"][t] - measured["scoring_seconds_per_task"][t] for t in measured["requests"]]
-    per_request, overhead = sum(rates) / len(rates), sum(overheads) / len(overheads)
+    measured_tasks = list(measured["requests"])
+    rates = [measured["scoring_seconds_per_task"][t] / measured["requests"][t] for t in measured_tasks]
+    around = [(measured["seconds_per_task"][t] - measured["scoring_seconds_per_task"][t]) / TASK_DOCUMENTS[t] for t in measured_tasks]
+    per_request, per_document = sum(rates) / len(rates), sum(around) / len(around)
     total, estimated = 0.0, []
     for task in tasks:
         if task in measured["seconds_per_task"]:
             total += measured["seconds_per_task"][task]
         else:
-            total += TASK_REQUESTS[task] * per_request + overhead
+            total += TASK_REQUESTS[task] * per_request + TASK_DOCUMENTS[task] * per_document
             estimated.append(task)
     return total, estimated
 

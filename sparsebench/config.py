@@ -77,6 +77,8 @@ class ZeroShotConfig:
     limit: Optional[int] = None  # the first N documents of each task, for quick runs
     batch_size: Any = "auto"  # "auto" (lm-eval's detection on a GPU, 8 on a CPU) or an integer
     max_batch_size: int = 64  # the ceiling of "auto"
+    scoring: str = "token_batches"  # token_batches (batches of a padded-token budget) or hflm (lm-eval's own loop)
+    batch_tokens: Any = "auto"  # token_batches: padded tokens per forward; "auto" (8192 on a GPU, 512 on a CPU) or an integer
 
 
 @dataclass

@@ -41,7 +41,8 @@ def _defining_eval(evaluation: dict) -> dict:
     defining = {"ppl": {k: v for k, v in (evaluation.get("ppl") or {}).items() if k != "batch_size"}}
     zeroshot = evaluation.get("zeroshot") or {}
     if zeroshot.get("tasks"):
-        defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size")}
+        # how the forwards are batched and run changes speed, not scores (lm-eval's arithmetic either way)
+        defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size", "scoring", "batch_tokens")}
     efficiency = evaluation.get("efficiency") or {}
     if efficiency.get("enabled"):
         defining["efficiency"] = efficiency

@@ -114,7 +114,11 @@ def test_case_with_perplexity_and_zero_shot(tiny_model_dirs, tmp_path, cache_dir
     assert_task_fields(zeroshot["piqa"], ("acc", "acc_norm"), documents=2, in_split=3, requests=4, source=copies["piqa"], version=1.0)
     assert zeroshot["mean"]["wanda"]["tasks_evaluated"] == ["boolq"]  # PIQA is in no paper's mean
     assert zeroshot["mean"]["wanda"]["value"] == zeroshot["boolq"]["acc"]
-    assert zeroshot["lm_eval"] == {"version": "0.4.13", "num_fewshot": 0, "limit": 2, "batch_size": "auto", "batch_size_used": 8}
+    counts, seconds, scoring = (zeroshot["lm_eval"].pop(key) for key in ("forward_counts", "seconds", "scoring_seconds"))
+    assert seconds >= scoring > 0 and seconds == pytest.approx(zeroshot["boolq"]["seconds"] + zeroshot["piqa"]["seconds"])  # one call, shared
+    assert scoring == pytest.approx(zeroshot["boolq"]["scoring_seconds"] + zeroshot["piqa"]["scoring_seconds"])
+    assert zeroshot["lm_eval"] == {"version": "0.4.13", "num_fewshot": 0, "limit": 2, "batch_size": "auto", "batch_size_used": 8, "scoring": "token_batches", "batch_tokens": 512}
+    assert counts["rows"] <= 8 and counts["padded_tokens"] >= counts["tokens"] > 0  # 2 documents x 2 choices x 2 tasks
     assert {"zeroshot_tasks_s", "eval_zeroshot_boolq_s", "eval_zeroshot_piqa_s"} <= set(document["timings"])
     assert document["timings"]["eval_s"] >= document["timings"]["eval_zeroshot_boolq_s"] + document["timings"]["eval_zeroshot_piqa_s"]
     json.dumps(document)  # the document is plain JSON
@@ -170,6 +174,8 @@ def test_sparsebench_command_offline(tiny_model_dirs, tmp_path, cache_dir, copie
         (["eval.zeroshot.tasks=[piqa,piqa]"], ConfigError, "a task is listed twice"),
         (["eval=zeroshot", "eval.zeroshot.limit=0"], ConfigError, "eval.zeroshot.limit=0: must be an integer >= 1"),
         (["eval=zeroshot", "eval.zeroshot.batch_size=large"], ConfigError, "eval.zeroshot.batch_size='large': must be an integer >= 1"),
+        (["eval=zeroshot", "eval.zeroshot.scoring=fast"], ConfigError, "eval.zeroshot.scoring='fast': allowed values are token_batches, hflm"),
+        (["eval=zeroshot", "eval.zeroshot.batch_tokens=0"], ConfigError, "eval.zeroshot.batch_tokens=0: must be an integer >= 1"),
         (["eval=zeroshot", "data.boolq=/no/such/boolq.jsonl"], ConfigError, "data.boolq='/no/such/boolq.jsonl': no such file or folder"),
     ],
 )
