@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from sparsebench.errors import NumericalError
 from sparsebench.models.adapters import FamilyAdapter
 
 
@@ -148,6 +149,19 @@ def run_block_for_hooks(block: nn.Module, inputs: BlockInputs, batch_size: int) 
     """Run the block for what its hooks observe; its outputs are dropped batch by batch."""
     for part in batches(inputs.hidden.shape[0], batch_size):
         block(inputs.hidden[part], **inputs.kwargs_for(block))
+
+
+def check_finite(hidden: Tensor, where: str) -> None:
+    """Stop at the first non-finite activation (one reduction and one sync per block), naming the dtype.
+
+    A NaN or inf in a block's outputs otherwise surfaces much later as a misleading error (a
+    Hessian that is not positive definite, every weight of a layer pruned) or as a NaN perplexity.
+    """
+    if not bool(torch.isfinite(hidden).all()):
+        raise NumericalError(
+            f"non-finite activations (NaN or inf) {where}, computing in {hidden.dtype}: the model overflows in this dtype "
+            f"(float16 is known to overflow for Gemma models); set model.dtype=bfloat16 or model.dtype=float32"
+        )
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -23,3 +23,7 @@ class SparsityMismatchError(SparsebenchError):
 
 class StoreError(SparsebenchError):
     """The results folder cannot hold result documents (read-only, full, not a folder)."""
+
+
+class NumericalError(SparsebenchError):
+    """Activations or results that are not finite (NaN or inf), e.g. a model overflowing in float16."""

@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparsebench.allocators import PrunableLayer
-from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules, run_block, run_block_for_hooks, synchronize
+from sparsebench.blockwalk import BlockInputs, capture_block_inputs, check_finite, move_non_block_modules, run_block, run_block_for_hooks, synchronize
 from sparsebench.lowrank import Decomposition, install_decomposition
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import MetricSpec
@@ -177,6 +177,7 @@ def dense_block_summaries(
         stats = {name: stats_by_group[group[0]] for group in adapter.input_groups for name in group}
         summaries.append(summarize(weights, stats, **params))
         inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        check_finite(inputs.hidden, f"after dense block {len(summaries) - 1}")
         if offload:
             block.to("cpu")
     return summaries
@@ -226,6 +227,7 @@ def prune_model(
             move_non_block_modules(model, blocks, device)
         with clock.phase("capture_s"):
             inputs = capture_block_inputs(model, adapter, calibration_ids, device, batch_size)
+        check_finite(inputs.hidden, "in the inputs of the first block")
     for index, block in enumerate(tqdm(blocks, desc=f"prune ({metric.name})", unit="block", disable=not progress)):
         if offload:
             block.to(device)
@@ -239,6 +241,7 @@ def prune_model(
         if inputs is not None:
             with clock.phase("pruned_forward_s"):
                 inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+                check_finite(inputs.hidden, f"after pruned block {index}")
         if offload:
             block.to("cpu")
     return PruneReport(records, clock.totals, decompositions, refined)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sparsebench.blockwalk import batches, capture_block_inputs, move_non_block_modules, run_block
+from sparsebench.errors import NumericalError
+from sparsebench.blockwalk import batches, capture_block_inputs, check_finite, move_non_block_modules, run_block
 from sparsebench.data.tokens import with_bos
 from sparsebench.models.adapters import FamilyAdapter
 
@@ -82,10 +83,12 @@ def perplexity(
     if offload:
         move_non_block_modules(model, blocks, device)
     inputs = capture_block_inputs(model, adapter, segments, device, batch_size)
-    for block in tqdm(blocks, desc=desc, unit="block", disable=not progress):
+    check_finite(inputs.hidden, "in the inputs of the first block")
+    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress)):
         if offload:
             block.to(device)
         inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
+        check_finite(inputs.hidden, f"after block {index}")
         if offload:
             block.to("cpu")
     final_modules = adapter.get_final_modules(model)
@@ -97,5 +100,7 @@ def perplexity(
             hidden = module(hidden)
         nlls.append(chunked_mean_nll(head, hidden, segments[part]))
     mean = torch.cat(nlls).mean().item()
+    if not math.isfinite(mean):
+        raise NumericalError(f"the mean token NLL is not finite ({mean}) although every block's outputs were: check the final norm and head in this dtype")
     count, seqlen = segments.shape
     return PerplexityResult(math.exp(mean), count, seqlen, count * (seqlen - 1))

@@ -33,6 +33,7 @@ class FamilyAdapter:
     final_modules: tuple[str, ...]  # applied in order after the last block (final norm, projections)
     logit_softcap: str | None = None  # config key of a cap applied as cap * tanh(logits / cap), when set
     bos_per_segment: bool = False  # default of model.bos_per_segment: the family needs a BOS token first
+    half_dtype: str = "float16"  # model.dtype=auto on a GPU for a float32 checkpoint (bfloat16 where float16 overflows)
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -102,8 +103,11 @@ ADAPTERS: dict[str, FamilyAdapter] = {
         # Gemma 3 text models (Gemma3ForCausalLM, model_type gemma3_text; a GGUF file's "gemma3" is
         # read as gemma3_text by transformers): LLaMA's linears; q_norm/k_norm and the four
         # (1 + weight) RMSNorms of each block are not pruned. Gemma is trained with a BOS token at
-        # the start of every sequence and is far worse without it (docs/gemma3.md).
-        FamilyAdapter("gemma3", ("gemma3_text",), "model.layers", _LLAMA_GROUPS, ("model.norm",), "final_logit_softcapping", bos_per_segment=True),
+        # the start of every sequence and is far worse without it (docs/gemma3.md). Its activations
+        # overflow float16 (every perplexity NaN on an H200, dense included), so a float32 checkpoint
+        # runs in bfloat16 on a GPU with model.dtype=auto.
+        FamilyAdapter("gemma3", ("gemma3_text",), "model.layers", _LLAMA_GROUPS, ("model.norm",), "final_logit_softcapping", bos_per_segment=True,
+                      half_dtype="bfloat16"),
         FamilyAdapter(
             "opt",
             ("opt",),

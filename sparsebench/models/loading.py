@@ -60,15 +60,16 @@ class LoadedModel:
         }
 
 
-def resolve_dtype(name: str, device: str, config_dtype: torch.dtype | None) -> torch.dtype:
-    """``auto``: float32 on the CPU; on a GPU the checkpoint's own half type (float16 if it is float32)."""
+def resolve_dtype(name: str, device: str, config_dtype: torch.dtype | None, half_dtype: str = "float16") -> torch.dtype:
+    """``auto``: float32 on the CPU; on a GPU the checkpoint's own half type, or for a float32
+    checkpoint the family's ``half_dtype`` (float16, the papers' choice; bfloat16 for Gemma)."""
     if name != "auto":
         return DTYPES[name]
     if device == "cpu":
         return torch.float32
     if config_dtype in (torch.float16, torch.bfloat16):
         return config_dtype
-    return torch.float16
+    return DTYPES[half_dtype]
 
 
 def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
@@ -130,7 +131,7 @@ def load_model(
 
     source, config = load_config(path, cache_dir, revision, trust_remote_code)
     adapter = adapter_for(family, getattr(config, "model_type", None))
-    torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None))
+    torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None), adapter.half_dtype)
     target_device = "cpu" if offload else device
     try:
         model = AutoModelForCausalLM.from_pretrained(
