@@ -52,3 +52,23 @@ def test_auto_dtype_on_a_gpu_is_the_familys_half_type_for_float32_checkpoints(fa
     assert resolve_dtype("auto", "cuda", torch.bfloat16, adapter.half_dtype) == torch.bfloat16  # the checkpoint's own half type wins
     assert resolve_dtype("auto", "cpu", torch.float32, adapter.half_dtype) == torch.float32
     assert resolve_dtype("float16", "cuda", torch.float32, adapter.half_dtype) == torch.float16  # asked for explicitly
+
+
+class _Tokenizer:
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def tokenize(self, text):
+        return self.pieces
+
+
+def test_a_gguf_tokenizer_that_cuts_words_into_pieces_is_refused(tmp_path):
+    from sparsebench.errors import ModelLoadError
+    from sparsebench.models.loading import check_converted_tokenizer
+
+    # what transformers 5.17 made of Gemma 3's GGUF tokenizer
+    broken = ["▁T", "he", "▁qu", "ick", "▁b", "ro", "wn", "▁f", "ox", "▁j", "um", "ps", "▁o", "ver", "▁t", "he", "▁la", "zy", "▁d", "og", "."]
+    with pytest.raises(ModelLoadError, match=r"cuts common words into pieces \(21 tokens.*upgrade transformers and delete .*converted"):
+        check_converted_tokenizer(_Tokenizer(broken), "pypi:x", tmp_path / "converted" / "abc")
+    right = ["The", "▁quick", "▁brown", "▁fox", "▁jumps", "▁over", "▁the", "▁lazy", "▁dog", "."]
+    check_converted_tokenizer(_Tokenizer(right), "pypi:x", tmp_path / "converted" / "abc")

@@ -72,6 +72,29 @@ def resolve_dtype(name: str, device: str, config_dtype: torch.dtype | None, half
     return DTYPES[half_dtype]
 
 
+_PROBE = "The quick brown fox jumps over the lazy dog."
+
+
+def check_converted_tokenizer(tokenizer, path: str, folder: Path) -> None:
+    """A tokenizer converted from a GGUF file must keep common English words whole.
+
+    transformers 5.17 converts Gemma 3's GGUF tokenizer into one that cuts words into pieces
+    ('▁T', 'he', '▁qu', 'ick': 21 tokens for the probe sentence instead of 10, and no BOS), which
+    makes every perplexity meaningless without any error; 5.24 converts it right. Any real
+    tokenizer with a vocabulary of 30 k or more keeps the probe's ten words and stop whole.
+    """
+    import transformers
+
+    pieces = tokenizer.tokenize(_PROBE)
+    if len(pieces) > 15:
+        raise ModelLoadError(
+            f"model.path={path!r}: the tokenizer converted from the GGUF file cuts common words into pieces "
+            f"({len(pieces)} tokens for {_PROBE!r}: {pieces[:8]} ...); transformers {transformers.__version__} mis-converts "
+            f"this GGUF tokenizer (seen with 5.17 and Gemma 3; 5.24 converts it right): upgrade transformers and delete "
+            f"{folder} so that the model is converted again"
+        )
+
+
 def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
     """A cached, de-quantised copy of a GGUF model as a plain Hugging Face folder."""
     from safetensors.torch import save_model
@@ -88,6 +111,7 @@ def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
         tokenizer = AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file)
     except Exception as error:  # transformers raises many types for a bad file
         raise ModelLoadError(f"model.path={str(gguf_path)!r}: could not read the GGUF file: {error}") from error
+    check_converted_tokenizer(tokenizer, str(gguf_path), folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".partial-"))
     try:
@@ -144,6 +168,8 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:
         raise ModelLoadError(f"model.path={path!r}: could not load the model: {error}") from error
+    if Path(source.location).parent == cache_dir / "converted":  # converted from GGUF, perhaps by another transformers
+        check_converted_tokenizer(tokenizer, path, Path(source.location))
     model.eval()
     model.config.use_cache = False
     return LoadedModel(model, tokenizer, adapter, source, torch_dtype)
