@@ -22,7 +22,7 @@ def test_single_case_writes_a_complete_document_and_skips_when_done(tiny_model_d
     assert all(key in document for key in REQUIRED_KEYS)
     assert document["status"] == "ok"
     assert document["case_id"] == document_path.stem and "sparsegpt" in document["case_id"] and "2of4" in document["case_id"]
-    assert document["config"]["metric"] == {"name": "sparsegpt", "blocksize": 128, "damp": 0.01}
+    assert document["config"]["metric"] == {"name": "sparsegpt", "blocksize": 128, "damp": 0.01, "kernel": "triton", "factor": "reference"}
     assert set(document["metrics"]["ppl"]) == {"wikitext2", "ptb"}
     assert document["sparsity"]["pattern"] == "2:4" and document["sparsity"]["achieved"] >= 0.5
     assert {"load_s", "prune_s", "eval_s", "total_s", "calibration_data_s"} <= set(document["timings"])
