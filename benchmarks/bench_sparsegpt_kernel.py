@@ -93,32 +93,14 @@ def build_block(tokens: int, generator: torch.Generator):
     return weights, hessians
 
 
-def lower_triangular_inverse(lower: torch.Tensor, leaf: int = 1024) -> torch.Tensor:
-    """L^-1 by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]; triangular solves at the leaves."""
-    size = lower.shape[0]
-    if size <= leaf:
-        return torch.linalg.solve_triangular(lower, torch.eye(size, dtype=lower.dtype, device=lower.device), upper=False)
-    half = size // 2
-    inverse = torch.zeros_like(lower)
-    inverse[:half, :half] = lower_triangular_inverse(lower[:half, :half], leaf)
-    inverse[half:, half:] = lower_triangular_inverse(lower[half:, half:], leaf)
-    inverse[half:, :half] = -(inverse[half:, half:] @ lower[half:, :half]) @ inverse[:half, :half]
-    return inverse
-
-
-def factor_by_one_cholesky(damped: torch.Tensor) -> torch.Tensor:
-    """The same U from one Cholesky: U = J chol(J H J)^-1 J (J reverses the order). Not used: see the docs."""
-    lower = torch.linalg.cholesky(torch.flip(damped, (0, 1)))
-    return torch.flip(lower_triangular_inverse(lower), (0, 1))
-
-
 def compare_factor_methods(hessians) -> list[dict]:
-    """Time and float32 error (against float64) of the factor as computed (the reference's way) and by one Cholesky."""
+    """Time and float32 error (against float64) of the factor as computed the reference's way, by one Cholesky in
+    float32 (rejected: see docs/sparsegpt_kernel.md) and by one Cholesky in float64 (``metric.factor=float64``)."""
     rows = []
     for group in ("attn", "down"):
         damped = module.damped_hessian(hessians[group], 0.01)
         ours, ours_s = _timed(lambda: module.inverse_factor_of_damped(damped), repeats=3)
-        alternative, alternative_s = _timed(lambda: factor_by_one_cholesky(damped), repeats=3)
+        alternative, alternative_s = _timed(lambda: module.inverse_factor_by_one_cholesky(damped), repeats=3)
         exact = module.inverse_factor_of_damped(damped.double())
         in_float64, float64_s = _timed(lambda: module.inverse_hessian_factor(hessians[group], 0.01, "float64"), repeats=3)
         rows.append({"size": damped.shape[0], "reference_way_ms": round(ours_s * 1e3, 1), "one_cholesky_ms": round(alternative_s * 1e3, 1),

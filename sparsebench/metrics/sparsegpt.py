@@ -92,10 +92,9 @@ def inverse_factor_of_damped(damped: Tensor) -> Tensor:
     """Upper Cholesky factor U of H^-1 for an already damped (positive definite) H.
 
     Computed as the reference does (Cholesky, inverse, Cholesky), so that in float32 the factor
-    is the reference's bit for bit: a one-Cholesky form (U = J chol(J H J)^-1 J, J the order
-    reversal) takes 2.7x less time at 11008 features on an H200 and is as accurate against
-    float64, but its other rounding flipped about 1e-3 of the masks on a 4096 x 4096 layer and
-    failed the float64-reference test on the GPU (docs/sparsegpt_kernel.md).
+    is the reference's bit for bit. The one-Cholesky form (``inverse_factor_by_one_cholesky``)
+    failed the float64-reference test on the GPU in float32 (cause not isolated) and is used only
+    in float64 (``factor="float64"``; docs/sparsegpt_kernel.md).
     """
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
 
