@@ -29,6 +29,11 @@ class _StopForward(Exception):
     """Raised by the capture hook to end the model's forward at the first block."""
 
 
+class StopBlock(Exception):
+    """Raised by a hook of ``run_block_for_hooks`` once it has observed all it needs of a batch:
+    the rest of that batch's block forward (whose outputs are dropped anyway) is skipped."""
+
+
 @dataclass
 class BlockInputs:
     hidden: Tensor  # [sequences, seqlen, hidden] on the work device
@@ -146,9 +151,15 @@ def run_block(block: nn.Module, inputs: BlockInputs, batch_size: int, out: Tenso
 
 @torch.inference_mode()
 def run_block_for_hooks(block: nn.Module, inputs: BlockInputs, batch_size: int) -> None:
-    """Run the block for what its hooks observe; its outputs are dropped batch by batch."""
+    """Run the block for what its hooks observe; its outputs are dropped batch by batch.
+
+    A hook may raise ``StopBlock`` to end a batch's forward early, once nothing after it is observed.
+    """
     for part in batches(inputs.hidden.shape[0], batch_size):
-        block(inputs.hidden[part], **inputs.kwargs_for(block))
+        try:
+            block(inputs.hidden[part], **inputs.kwargs_for(block))
+        except StopBlock:
+            pass
 
 
 def check_finite(hidden: Tensor, where: str) -> None:

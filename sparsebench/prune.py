@@ -19,7 +19,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sparsebench.allocators import PrunableLayer
-from sparsebench.blockwalk import BlockInputs, capture_block_inputs, check_finite, move_non_block_modules, run_block, run_block_for_hooks, synchronize
+from sparsebench.blockwalk import (
+    BlockInputs, StopBlock, capture_block_inputs, check_finite, move_non_block_modules, run_block, run_block_for_hooks, synchronize,
+)
 from sparsebench.lowrank import Decomposition, install_decomposition
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import MetricSpec
@@ -137,11 +139,25 @@ def collect_block_stats(
     """Statistics of each input group's input over one forward of the block: {first linear: LayerStats}.
 
     With ``propagate`` the same forward also replaces ``inputs.hidden`` by the block's outputs.
+    Without it, each batch's forward ends as soon as every input group has been observed: the
+    last linear (the MLP's down projection in most families) and the residual after it would only
+    compute outputs that are dropped, about a fifth of a LLaMA block's arithmetic.
     """
     accumulators = {group[0]: StatsAccumulator(needs, seqlen=inputs.hidden.shape[1]) for group in adapter.input_groups}
+    observed: set[str] = set()  # input groups seen in the current batch
+
+    def observe(first: str, inputs_of_group: Tensor) -> None:
+        accumulators[first].add(inputs_of_group)
+        if propagate:
+            return
+        observed.add(first)
+        if len(observed) == len(accumulators):
+            observed.clear()
+            raise StopBlock
+
     handles = [
-        block.get_submodule(first).register_forward_pre_hook(lambda module, args, acc=acc: acc.add(args[0]))
-        for first, acc in accumulators.items()
+        block.get_submodule(first).register_forward_pre_hook(lambda module, args, first=first: observe(first, args[0]))
+        for first in accumulators
     ]
     try:
         if propagate:
@@ -151,6 +167,8 @@ def collect_block_stats(
     finally:
         for handle in handles:
             handle.remove()
+    if observed:
+        raise RuntimeError(f"a block forward observed only {sorted(observed)} of its input groups ({adapter.name} adapter)")
     return {first: acc.stats for first, acc in accumulators.items()}
 
 

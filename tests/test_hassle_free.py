@@ -112,6 +112,23 @@ def test_low_rank_step_is_the_minimiser_in_the_hessian_metric():
     assert torch.allclose(plain_up @ plain_down, u[:, :5] @ torch.diag(s[:5]) @ vh[:5], atol=1e-10)
 
 
+@pytest.mark.parametrize("rows,cols", [(20, 30), (30, 20), (25, 25)])
+def test_low_rank_factors_equal_those_of_the_full_svd(rows, cols):
+    """The Gram-eigenvector form gives the SVD form's factors (up to each direction's sign), tall or wide."""
+    weight, inputs = _layer(rows=rows, cols=cols, tokens=200, seed=4)
+    cholesky = torch.linalg.cholesky(inputs.T @ inputs + 1e-3 * torch.eye(cols, dtype=weight.dtype))
+    up, down = best_low_rank(weight, cholesky, 5)
+    u, s, vh = torch.linalg.svd(weight @ cholesky, full_matrices=False)
+    svd_up = u[:, :5] * s[:5].sqrt()
+    svd_down = torch.linalg.solve_triangular(cholesky, s[:5].sqrt().unsqueeze(1) * vh[:5], upper=False, left=False)
+    signs = torch.sign((up * svd_up).sum(0))
+    assert torch.allclose(up * signs, svd_up, atol=1e-9)
+    assert torch.allclose(down * signs.unsqueeze(1), svd_down, atol=1e-9)
+    exact_rank_two = weight[:, :2] @ weight[:2]  # rank 2 < 5: the three missing directions get zero factors
+    up, down = best_low_rank(exact_rank_two, cholesky, 5)
+    assert torch.allclose(up @ down, exact_rank_two, atol=1e-9) and bool(torch.isfinite(up).all() and torch.isfinite(down).all())
+
+
 def test_rejects_ranks_that_do_not_fit_and_per_row_ratios():
     weight, inputs = _layer(dtype=torch.float32)
     prune = METRICS.get("hassle_free").prune

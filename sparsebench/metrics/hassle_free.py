@@ -92,13 +92,33 @@ def reconstruction_objective(residual: Tensor, hessian: Tensor) -> Tensor:
 def best_low_rank(residual: Tensor, hessian_cholesky: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """(B, A) with B A = argmin over rank <= r of tr((M - L) H (M - L)^T), M = ``residual``, H = C C^T.
 
-    ``hessian_cholesky`` is the lower Cholesky factor C. Eckart-Young on M C; see the module docstring.
+    ``hessian_cholesky`` is the lower Cholesky factor C. Eckart-Young on P = M C (see the module
+    docstring), with P's top r singular vectors taken from the eigenvectors of its smaller Gram
+    matrix in float64 (P P^T when M has no more rows than columns, else P^T P) instead of a full
+    SVD of P, which is slow on GPUs (cuSOLVER) and computes every singular vector. The factors are
+    those of the SVD form, B = U_r s_r^1/2 and A = s_r^1/2 V_r^T C^-1, written without the vectors
+    that are not computed: with P P^T, A = s_r^-1/2 U_r^T M (as U_r^T P C^-1 = s_r V_r^T C^-1);
+    with P^T P, B = P V_r s_r^-1/2.
     """
-    left, values, right = torch.linalg.svd(residual @ hessian_cholesky, full_matrices=False)
-    root = values[:rank].sqrt()
-    up = left[:, :rank] * root
-    down = torch.linalg.solve_triangular(hessian_cholesky, root.unsqueeze(1) * right[:rank], upper=False, left=False)
-    return up, down
+    dtype = residual.dtype
+    projected = (residual @ hessian_cholesky).double()
+    rows, cols = projected.shape
+    gram = projected @ projected.T if rows <= cols else projected.T @ projected
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)  # ascending
+    top_values = eigenvalues[-rank:].flip(0).clamp(min=0)
+    top_vectors = eigenvectors[:, -rank:].flip(1)
+    root = top_values.sqrt().sqrt()  # s_r^1/2, with s_r = sqrt(eigenvalue)
+    kept = top_values > top_values[0] * torch.finfo(torch.float64).eps * max(rows, cols)
+    inverse_root = torch.where(kept, 1 / torch.where(kept, root, 1), 0)  # directions with no singular value get zero factors
+    if rows <= cols:
+        up = top_vectors * torch.where(kept, root, 0)
+        down = (top_vectors.T @ residual.double()) * inverse_root.unsqueeze(1)
+    else:
+        up = projected @ top_vectors * inverse_root
+        down = torch.linalg.solve_triangular(
+            hessian_cholesky.double(), root.unsqueeze(1) * top_vectors.T * kept.unsqueeze(1), upper=False, left=False
+        )
+    return up.to(dtype), down.to(dtype)
 
 
 def check_rank(rank: int, rows: int, cols: int) -> None:
