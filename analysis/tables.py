@@ -180,9 +180,17 @@ class Table:
         return self._pick([mean for mean in means if mean is not None])
 
 
+# Metric keys that choose between readings of a method rather than a setting of one: each reading is its own row.
+METRIC_VARIANT_KEYS = ("score",)  # SwiftPrune's contribution / obs_rank1
+
+
 def method_of(config: dict) -> str:
-    """``metric + allocator``; an allocator refining a layer-wise base other than uniform (TRIM, DSnoT) adds it: ``wanda + trim (alpha)``."""
+    """``metric + allocator``; an allocator refining a layer-wise base other than uniform (TRIM, DSnoT) adds it: ``wanda + trim (alpha)``;
+    a metric's reading (``METRIC_VARIANT_KEYS``) follows its name: ``swiftprune (contribution) + uniform``."""
     metric = config["metric"].get("name", "?")
+    variants = [str(config["metric"][key]) for key in METRIC_VARIANT_KEYS if key in config["metric"]]
+    if variants and metric != "none":
+        metric = f"{metric} ({', '.join(variants)})"
     allocator = config["allocator"]
     base = allocator.get("layerwise")
     label = f"{allocator.get('name', '?')} ({base})" if base not in (None, "uniform") else allocator.get("name", "?")

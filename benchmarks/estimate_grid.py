@@ -138,10 +138,17 @@ def compose(times: dict, methods: dict, metric: str, allocator: str) -> dict | N
     def weight_pass(a):
         return max([0.0] + [value["pass"] for (_, allocator_name), value in methods.items() if allocator_name == a])
 
+    def metric_difference():  # t(m, uniform) - t(wanda, uniform): the metric's own cost, where (m, a) was not timed
+        if (metric, "uniform") in methods and ("wanda", "uniform") in methods:
+            return methods[(metric, "uniform")]["prune"] - methods[("wanda", "uniform")]["prune"]
+        return None
+
     for base in ((metric, "uniform"), ("wanda", allocator), ("wanda", "uniform")):
         if base not in times:
             continue
         here, there = prune(metric, allocator), prune(*base)
+        if here is None and base == ("wanda", allocator) and metric_difference() is not None:
+            here, there = metric_difference(), 0.0  # whole(wanda, a) + [t(m, uniform) - t(wanda, uniform)]
         if here is None or there is None:
             continue
         dense_pass = times[base]["dense_pass"] if base[1] == allocator else weight_pass(allocator)

@@ -17,7 +17,9 @@ Alternating minimisation, as in the reference: S_0 = SparseGPT(W) (L_0 = 0), the
    truncated SVD in the H_d^{1/2} metric, i.e. the exact minimiser of f(S', .) over rank <= r. It
    is computed with the Cholesky factor H_d = C C^T as L' = [(W - S') C]_r C^{-1}: the same
    matrix, because C = H_d^{1/2} Q with Q orthogonal and a truncated SVD commutes with
-   right-multiplying by Q. Factors: B = U_r sqrt(s_r), A = sqrt(s_r) V_r^T C^{-1}.
+   right-multiplying by Q. Factors: B = U_r sqrt(s_r), A = sqrt(s_r) V_r^T C^{-1}, with the top r
+   singular directions of (W - S') C taken from the eigenvectors of its smaller Gram matrix in
+   float64 (``best_low_rank``; docs/hassle_free.md).
 
 Monotonicity: SparseGPT is greedy, not a minimiser, so S' can raise f(., L); the low-rank step
 then lowers it again. An iteration (S', L') is accepted only if f(S', L') < f(S, L); otherwise
@@ -35,8 +37,8 @@ Differences from the reference code, on purpose:
 - an iteration that does not lower f ends the loop; the reference always moves to the new S
   and returns the best (S, A, B) seen over all iterations;
 - ``iterations`` defaults to 20, not the reference's ``am_iters=80``: each iteration costs one
-  SparseGPT solve plus one SVD of an [out, in] matrix (the whole prune about 20x SparseGPT's
-  solve), and most of the decrease comes in the first iterations (see the README);
+  SparseGPT solve plus one low-rank step (a Gram matrix and its eigendecomposition; the whole
+  prune about 20x SparseGPT's solve), and most of the decrease comes in the first iterations (see the README);
 - ``H`` is the plain sum of x x^T over tokens (the reference scales it by 2/n): damping is
   relative to the diagonal, so the minimiser is the same;
 - SparseGPT's own deviations (exactly ``floor`` weights per tile, dead features not zeroed

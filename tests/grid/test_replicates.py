@@ -113,3 +113,17 @@ def test_the_cli_aggregates_seeds_and_draws_error_bars(tmp_path, capsys):
     assert "| wanda + uniform | **51.00 ± 1.41 (2)** | 700.00 ± 20.00 (3) | **375.50** |" in markdown
     assert "p < 0.01" in markdown
     assert (tmp_path / "out" / "ppl_vs_sparsity_tiny_wikitext2.png").stat().st_size > 1000
+
+
+def test_a_metrics_readings_are_rows_of_their_own():
+    """SwiftPrune's two scores over the same seeds are two methods, not one cell with mixed replicates."""
+    docs = []
+    for score, values in (("contribution", (600.0, 620.0)), ("obs_rank1", (27000.0, 26000.0))):
+        for seed, ppl in enumerate(values):
+            doc = seeded("swiftprune", "uniform", 0.7, seed, ppl)
+            doc["config"]["metric"]["score"] = score
+            doc["case_id"] += score
+            docs.append(doc)
+    table = tables.build_tables(docs)["tiny"]
+    assert table.spreads[("swiftprune (contribution) + uniform", ("70%", "wikitext2"))].mean == pytest.approx(610.0)
+    assert table.spreads[("swiftprune (obs_rank1) + uniform", ("70%", "wikitext2"))].mean == pytest.approx(26500.0)
