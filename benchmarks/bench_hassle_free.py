@@ -76,7 +76,15 @@ def main() -> None:
         (svd_up, svd_down), svd_s = timed(lambda: svd_low_rank(residual, cholesky, args.rank), device, repeats=1)
         product, svd_product = up @ down, svd_up @ svd_down
         difference = float((product - svd_product).abs().max() / svd_product.abs().max())
-        line = f"{name:<28} low-rank step: SVD {svd_s * 1e3:8.1f} ms, Gram eigenvectors {gram_s * 1e3:7.1f} ms -> {svd_s / gram_s:5.1f}x; max |BA difference| / max |BA| {difference:.1e}"
+        damped = cholesky.double() @ cholesky.double().T
+
+        def objective(low_rank):  # what the step minimises: tr((M - L) H (M - L)^T), in float64
+            error = residual.double() - low_rank.double()
+            return float(torch.sum((error @ damped) * error))
+
+        excess = objective(product) / objective(svd_product) - 1
+        line = (f"{name:<28} low-rank step: SVD {svd_s * 1e3:8.1f} ms, Gram eigenvectors {gram_s * 1e3:7.1f} ms -> {svd_s / gram_s:5.1f}x; "
+                f"max |BA difference| / max |BA| {difference:.1e}; objective, Gram form / SVD form - 1: {excess:+.1e}")
         if not args.no_prune:
             stats = LayerStats(inputs.shape[0], sums={HESSIAN: hessian})
             weight = torch.randn(rows, cols, generator=g, device=device)
