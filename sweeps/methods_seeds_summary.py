@@ -13,7 +13,9 @@ import csv
 import sys
 from pathlib import Path
 
-ALPHA = 0.05
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from analysis.replicates import DEFAULT_ALPHA  # noqa: E402  (the threshold sparsebench-tables marks with)
 
 
 def cell(row: dict, column: str) -> str:
@@ -26,7 +28,7 @@ def cell(row: dict, column: str) -> str:
         text += f" ± {float(row[f'{column} std']):,.1f} ({n})"
     p = row.get(f"{column} p vs baseline")
     if p:
-        text += " *" if float(p) < ALPHA else " ~"
+        text += " *" if float(p) < DEFAULT_ALPHA else " ~"
     return text
 
 

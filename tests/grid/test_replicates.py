@@ -127,3 +127,20 @@ def test_a_metrics_readings_are_rows_of_their_own():
     table = tables.build_tables(docs)["tiny"]
     assert table.spreads[("swiftprune (contribution) + uniform", ("70%", "wikitext2"))].mean == pytest.approx(610.0)
     assert table.spreads[("swiftprune (obs_rank1) + uniform", ("70%", "wikitext2"))].mean == pytest.approx(26500.0)
+
+
+def test_the_side_by_side_summary_keeps_each_models_cells_and_marks(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("summary", Path(__file__).resolve().parents[2] / "sweeps" / "methods_seeds_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    header = "model,method,70% wikitext2,70% wikitext2 std,70% wikitext2 n,70% wikitext2 p vs baseline,mean\n"
+    (tmp_path / "a.csv").write_text(header + "A,dense,10,,1,,10\nA,owl + x,600,10,3,0.001,600\n")
+    (tmp_path / "b.csv").write_text(header + "B,owl + x,900,50,3,0.2,900\n")
+    summary.main([str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| method | A 70% wikitext2 | B 70% wikitext2 |"
+    assert lines[2] == "| dense | 10.0 |  |"
+    assert lines[3] == "| owl + x | 600.0 ± 10.0 (3) * | 900.0 ± 50.0 (3) ~ |"
