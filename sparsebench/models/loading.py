@@ -120,10 +120,25 @@ def _converted_gguf(source: ModelSource, cache_dir: Path) -> ModelSource:
         (partial / "config.json").write_text(json.dumps(config, indent=2))
         tokenizer.save_pretrained(partial)
         save_model(model, str(partial / "model.safetensors"))
-        os.replace(partial, folder)
+        _publish_converted(partial, folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return ModelSource(str(folder), None, is_local=True)
+
+
+def _publish_converted(partial: Path, folder: Path) -> None:
+    """Move a finished conversion into place; a copy another process published first is kept.
+
+    Cases of a grid that start together on a fresh cache each convert the model; the first to finish
+    publishes it and the others, whose rename finds the folder taken, use that copy (same file, same
+    transformers) instead of failing their case.
+    """
+    try:
+        os.replace(partial, folder)
+    except OSError:
+        if not (folder / "model.safetensors").exists():
+            raise
+        log.info("%s was converted meanwhile by another process; using that copy", folder)
 
 
 def load_config(path: str, cache_dir: Path, revision: str | None = None, trust_remote_code: bool = False):
