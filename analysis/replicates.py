@@ -80,10 +80,19 @@ def _drop(config: dict, dotted: str) -> None:
         node.pop(last, None)
 
 
-def replicate_signature(config: dict, replicate_keys: tuple[str, ...]) -> str:
-    """What defines a case apart from its replicate keys: equal for replicates of one cell."""
+def replicate_signature(config: dict, replicate_keys: tuple[str, ...], data_content: dict | None = None) -> str:
+    """What defines a case apart from its replicate keys: equal for replicates of one cell.
+
+    With ``data_content`` (a document's ``notes.data_content``: corpus -> split -> ``sha256:HEX``), each
+    local ``data.<corpus>`` is compared by the content of the files the case read, not by its path: the
+    same files in another folder are the same data, and other files at the same path are not.
+    """
     defining = defining_config(config, device_type="")
     stripped = copy.deepcopy(defining)
+    data = stripped.get("data") or {}
+    for corpus, files in (data_content or {}).items():
+        if data.get(corpus) is not None:
+            data[corpus] = files
     for key in replicate_keys:
         _drop(stripped, key)
     return json.dumps(stripped, sort_keys=True, default=str)

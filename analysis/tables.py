@@ -235,7 +235,10 @@ def _spreads(model: str, cells: dict, replicate_keys: tuple[str, ...]) -> dict:
     spreads = {}
     for (method, column), entries in cells.items():
         ids = ", ".join(document["case_id"] for document, _ in entries)
-        if len({replicate_signature(document["config"], replicate_keys) for document, _ in entries}) > 1:
+        contents = [(document.get("notes") or {}).get("data_content") for document, _ in entries]
+        by_content = all(contents)  # data by content only when every document of the cell recorded it
+        signatures = {replicate_signature(document["config"], replicate_keys, content if by_content else None) for (document, _), content in zip(entries, contents)}
+        if len(signatures) > 1:
             raise AnalysisError(
                 f"two ok documents for {model} / {method} / {column[0]} / {column[1]} differ in more than the replicate keys "
                 f"({', '.join(replicate_keys)}): {ids}; filter them apart (--experiment), keep one results folder per grid, "

@@ -8,6 +8,7 @@ before renaming it into place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -52,3 +53,12 @@ def atomic_write(path: Path, text: str, partial_prefix: str | None = None) -> No
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256 (hex), read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -74,7 +74,13 @@ def _training_source(spec: CaseSpec, corpus, split: str, stage: str, notes: dict
     if source.path is not None and source.path in eval_paths:
         log.warning("%s reads %s, which is also evaluated: the perplexity is not held out", stage, source.path)
         notes[f"{stage}_overlaps_evaluation"] = True
+    _record_content(notes, source)
     return source
+
+
+def _record_content(notes: dict, source) -> None:
+    """``notes.data_content.<corpus>.<split>``: what the case read, by content (see ``TextSource.content``)."""
+    notes.setdefault("data_content", {}).setdefault(source.corpus.name, {})[source.split] = source.content()
 
 
 def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
@@ -221,6 +227,7 @@ def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, n
         segments = segment(tokens, seqlen, min(limits) if limits else None, notes.get("bos_token_id"))
         result = perplexity(loaded.model, loaded.adapter, segments, spec.device, spec.offload, spec.perplexity.batch_size, spec.progress, desc=f"ppl {corpus.name}")
         results[corpus.name] = {**result.as_dict(), "source": source.describe()}
+        _record_content(notes, source)
         timings[f"eval_ppl_{stage + '_' if stage else ''}{corpus.name}_s"] = time.perf_counter() - started
         log.info("%s perplexity on %s%s: %.3f (%d segments of %d tokens)", spec.model_name, corpus.name, f" ({stage})" if stage else "", result.ppl, result.segments, seqlen)
     return results

