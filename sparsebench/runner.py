@@ -19,7 +19,7 @@ from sparsebench import environment, export, lowrank, sparsity, tracking
 from sparsebench.allocators import Allocation
 from sparsebench.claims import Busy, Claim, claim_case
 from sparsebench.config import CaseSpec
-from sparsebench.data.corpora import CORPORA, resolve_source
+from sparsebench.data.corpora import CORPORA, TextSource, resolve_source
 from sparsebench.data.hub import hub_unreachable
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
 from sparsebench.disk_cache import cached
@@ -78,7 +78,7 @@ def _training_source(spec: CaseSpec, corpus, split: str, stage: str, notes: dict
     return source
 
 
-def _record_content(notes: dict, source) -> None:
+def _record_content(notes: dict, source: TextSource) -> None:
     """``notes.data_content.<corpus>.<split>``: what the case read, by content (see ``TextSource.content``)."""
     notes.setdefault("data_content", {}).setdefault(source.corpus.name, {})[source.split] = source.content()
 

@@ -1,6 +1,6 @@
 """One Markdown table of the methods on both models, from the tables.csv files `sparsebench-tables` wrote.
 
-    python sweeps/methods_seeds_summary.py docs/methods_seeds/smollm2_h200/tables.csv docs/methods_seeds/gemma3_cpu/tables.csv
+    python sweeps/methods_seeds_summary.py docs/methods_seeds/smollm2_h200/tables.csv docs/methods_seeds/gemma3_h200/tables.csv
 
 Columns: each file's model × each sparsity, in the order given; cells mean ± std (n) as in the
 per-model tables, `*` / `~` for beyond / within noise against that file's baseline (its p values).
