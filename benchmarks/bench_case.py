@@ -8,8 +8,8 @@ The GPU mode builds a model with LLaMA-2-7B's shapes and random fp16 weights (ho
 never for quality), calibrates on 128 x 2048 random tokens, and prints for Wanda and SparseGPT:
 capture, statistics forward, solve, pruned forward, perplexity time, and peak GPU memory, next to
 the floor of one plain forward pass over the calibration tokens. It also times the reference
-SparseGPT algorithm (a column-by-column transcription of IST-DASLab/sparsegpt, tests/
-reference_impls.py) on the seven layers of one block against ours on the same inputs, and
+SparseGPT algorithm (a column-by-column transcription of IST-DASLab/sparsegpt,
+sparsebench/testing/reference_impls.py) on the seven layers of one block against ours on the same inputs, and
 compares their masks.
 """
 
@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def _gib(value):
@@ -33,13 +30,13 @@ def _gib(value):
 
 
 def cpu_case(args) -> None:
-    from conftest import SHARED_DATA, compose_config
+    from sparsebench.testing.config import compose_config, local_data_dir
     from sparsebench.config import validate
     from sparsebench.runner import run_case
 
     for metric in args.metrics:
         overrides = [
-            "model=smollm2-135m-q4", f"metric={metric}", f"data.wikitext2={SHARED_DATA / 'wikitext2-tok'}",
+            "model=smollm2-135m-q4", f"metric={metric}", f"data.wikitext2={local_data_dir() / 'wikitext2-tok'}",
             "calibration.dataset=wikitext2", "calibration.split=validation", f"calibration.nsamples={args.nsamples}",
             f"calibration.seqlen={args.seqlen}", "eval.ppl.seqlen=512", "eval.ppl.max_segments=16", "device=cpu",
             "progress=false", "rerun=true", f"results_dir={args.results_dir}",
@@ -80,7 +77,7 @@ def _timed(fn):
 @torch.inference_mode()
 def reference_comparison(model, adapter, ids) -> None:
     """Reference SparseGPT vs ours on the seven linears of block 0 (same Hessians, float32)."""
-    from reference_impls import sparsegpt_column_by_column
+    from sparsebench.testing.reference_impls import sparsegpt_column_by_column
     from sparsebench.blockwalk import capture_block_inputs, run_block_for_hooks
     from sparsebench.masks import SparsityTarget
     from sparsebench.metrics import METRICS

@@ -18,19 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from sparsebench.finetune.lora import adapter_parameters, attach_lora, base_linear, merge_keeping_mask, target_names  # noqa: E402
-from sparsebench.finetune.loop import TrainSettings, resolve_autocast, train  # noqa: E402
-from sparsebench.models.adapters import adapter_for  # noqa: E402
+from sparsebench.finetune.lora import adapter_parameters, attach_lora, base_linear, merge_keeping_mask, target_names
+from sparsebench.finetune.loop import TrainSettings, resolve_autocast, train
+from sparsebench.models.adapters import adapter_for
 
 
 def build_model(shape: str, layers: int, dtype: torch.dtype, device: str):
@@ -42,7 +37,7 @@ def build_model(shape: str, layers: int, dtype: torch.dtype, device: str):
             num_key_value_heads=32, max_position_embeddings=4096,
         )
     else:
-        from tiny_models import TINY_CONFIGS
+        from sparsebench.testing.tiny_models import TINY_CONFIGS
 
         config = TINY_CONFIGS["llama"]()
     previous = torch.get_default_dtype()

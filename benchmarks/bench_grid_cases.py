@@ -20,14 +20,10 @@ import argparse
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def build_model_folder(folder: Path, tokenizer_dir: Path, layers: int) -> None:

@@ -13,18 +13,14 @@ Weights and inputs are random (times only; a random layer is far from low-rank).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sparsebench.masks import SparsityTarget  # noqa: E402
-from sparsebench.metrics import METRICS  # noqa: E402
-from sparsebench.metrics.hassle_free import best_low_rank  # noqa: E402
-from sparsebench.stats import HESSIAN, LayerStats  # noqa: E402
+from sparsebench.masks import SparsityTarget
+from sparsebench.metrics import METRICS
+from sparsebench.metrics.hassle_free import best_low_rank
+from sparsebench.stats import HESSIAN, LayerStats
 
 SHAPES = {
     "SmolLM2 q/o 576x576": (576, 576),

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_METHODS = ["wanda:uniform", "sparsegpt:uniform", "multiflow:uniform", "wanda:dsnot", "sparsegpt:dsnot", "wanda:alpha", "wanda:trim:layerwise=alpha"]
 

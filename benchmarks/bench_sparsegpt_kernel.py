@@ -19,7 +19,7 @@ of the solve: in-block column updates ``rows * B * (B - 1)`` per block of B colu
 trailing GEMMs ``2 * rows * B * (later columns)``, divided by the fp32 peak without tensor cores
 (``--peak-tflops``, 67 by the H200 datasheet) and by an fp32 GEMM rate measured here (8192^3,
 TF32 off: the arithmetic the solve uses). ``--reference`` (on by default) times the reference
-column loop (tests/reference_impls.py, a transcription of IST-DASLab/sparsegpt ``fasterprune``)
+column loop (sparsebench/testing/reference_impls.py, a transcription of IST-DASLab/sparsegpt ``fasterprune``)
 on q_proj and compares masks. The last line is one JSON object.
 """
 
@@ -29,19 +29,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from reference_impls import sparsegpt_column_by_column  # noqa: E402
-from sparsebench.masks import NMPattern, SparsityTarget  # noqa: E402
-from sparsebench.metrics import METRICS  # noqa: E402
-from sparsebench.metrics import sparsegpt as module  # noqa: E402
-from sparsebench.stats import HESSIAN, LayerStats  # noqa: E402
+from sparsebench.testing.reference_impls import sparsegpt_column_by_column
+from sparsebench.masks import NMPattern, SparsityTarget
+from sparsebench.metrics import METRICS
+from sparsebench.metrics import sparsegpt as module
+from sparsebench.stats import HESSIAN, LayerStats
 
 # (name, rows, input group): LLaMA-2-7B's linears of one block; linears of one group share the input
 LAYERS = [("q", 4096, "attn"), ("k", 4096, "attn"), ("v", 4096, "attn"), ("o", 4096, "o"),

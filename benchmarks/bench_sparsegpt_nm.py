@@ -6,7 +6,7 @@
 For each weight shape (rows x input features; LLaMA-2-7B's by default) it builds a random weight
 and a Hessian from random correlated inputs, then times the solve of ``sparsegpt_solve`` and of
 the reference's column-by-column loop (a transcription of IST-DASLab/sparsegpt ``fasterprune``,
-tests/reference_impls.py) and counts the weights whose pruned/kept state differs (float32
+sparsebench/testing/reference_impls.py) and counts the weights whose pruned/kept state differs (float32
 rounding can flip a near-tie). On a GPU it also times our solve without CUDA graphs. ``--extra PATH`` also times another copy of the module (e.g. an
 older sparsegpt.py) to measure a change. The last line is one JSON object.
 """
@@ -16,19 +16,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from reference_impls import sparsegpt_column_by_column  # noqa: E402
-from sparsebench.masks import NMPattern, SparsityTarget  # noqa: E402
-from sparsebench.metrics.sparsegpt import inverse_hessian_factor, sparsegpt_solve  # noqa: E402
+from sparsebench.testing.reference_impls import sparsegpt_column_by_column
+from sparsebench.masks import NMPattern, SparsityTarget
+from sparsebench.metrics.sparsegpt import inverse_hessian_factor, sparsegpt_solve
 
 
 def _sync(device: str) -> None:

@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sparsebench.metrics.sparsegpt import solve_fixed_mask_group  # noqa: E402
+from sparsebench.metrics.sparsegpt import solve_fixed_mask_group
 
 
 def blocked(weights, factor, mask, sub=16):

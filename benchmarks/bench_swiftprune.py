@@ -14,17 +14,14 @@ and check that the EWMA mask equals the sorted one.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_case import _restore, _seven_b_model  # noqa: E402  (benchmarks/ is on the path as the script's folder)
+from bench_case import _restore, _seven_b_model  # noqa: E402  (python puts the script's folder, benchmarks/, on the path)
 
 
 def _sync(device: str) -> None:
@@ -74,7 +71,7 @@ def selection_table(weights: dict[str, torch.Tensor], ratio: float, device: str,
 
 
 def cpu_case(args) -> None:
-    from conftest import SHARED_DATA, compose_config
+    from sparsebench.testing.config import compose_config, local_data_dir
     from safetensors.torch import load_file
     from sparsebench.config import validate
     from sparsebench.runner import run_case
@@ -84,7 +81,7 @@ def cpu_case(args) -> None:
     for sparsity in args.sparsities:
         for metric in args.metrics:
             overrides = [
-                "model=smollm2-135m-q4", f"metric={metric}", f"data.wikitext2={SHARED_DATA / 'wikitext2-tok'}",
+                "model=smollm2-135m-q4", f"metric={metric}", f"data.wikitext2={local_data_dir() / 'wikitext2-tok'}",
                 "calibration.dataset=wikitext2", "calibration.split=validation", f"calibration.nsamples={args.nsamples}",
                 f"calibration.seqlen={args.seqlen}", "eval.ppl.seqlen=512", "eval.ppl.max_segments=16", "device=cpu",
                 "progress=false", "rerun=true", f"results_dir={args.results_dir}", sparsity,

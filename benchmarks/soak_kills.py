@@ -34,25 +34,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+from sparsebench.testing.config import local_data_dir
 
-WIKITEXT = ROOT.parent / "shared" / "data" / "wikitext2-tok" / "test.txt"
+ROOT = Path(__file__).resolve().parent.parent
+
+WIKITEXT = local_data_dir() / "wikitext2-tok" / "test.txt"
 METRICS = ("magnitude", "wanda", "sparsegpt", "ria")
 RATIOS = ("0.3", "0.4", "0.5", "0.6", "0.7", "0.8")
 
 
 def build_model(folder: Path) -> tuple[Path, Path]:
     """A saved tiny random LLaMA with a tokenizer trained offline, and a WikiText-2 slice."""
-    from grid.conftest import build_tokenizer
-    from tiny_models import VOCAB, tiny_model
+    from sparsebench.testing.tiny_models import VOCAB, tiny_model, whitespace_bpe_tokenizer
 
     corpus = folder / "wikitext2-slice.txt"
     corpus.write_text("".join(WIKITEXT.read_text().splitlines(keepends=True)[:400]))
     model = folder / "tiny-llama"
     tiny_model("llama").save_pretrained(model)
-    build_tokenizer(corpus, VOCAB).save_pretrained(model)
+    whitespace_bpe_tokenizer(corpus, VOCAB).save_pretrained(model)
     return model, corpus
 
 
@@ -179,7 +178,7 @@ def soak(launcher: str, workdir: Path, cases: int, kills: int, rng: random.Rando
 
 
 def _final_checks(results: Path, wandb_dir: Path | None, recorded: dict, problems: list[str]) -> dict:
-    from analysis.tables import build_tables
+    from sparsebench.analysis.tables import build_tables
     from sparsebench.results import document_problem, read_document
     from sparsebench.tracking import validate_tracker
     from sparsebench.tracking.wandb_mirror import run_id

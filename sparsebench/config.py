@@ -173,6 +173,11 @@ class ExportConfig:
 
 
 @dataclass
+class PathsConfig:
+    data_dir: str = "../shared/data"  # conf/paths/default.yaml: SPARSEBENCH_DATA, else this
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
@@ -184,6 +189,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)  # where local files live (conf/paths/)
     device: str = "auto"
     offload: bool = False
     results_dir: str = "results"

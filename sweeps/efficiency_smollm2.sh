@@ -12,5 +12,5 @@ sparsebench -m +experiment=efficiency_smollm2 results_dir=$out metric=none,wanda
 sparsebench -m +experiment=efficiency_smollm2 results_dir=$out metric=wanda,sparsegpt sparsity=2of4 "$@"
 sparsebench -m +experiment=efficiency_smollm2 results_dir=$out experiment_name=efficiency_smollm2_hf export=hf export.dtype=float16 eval.efficiency.enabled=false eval.ppl.datasets=[] metric=none,wanda sparsity.ratio=0.5 "$@"
 sparsebench -m +experiment=efficiency_smollm2 results_dir=$out experiment_name=efficiency_smollm2_hf export=hf export.dtype=float16 eval.efficiency.enabled=false eval.ppl.datasets=[] metric=wanda,sparsegpt sparsity=2of4 "$@"
-sparsebench-tables --results $out --experiment efficiency_smollm2 --out docs/efficiency_smollm2 --also efficiency
-sparsebench-tables --results $out --experiment efficiency_smollm2_hf --out docs/efficiency_smollm2/hf --also efficiency
+sparsebench-tables --results $out --experiment efficiency_smollm2 --out docs/data/efficiency_smollm2 --also efficiency
+sparsebench-tables --results $out --experiment efficiency_smollm2_hf --out docs/data/efficiency_smollm2/hf --also efficiency

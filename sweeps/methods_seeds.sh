@@ -18,5 +18,5 @@ sparsebench -m $grid calibration.seed=$seeds metric=swiftprune metric.score=cont
 sparsebench -m $grid calibration.seed=$seeds metric=swiftprune metric.score=contribution,obs_rank1 sparsity=2of4 "$@"
 sparsebench -m $grid calibration.seed=$seeds metric=wanda allocator=owl,neuroal,trim,alpha,dsnot sparsity.ratio=0.7 "$@"
 sparsebench -m $grid calibration.seed=$seeds metric=wanda allocator=trim allocator.layerwise=alpha sparsity.ratio=0.7 "$@"
-sparsebench-tables --results $out --experiment methods_seeds --baseline "wanda + uniform" --out docs/methods_seeds --also prune_time
-python sweeps/methods_seeds_summary.py docs/methods_seeds/tables.csv   # the README table: both models side by side
+sparsebench-tables --results $out --experiment methods_seeds --baseline "wanda + uniform" --out docs/data/methods_seeds --also prune_time
+python sweeps/methods_seeds_summary.py docs/data/methods_seeds/tables.csv   # the README table: both models side by side

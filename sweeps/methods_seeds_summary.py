@@ -1,6 +1,6 @@
 """One Markdown table of the methods on both models, from the tables.csv files `sparsebench-tables` wrote.
 
-    python sweeps/methods_seeds_summary.py docs/methods_seeds/smollm2_h200/tables.csv docs/methods_seeds/gemma3_h200/tables.csv
+    python sweeps/methods_seeds_summary.py docs/data/methods_seeds/smollm2_h200/tables.csv docs/data/methods_seeds/gemma3_h200/tables.csv
 
 Columns: each file's model × each sparsity, in the order given; cells mean ± std (n) as in the
 per-model tables, `*` / `~` for beyond / within noise against that file's baseline (its p values).
@@ -13,9 +13,7 @@ import csv
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from analysis.replicates import DEFAULT_ALPHA  # noqa: E402  (the threshold sparsebench-tables marks with)
+from sparsebench.analysis.replicates import DEFAULT_ALPHA  # the threshold sparsebench-tables marks with
 
 
 def cell(row: dict, column: str) -> str:

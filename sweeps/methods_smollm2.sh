@@ -7,4 +7,4 @@ sparsebench -m +experiment=methods_smollm2 results_dir=$out metric=none,magnitud
 sparsebench -m +experiment=methods_smollm2 results_dir=$out metric=magnitude,wanda,sparsegpt,ria,swiftprune,hassle_free,multiflow sparsity=2of4 "$@"
 sparsebench -m +experiment=methods_smollm2 results_dir=$out metric=wanda allocator=owl,neuroal,trim,alpha,dsnot sparsity.ratio=0.7 "$@"
 sparsebench -m +experiment=methods_smollm2 results_dir=$out metric=wanda allocator=trim allocator.layerwise=alpha sparsity.ratio=0.7 "$@"
-sparsebench-tables --results $out --experiment methods_smollm2 --out docs/methods_smollm2 --also prune_time
+sparsebench-tables --results $out --experiment methods_smollm2 --out docs/data/methods_smollm2 --also prune_time

@@ -3,24 +3,21 @@
 Called by tests/test_sparsegpt_triton.py in a subprocess, because TRITON_INTERPRET must be set
 before the kernel is defined (and another test may already have compiled it for a GPU). For each
 case: the kernel's solve (``_triton_solve``) against the torch path (``sparsegpt_solve`` on CPU)
-and against the float64 column-by-column transcription of the reference (reference_impls.py).
+and against the float64 column-by-column transcription of the reference (sparsebench/testing/reference_impls.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from reference_impls import sparsegpt_column_by_column  # noqa: E402
 
 from sparsebench.masks import NMPattern, SparsityTarget, prune_count  # noqa: E402
 from sparsebench.metrics import sparsegpt as module  # noqa: E402
+from sparsebench.testing.reference_impls import sparsegpt_column_by_column  # noqa: E402
 
 # (name, rows, cols, blocksize, ratio, n, m): odd row counts, column counts not a multiple of the
 # block (a last block of 8 or 16 columns), blocks of 8 to 32 columns (many blocks, several GEMMs)

@@ -13,7 +13,7 @@ from sparsebench.models.adapters import adapter_for
 from sparsebench.prune import dense_block_summaries, prunable_layers
 from sparsebench.runner import run_case
 from sparsebench.stats import INPUT_SQ_NORMS
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 
 
 @settings(max_examples=80, deadline=None)

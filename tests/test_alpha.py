@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from analysis.tables import method_of
+from sparsebench.analysis.tables import method_of
 from conftest import compose_config, tiny_case_overrides
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 from sparsebench.allocators.alpha import alpha_allocation, alpha_ratios, esd_eigenvalues, layer_alphas, power_law_alpha
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError

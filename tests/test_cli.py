@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import WIKITEXT_TEST, tiny_case_overrides
+from conftest import PTB_TEST, WIKITEXT_TEST, tiny_case_overrides
 from sparsebench.results import REQUIRED_KEYS, is_done, read_document, write_document
 
 
@@ -19,7 +19,7 @@ def _sha256(path) -> str:
 
 
 def test_single_case_writes_a_complete_document_and_skips_when_done(tiny_model_dirs, tmp_path, cache_dir):
-    ptb = Path(__file__).resolve().parents[2] / "shared/data/ptb/test.txt"
+    ptb = PTB_TEST
     args = tiny_case_overrides(tiny_model_dirs["opt"], tmp_path / "results", cache_dir, "sparsegpt", ["sparsity=2of4", "eval.ppl.datasets=[wikitext2,ptb]", f"data.ptb={ptb}"])
     done = _run(args, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

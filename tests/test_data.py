@@ -9,7 +9,7 @@ from conftest import PTB_TEST, WIKITEXT_TEST
 from sparsebench.data.corpora import CORPORA, read_rows, resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens
 from sparsebench.errors import DataError
-from tiny_models import train_tiny_tokenizer
+from sparsebench.testing.tiny_models import train_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import compose_config, tiny_case_overrides
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
-from tiny_models import block_linear_inputs, tiny_model
+from sparsebench.testing.tiny_models import block_linear_inputs, tiny_model
 from sparsebench.allocators.dsnot import _refine_from_saliency, dsnot_mask, refine_mask, sign_reorder
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError

@@ -16,7 +16,7 @@ from sparsebench.export import load_export
 from sparsebench.models.adapters import adapter_for
 from sparsebench.results import case_id
 from sparsebench.runner import run_case
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 
 TINY_EFFICIENCY = [
     "eval.efficiency.enabled=true", "eval.efficiency.prefill_seqlen=32", "eval.efficiency.decode_batches=[1,2]", "eval.efficiency.warmup=0",

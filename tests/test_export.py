@@ -13,7 +13,7 @@ from sparsebench.export import BITMASK, BITMASK_24, ExportSpec, export_model, lo
 from sparsebench.lowrank import Decomposition, SparsePlusLowRankLinear, install_decomposition
 from sparsebench.masks import NMPattern, SparsityTarget, select_mask
 from sparsebench.models.adapters import adapter_for
-from tiny_models import TINY_CONFIGS, tiny_model
+from sparsebench.testing.tiny_models import TINY_CONFIGS, tiny_model
 
 TWO_FOUR = NMPattern(2, 4)
 

@@ -12,7 +12,7 @@ from sparsebench.evaluate.perplexity import mean_nll, perplexity
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
 from sparsebench.runner import run_case
-from tiny_models import TINY_CONFIGS, tiny_model
+from sparsebench.testing.tiny_models import TINY_CONFIGS, tiny_model
 
 FAMILIES = sorted(TINY_CONFIGS)
 FAMILY_METRICS = ["magnitude", "wanda", "sparsegpt", "ria"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import compose_config, tiny_case_overrides
-from tiny_models import TINY_CONFIGS, VOCAB, tiny_model
+from sparsebench.testing.tiny_models import TINY_CONFIGS, VOCAB, tiny_model
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.finetune.lora import adapter_parameters, attach_lora, base_linear, merge_keeping_mask, target_names

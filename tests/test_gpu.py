@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference_impls import sparsegpt_column_by_column
+from sparsebench.testing.reference_impls import sparsegpt_column_by_column
 from sparsebench.allocators import ALLOCATORS
 from sparsebench.evaluate.perplexity import perplexity
 from sparsebench.masks import SparsityTarget
@@ -11,7 +11,7 @@ from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
 from sparsebench.prune import prunable_layers, prune_model
 from sparsebench.stats import HESSIAN, LayerStats
-from tiny_models import TINY_CONFIGS, tiny_model
+from sparsebench.testing.tiny_models import TINY_CONFIGS, tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from reference_impls import sparsegpt_column_by_column
+from sparsebench.testing.reference_impls import sparsegpt_column_by_column
 from sparsebench.errors import ConfigError
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import METRICS

@@ -15,7 +15,7 @@ from sparsebench.models.adapters import adapter_for
 from sparsebench.prune import prunable_layers, prune_model
 from sparsebench.results import case_id, defining_config
 from sparsebench.runner import run_case
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 
 
 def test_module_computes_sparse_plus_low_rank_and_is_still_a_linear():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reference_impls import ria_mask, sparsegpt_column_by_column, wanda_mask, wanda_nm_mask
+from sparsebench.testing.reference_impls import ria_mask, sparsegpt_column_by_column, wanda_mask, wanda_nm_mask
 from sparsebench.masks import NMPattern, SparsityTarget
 from sparsebench.metrics import METRICS
 from sparsebench.stats import HESSIAN, INPUT_SQ_NORMS, StatsAccumulator

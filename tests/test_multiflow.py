@@ -6,7 +6,7 @@ import torch
 
 from test_dsnot import RefWrappedGPT
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
-from tiny_models import block_linear_inputs, tiny_model
+from sparsebench.testing.tiny_models import block_linear_inputs, tiny_model
 from sparsebench.masks import NMPattern, SparsityTarget, select_n_m
 from sparsebench.metrics import METRICS
 from sparsebench.metrics.multiflow import multiflow, multiflow_scores

@@ -29,7 +29,7 @@ from sparsebench.models.adapters import adapter_for
 from sparsebench.prune import prunable_layers
 from sparsebench.runner import run_case
 from sparsebench.trials import BlockTrials, InputNorms
-from tiny_models import TINY_CONFIGS
+from sparsebench.testing.tiny_models import TINY_CONFIGS
 
 # ---------------------------------------------------------------- the reference, transcribed
 

@@ -12,7 +12,7 @@ from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
 from sparsebench.models.loading import resolve_dtype
 from sparsebench.prune import prunable_layers, prune_model
-from tiny_models import VOCAB, tiny_model
+from sparsebench.testing.tiny_models import VOCAB, tiny_model
 
 
 def _overflowing_llama():

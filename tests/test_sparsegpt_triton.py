@@ -134,7 +134,7 @@ def test_sparsegpt_with_the_float64_factor_matches_the_float64_reference():
 
     from sparsebench.masks import SparsityTarget
     from sparsebench.stats import HESSIAN, LayerStats
-    from tests.reference_impls import sparsegpt_column_by_column
+    from sparsebench.testing.reference_impls import sparsegpt_column_by_column
 
     g = torch.Generator().manual_seed(6)
     inputs = torch.randn(512, 96, generator=g, dtype=torch.float64)

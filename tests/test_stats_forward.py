@@ -7,7 +7,7 @@ from sparsebench.blockwalk import capture_block_inputs
 from sparsebench.models.adapters import adapter_for
 from sparsebench.prune import collect_block_stats
 from sparsebench.stats import HESSIAN, INPUT_SUMS, LAST_TOKEN_INPUTS, SEQUENCE_VARIANCES, add_symmetric_gram, symmetric_gram_tiles
-from tiny_models import TINY_CONFIGS, tiny_model
+from sparsebench.testing.tiny_models import TINY_CONFIGS, tiny_model
 
 ALL_STATISTICS = frozenset({HESSIAN, INPUT_SUMS, LAST_TOKEN_INPUTS, SEQUENCE_VARIANCES})
 

@@ -60,7 +60,7 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_lm(wikitext_lines):
-    from tiny_models import tiny_model, train_tiny_tokenizer
+    from sparsebench.testing.tiny_models import tiny_model, train_tiny_tokenizer
 
     return tiny_model("llama"), train_tiny_tokenizer(wikitext_lines)
 

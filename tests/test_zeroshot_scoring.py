@@ -27,7 +27,7 @@ def requests_and_models(tmp_path_factory, wikitext_lines):
     continuations of one context (lm-eval's grouping gives them one forward), a tiny model, a
     tokenizer and HFLM's own results at batch size 1."""
     from lm_eval.models.huggingface import HFLM
-    from tiny_models import tiny_model, train_tiny_tokenizer
+    from sparsebench.testing.tiny_models import tiny_model, train_tiny_tokenizer
 
     from sparsebench.evaluate.zeroshot import load_tasks, validate_zeroshot
 

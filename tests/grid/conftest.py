@@ -10,40 +10,30 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-WIKITEXT_TEST = REPO.parent / "shared" / "data" / "wikitext2-tok" / "test.txt"
+from sparsebench.testing.config import REPO, local_data_dir, missing_data_reason
+from sparsebench.testing.config import compose_config as compose  # noqa: F401  (the grid tests' name for it)
+
+WIKITEXT_TEST = local_data_dir() / "wikitext2-tok" / "test.txt"
 CORPUS_LINES = 400
 
 
 @pytest.fixture(scope="session")
 def corpus_file(tmp_path_factory) -> Path:
     if not WIKITEXT_TEST.exists():
-        pytest.skip(f"needs the local WikiText-2 copy at {WIKITEXT_TEST}")
+        pytest.skip(missing_data_reason(WIKITEXT_TEST))
     lines = WIKITEXT_TEST.read_text().splitlines(keepends=True)[:CORPUS_LINES]
     path = tmp_path_factory.mktemp("data") / "wikitext2-slice.txt"
     path.write_text("".join(lines))
     return path
 
 
-def build_tokenizer(corpus: Path, vocab_size: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
-    tokenizer.train_from_iterator(corpus.read_text().splitlines()[:50], trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, corpus_file) -> Path:
     """A saved tiny random LLaMA (2 blocks, width 64) and its tokenizer, as a local model folder."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from tiny_models import VOCAB, tiny_model
+    from sparsebench.testing.tiny_models import VOCAB, tiny_model, whitespace_bpe_tokenizer
 
     folder = tmp_path_factory.mktemp("models") / "tiny-llama"
-    tokenizer = build_tokenizer(corpus_file, VOCAB)
+    tokenizer = whitespace_bpe_tokenizer(corpus_file, VOCAB)
     assert len(tokenizer) <= VOCAB
     tiny_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -71,20 +61,6 @@ def case_overrides(model: Path, corpus: Path, results: Path, cache: Path) -> lis
 @pytest.fixture
 def tiny_case(tiny_llama, corpus_file, tmp_path) -> list[str]:
     return case_overrides(tiny_llama, corpus_file, tmp_path / "results", tmp_path / "cache")
-
-
-def compose(overrides: list[str]) -> dict:
-    """The resolved configuration ``sparsebench`` would compose for these overrides."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_module
-    from omegaconf import OmegaConf
-
-    from sparsebench.config import register_schema
-
-    register_schema()
-    with initialize_config_module(config_module="sparsebench.conf", version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def run_cli(args: list[str], cwd: Path, extra_env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:

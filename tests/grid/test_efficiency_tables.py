@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from analysis import tables
-from analysis.tables_cli import main as tables_main
+from sparsebench.analysis import tables
+from sparsebench.analysis.tables_cli import main as tables_main
 from tests.grid.test_tables import KNOWN
 
 
@@ -56,7 +56,7 @@ def test_efficiency_table_has_sizes_throughput_and_speedups_with_per_column_best
 
 
 def test_efficiency_fields_go_to_wandb_and_come_back_as_the_same_table(tmp_path):
-    from analysis.store import wandb_documents
+    from sparsebench.analysis.store import wandb_documents
     from sparsebench.tracking.wandb_mirror import flat_summary
 
     summaries = [flat_summary(doc) for doc in DOCS]

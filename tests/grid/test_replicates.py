@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from analysis import tables
-from analysis.replicates import Spread, student_t_two_sided_p, welch_p_value
-from analysis.tables_cli import main as tables_main
+from sparsebench.analysis import tables
+from sparsebench.analysis.replicates import Spread, student_t_two_sided_p, welch_p_value
+from sparsebench.analysis.tables_cli import main as tables_main
 
 from .test_tables import document
 

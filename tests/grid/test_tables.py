@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from analysis import tables
-from analysis.tables_cli import main as tables_main
+from sparsebench.analysis import tables
+from sparsebench.analysis.tables_cli import main as tables_main
 
 
 def document(metric, allocator, ratio, ppl=None, error=None, experiment="grid"):
@@ -97,7 +97,7 @@ def test_cli_writes_tables_and_figures_from_the_local_store(tmp_path):
 
 
 def test_wandb_runs_become_documents_filtered_by_group_and_tags():
-    from analysis.store import wandb_documents
+    from sparsebench.analysis.store import wandb_documents
 
     class Run:
         name = "tiny_wanda_uniform_s0.5"
@@ -157,7 +157,7 @@ def test_zeroshot_table_takes_acc_in_percent_keeps_the_task_order_and_bolds_the_
 
 
 def test_zeroshot_goes_to_wandb_and_comes_back_as_the_same_table():
-    from analysis.store import wandb_documents
+    from sparsebench.analysis.store import wandb_documents
     from sparsebench.tracking.wandb_mirror import flat_summary
 
     local = _with_zeroshot(KNOWN[1], {"rte": 0.55, "boolq": 0.65})

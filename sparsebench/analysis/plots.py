@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from analysis.tables import DENSE, Table, method_of, model_of
+from sparsebench.analysis.tables import DENSE, Table, method_of, model_of
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from analysis import plots, replicates, store, tables
+from sparsebench.analysis import plots, replicates, store, tables
 
 log = logging.getLogger("sparsebench.tables")
 

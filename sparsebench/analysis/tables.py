@@ -1,7 +1,7 @@
 """Paper-style tables: rows are methods (metric + allocator), columns sparsity x dataset, then a mean.
 
 Cases that differ only in a replicate key (``calibration.seed`` unless told otherwise) share a cell,
-shown as mean ± standard deviation (n) and compared with a baseline (``analysis/replicates.py``).
+shown as mean ± standard deviation (n) and compared with a baseline (``replicates.py``).
 
 One table per model and measure (perplexity; prune time; zero-shot accuracy, the ``acc`` of each
 task as Wanda, OWL, NeuroAL and TRIM report it). The best pruned value
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from analysis.replicates import DEFAULT_ALPHA, DEFAULT_REPLICATE_KEYS, Comparison, Spread, compare, replicate_signature, replicate_values
+from sparsebench.analysis.replicates import DEFAULT_ALPHA, DEFAULT_REPLICATE_KEYS, Comparison, Spread, compare, replicate_signature, replicate_values
 from sparsebench.config import combination_problem, model_name_from_path
 
 DENSE = "dense"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -53,6 +55,19 @@ def train_tiny_tokenizer(text_lines: list[str], bos: bool = False):
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(text_lines, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", **({"bos_token": "<bos>"} if bos else {}))
+
+
+def whitespace_bpe_tokenizer(corpus: Path, vocab_size: int):
+    """A whitespace-split BPE tokenizer with ``<unk>``, ``<s>`` (BOS) and ``</s>`` (EOS), trained
+    offline on the first 50 lines of ``corpus`` (the grid tests' tiny LLaMA reads it)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"])
+    tokenizer.train_from_iterator(corpus.read_text().splitlines()[:50], trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def save_tiny_model(folder, family: str, text_lines: list[str], seed: int = 0):
