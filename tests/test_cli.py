@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import PTB_TEST, WIKITEXT_TEST, tiny_case_overrides
+from conftest import PTB_TEST, WIKITEXT_TEST, compose_config, tiny_case_overrides
+from sparsebench.config import validate
 from sparsebench.results import REQUIRED_KEYS, is_done, read_document, write_document
+from sparsebench.runner import run_case
 
 
 def _run(args, cwd):
@@ -54,9 +56,11 @@ def test_multirun_grid_runs_every_case(tiny_model_dirs, tmp_path, cache_dir):
 
 
 def test_dense_case_ignores_sparsity(tiny_model_dirs, tmp_path, cache_dir):
+    # In-process: the case id is the runner's, the CLI adds nothing to it (the tests above run the CLI).
     args = tiny_case_overrides(tiny_model_dirs["llama"], tmp_path / "results", cache_dir, "none")
-    assert _run(args, tmp_path).returncode == 0
-    assert _run(args + ["sparsity.ratio=0.7"], tmp_path).returncode == 0
+    first = run_case(validate(compose_config(args)))
+    second = run_case(validate(compose_config(args + ["sparsity.ratio=0.7"])))
+    assert first["status"] == "ok" and second["case_id"] == first["case_id"] and second["finished_at"] == first["finished_at"]  # skipped
     (document,) = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
     assert document["sparsity"] == {"target": 0.0, "pattern": "dense"} and "_dense_" in document["case_id"]
 

@@ -192,13 +192,11 @@ def test_tiny_model_case_meets_its_sparsity(sparsity, tiny_model_dirs, tmp_path,
 
 
 @pytest.mark.slow
-def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight():
+def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight(smollm2_loaded):
     # Real Q4-quantised weights: lumpy, with many tied magnitudes, unlike the Gaussian tests above.
-    from sparsebench.models.loading import load_model
     from sparsebench.prune import prunable_layers
 
-    spec = validate(compose_config(["model=smollm2-135m-q4", "device=cpu"]))
-    loaded = load_model(spec.model_path, spec.cache_dir)
+    _, loaded = smollm2_loaded
     blocks = loaded.adapter.get_blocks(loaded.model)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small ops: on a shared 2-core CPU two threads spend longer handing off than computing

@@ -314,23 +314,17 @@ def test_trim_cases_end_to_end(tiny_model_dirs, tmp_path, cache_dir, one_thread)
 
 
 @pytest.mark.slow
-def test_real_smollm2_block_matches_the_reference():
-    """The first block of SmolLM2 (16 x 512 calibration tokens): every linear's TRIM mask equals the transcription's."""
-    from conftest import SHARED_DATA
+def test_real_smollm2_block_matches_the_reference(smollm2_loaded):
+    """The first block of SmolLM2 (the shared real-model calibration): every linear's TRIM mask equals the transcription's."""
     from sparsebench.blockwalk import capture_block_inputs
     from sparsebench.data.tokens import tokenizer_fingerprint
-    from sparsebench.models.loading import load_model
     from sparsebench.prune import collect_block_stats
     from sparsebench.runner import _calibration_ids
     from sparsebench.metrics.wanda import wanda_scores
 
-    overrides = [
-        "model=smollm2-135m-q4", "metric=wanda", "allocator=trim", "sparsity.ratio=0.7", f"data.wikitext2={SHARED_DATA / 'wikitext2-tok'}",
-        "calibration.dataset=wikitext2", "calibration.split=validation", "calibration.nsamples=16", "calibration.seqlen=512", "device=cpu",
-    ]
-    spec = validate(compose_config(overrides))
-    loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
+    spec, loaded = smollm2_loaded
     ids = _calibration_ids(spec, loaded, {}, {"tokenizer": tokenizer_fingerprint(loaded.tokenizer)})
+    samples = spec.calibration.nsamples
     block = loaded.adapter.get_blocks(loaded.model)[0]
     inputs = capture_block_inputs(loaded.model, loaded.adapter, ids, "cpu", 4)
     stats = collect_block_stats(block, loaded.adapter, inputs, frozenset({INPUT_SQ_NORMS, LAST_TOKEN_INPUTS}), 4)
@@ -340,7 +334,7 @@ def test_real_smollm2_block_matches_the_reference():
             W = block.get_submodule(name).weight.data.float()
             scores = wanda_scores(W, stats[group[0]].input_sq_norms)
             X = stats[group[0]].last_token_inputs.T
-            assert X.shape == (W.shape[1], 16)
+            assert X.shape == (W.shape[1], samples)
             ref_mask, _, ref_info = ref_trim_mask(W.clone(), scores, X, 0.7)
             ratios, details = refine_layer(W, scores, stats[group[0]], 0.7)
             assert torch.equal(select_per_row(scores, ratios), ref_mask), name
