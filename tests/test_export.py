@@ -1,4 +1,5 @@
-"""Export of pruned models: hf and compressed-tensors round trips on tiny models of every family."""
+"""Export of pruned models: hf and compact round trips on tiny models of every family, folders that plain
+transformers cannot misread, refused formats, file modes, and the compressed-tensors 0.13 conversion."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from sparsebench.errors import ConfigError
-from sparsebench.export import BITMASK, BITMASK_24, ExportSpec, export_model, load_export, validate_export
+from sparsebench.export import BITMASK, BITMASK_24, MARKER, WEIGHTS_FILE, ExportSpec, export_model, load_export, validate_export
 from sparsebench.lowrank import Decomposition, SparsePlusLowRankLinear, install_decomposition
 from sparsebench.masks import NMPattern, SparsityTarget, select_mask
 from sparsebench.models.adapters import adapter_for
@@ -63,8 +64,11 @@ def test_round_trip_is_bit_identical(tmp_path, family, pattern, fmt):
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert section["dense_weight_bytes"] == dense_parameters * 4
     if fmt == "compressed":
-        stored = json.loads((folder / "config.json").read_text())["quantization_config"]["sparsity_config"]
-        assert stored["format"] == (BITMASK_24 if pattern else BITMASK)
+        config = json.loads((folder / "config.json").read_text())
+        stored = config["sparsebench_export"]
+        assert config["model_type"] == MARKER and stored["model_type"] == model.config.model_type
+        assert stored["format"] == (BITMASK_24 if pattern else BITMASK) and stored["weights"] == WEIGHTS_FILE
+        assert sorted(path.name for path in folder.glob("*.safetensors")) == [WEIGHTS_FILE]
         assert sorted(stored["targets"]) == sorted(names)
         assert section["weight_bytes"] < section["dense_weight_bytes"]  # half the values plus a bitmask (and row offsets)
     else:
@@ -79,7 +83,7 @@ def test_compressed_2of4_stores_half_the_values_and_a_bitmask(tmp_path):
     names = _prune(model, TWO_FOUR)
     section = export_model(model, None, ExportSpec("compressed", "float16", tmp_path), "case", names, TWO_FOUR, _parameters(model))
     assert section["dtype"] == "float16" and section["dense_weight_bytes"] == _parameters(model) * 2
-    with safe_open(str(Path(section["path"]) / "model.safetensors"), "pt") as stored:
+    with safe_open(str(Path(section["path"]) / WEIGHTS_FILE), "pt") as stored:
         q_proj = "model.layers.0.self_attn.q_proj"
         weight = model.get_submodule(q_proj).weight
         assert stored.get_tensor(f"{q_proj}.compressed").shape == (weight.shape[0], weight.shape[1] // 2)
@@ -110,7 +114,7 @@ def test_sparse_plus_low_rank_loads_back_to_the_same_model(tmp_path, fmt):
 
 
 def test_impossible_exports_fail_in_validation(tmp_path):
-    with pytest.raises(ConfigError, match=r"export=compressed: .* not sparsity.pattern=4:8; use export=hf"):
+    with pytest.raises(ConfigError, match=r"export=compressed: the compact layouts store .* not sparsity.pattern=4:8; use export=hf"):
         validate_export({"format": "compressed"}, NMPattern(4, 8), tmp_path)
     with pytest.raises(ConfigError, match=r"export.format='zip': allowed values are none, hf, compressed"):
         validate_export({"format": "zip"}, None, tmp_path)
