@@ -73,7 +73,7 @@ def test_a_compressed_smollm2_export_loads_evaluates_and_fine_tunes_through_the_
     ]
     pruned = run_case(validate(compose_config(["model=smollm2-135m-q4", "metric=wanda", "sparsity=2of4", "export=compressed", f"results_dir={tmp_path / 'results'}", *common])))
     assert pruned["status"] == "ok", pruned.get("error")
-    args = [f"model.path={pruned['export']['path']}", *common, f"results_dir={tmp_path / 'evaluated'}", *EVALUATE_AND_FINETUNE]
+    args = [f"model.path={pruned['export']['path']}", *common, f"results_dir={tmp_path / 'evaluated'}", *EVALUATE_AND_FINETUNE, "finetune.split=validation"]
     evaluated = _cli(args, tmp_path)
     _check_evaluated(pruned, evaluated)
     assert evaluated["model"]["parameters"] == pruned["model"]["parameters"]

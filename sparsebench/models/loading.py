@@ -179,8 +179,9 @@ def load_model(
     adapter = adapter_for(family, getattr(config, "model_type", None))
     torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None), adapter.half_dtype)
     target_device = "cpu" if offload else device
+    from_export = source.is_local and export.needs_load_export(source.location)
     try:
-        if source.is_local and export.needs_load_export(source.location):
+        if from_export:
             model = export.load_export(source.location, torch_dtype).to(target_device)
         else:
             model = AutoModelForCausalLM.from_pretrained(
@@ -190,7 +191,8 @@ def load_model(
                 device_map=target_device,
                 trust_remote_code=trust_remote_code,
             )
-        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+        tokenizer_config = {"config": config} if from_export else {}  # not the marker of the folder's config.json
+        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code, **tokenizer_config)
     except Exception as error:
         raise ModelLoadError(f"model.path={path!r}: could not load the model: {error}") from error
     if Path(source.location).parent == cache_dir / "converted":  # converted from GGUF, perhaps by another transformers
