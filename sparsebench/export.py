@@ -151,17 +151,15 @@ def _write_export(model, tokenizer, spec: ExportSpec, folder: Path, final: Path,
     ranks = low_rank_ranks(model)
     section: dict = {"format": spec.format, "path": str(final), "dtype": str(dtype).removeprefix("torch.")}
     stored = compressed_format(pattern) if spec.format == "compressed" else DENSE
+    ours = stored != DENSE or bool(ranks)  # only load_export reads this folder right: transformers must refuse it
     _write_config(model, dtype, folder)
-    if stored != DENSE:
-        zeros = sum(int((state[f"{name}.weight"] == 0).sum()) for name in pruned_linears)
-        total = sum(state[f"{name}.weight"].numel() for name in pruned_linears)
-        for name in pruned_linears:
-            state.update(sparse_layout.named_tensors(name, sparse_layout.pack(state.pop(f"{name}.weight"), stored)))
-        section["compression"] = {"layout": "compressed-tensors 0.13 tensor names, written by sparsebench.sparse_layout", "sparsity_format": stored, "compressed_linears": len(pruned_linears)}
-    if stored != DENSE or ranks:  # only load_export reads this folder: transformers must refuse it
-        _mark_config(folder, {"format": stored, "targets": list(pruned_linears) if stored != DENSE else [], "weights": WEIGHTS_FILE,
-                              **({"global_sparsity": zeros / max(total, 1)} if stored != DENSE else {})})
-    weights = WEIGHTS_FILE if stored != DENSE or ranks else HF_WEIGHTS_FILE
+    if ours:
+        marker = {"format": stored, "targets": [], "weights": WEIGHTS_FILE}
+        if stored != DENSE:
+            marker.update(targets=list(pruned_linears), global_sparsity=_compress(state, pruned_linears, stored))
+            section["compression"] = {"layout": "compressed-tensors 0.13's, written by sparsebench.sparse_layout", "sparsity_format": stored, "compressed_linears": len(pruned_linears)}
+        _mark_config(folder, marker)
+    weights = WEIGHTS_FILE if ours else HF_WEIGHTS_FILE
     _save_tensors(state, folder / weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
@@ -183,6 +181,16 @@ def _write_export(model, tokenizer, spec: ExportSpec, folder: Path, final: Path,
     )
     log.info("exported %s (%s, %.1f MB of weights, %.3f of dense)", final, spec.format, weight_bytes / 1e6, section["weight_bytes_vs_dense"])
     return section
+
+
+def _compress(state: dict[str, torch.Tensor], linears: list[str], layout: str) -> float:
+    """Replace each linear's ``weight`` in ``state`` by its tensors in ``layout``; returns their share of zeros."""
+    zeros = total = 0
+    for name in linears:
+        weight = state.pop(f"{name}.weight")
+        zeros, total = zeros + int((weight == 0).sum()), total + weight.numel()
+        state.update(sparse_layout.named_tensors(name, sparse_layout.pack(weight, layout)))
+    return zeros / max(total, 1)
 
 
 def _write_config(model: nn.Module, dtype: torch.dtype, folder: Path) -> None:
