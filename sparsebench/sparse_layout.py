@@ -71,8 +71,7 @@ def unpack_bitmask(packed: Bitmask) -> torch.Tensor:
     rows, cols = packed.shape
     keep = unpack_bits(packed.bitmask, cols)
     weight = torch.zeros(rows, cols, dtype=packed.values.dtype, device=packed.values.device)
-    weight[keep] = packed.values
-    return weight
+    return weight.masked_scatter_(keep, packed.values)  # row-major, as weight[keep]; several times faster than weight[keep] = ...
 
 
 def keep_24(weight: torch.Tensor) -> torch.Tensor:
@@ -97,7 +96,7 @@ def pack_24(weight: torch.Tensor) -> Bitmask24:
         raise ValueError(f"pack_24 takes a 2-D weight, got shape {tuple(weight.shape)}")
     rows, cols = weight.shape
     keep = keep_24(weight)
-    if bool((weight[~keep] != 0).any()):
+    if bool(((weight != 0) & ~keep).any()):
         raise ValueError("the weight is not 2:4: some group of four columns has more than two non-zeros")
     return Bitmask24((rows, cols), weight[keep].reshape(rows, cols // 2), pack_bits(keep))
 
@@ -107,8 +106,7 @@ def unpack_24(packed: Bitmask24) -> torch.Tensor:
     rows, cols = packed.shape
     keep = unpack_bits(packed.bitmask, cols)
     weight = torch.zeros(rows, cols, dtype=packed.values.dtype, device=packed.values.device)
-    weight[keep] = packed.values.reshape(-1)
-    return weight
+    return weight.masked_scatter_(keep, packed.values.reshape(-1))
 
 
 BITMASK = "sparse-bitmask"
