@@ -1,7 +1,7 @@
 """What 2:4 sparsity buys on a GPU, and the size of a compressed export.
 
     python benchmarks/bench_efficiency.py gpu --out figures.json     # on a CUDA GPU of compute capability >= 8.0
-    python benchmarks/bench_efficiency.py export                      # anywhere (needs compressed-tensors)
+    python benchmarks/bench_efficiency.py export                      # anywhere
 
 ``gpu`` (only torch and transformers needed; no Hydra) prints, for 2:4 against dense fp16:
 

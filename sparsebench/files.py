@@ -32,6 +32,14 @@ def shared_mode() -> int:
     return 0o666 & ~current_umask()
 
 
+def share_folder(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes ``mkdir()`` and ``open()`` would (0777 / 0666 less
+    the umask): ``tempfile.mkdtemp`` makes 0700 folders and ``safetensors``' ``save_file`` 0600 files."""
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o777 & ~current_umask() if path.is_dir() else shared_mode())
+
+
 def partial_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
     """``mkstemp`` in ``folder``, with the umask's mode instead of 0600."""
     handle, partial = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)

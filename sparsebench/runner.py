@@ -281,6 +281,12 @@ def _pruned_linears(loaded: LoadedModel) -> dict[str, object]:
     }
 
 
+def _linear_weights(loaded: LoadedModel) -> dict[str, Tensor]:
+    """``{<block>.<linear>: weight}`` of every prunable linear, named as the sparsity section names them."""
+    adapter = loaded.adapter
+    return {f"{index}.{name}": linear.weight for index, block in enumerate(adapter.get_blocks(loaded.model)) for name, linear in adapter.get_linears(block).items()}
+
+
 def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: int, timings: dict) -> dict:
     started = time.perf_counter()
     section = export.export_model(
@@ -317,6 +323,9 @@ def _finetune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, d
             layer.zeros = outcome.zeros_after[layer.name]
         document["sparsity"] = {**document["sparsity"], **sparsity.summarize(report.layers, document["model"]["parameters"])}
         sparsity.check(report.layers)
+    else:  # metric=none: measured again on the evaluated weights
+        shapes = {name: (layer["rows"], layer["cols"]) for name, layer in document["sparsity"]["per_layer"].items()}
+        document["sparsity"] = {**document["sparsity"], **sparsity.measure(outcome.zeros_after, shapes, document["model"]["parameters"])}
     return outcome.prior_peak_gpu
 
 
@@ -388,8 +397,12 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
             zeroshot.check_fits(loaded.model, spec.device, spec.offload)
 
         report = None
-        if spec.is_dense:
-            document["sparsity"] = {"target": 0.0, "pattern": "dense"}
+        if spec.is_dense:  # nothing pruned here; the loaded weights may be (an export): their zeros, measured
+            weights = _linear_weights(loaded)
+            document["sparsity"] = {
+                "target": 0.0, "pattern": "dense",
+                **sparsity.measure({name: sparsity.count_zeros(w) for name, w in weights.items()}, {name: tuple(w.shape) for name, w in weights.items()}, facts["parameters"]),
+            }
         else:
             inject(spec.fault, "prune", case)
             report = _prune(spec, loaded, timings, notes, document)

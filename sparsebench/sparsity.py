@@ -71,3 +71,25 @@ def check(layers: list[LayerSparsity]) -> None:
             f"{len(bad)} layer(s) missed their target sparsity; worst: {worst.name} achieved "
             f"{worst.achieved:.6f} for target {worst.target:.6f} (tolerance {worst.tolerance:.6f})"
         )
+
+
+def measure(zeros: dict[str, int], shapes: dict[str, tuple[int, int]], total_parameters: int) -> dict:
+    """The share of zero weights of linears that this case did not prune (``metric=none``, e.g. a pruned
+    model loaded from an export): measured on the loaded weights, checked against no target.
+
+    ``zeros`` and ``shapes``: per linear (``<block>.<linear>``), its zero count and ``(rows, cols)``.
+    """
+    per_layer = {
+        name: {"numel": rows * cols, "rows": rows, "cols": cols, "zeros": zeros[name], "achieved": zeros[name] / (rows * cols)}
+        for name, (rows, cols) in shapes.items()
+    }
+    numel = sum(layer["numel"] for layer in per_layer.values())
+    total_zeros = sum(layer["zeros"] for layer in per_layer.values())
+    return {
+        "achieved": total_zeros / numel if numel else 0.0,
+        "achieved_of_all_parameters": total_zeros / total_parameters if total_parameters else 0.0,
+        "prunable_parameters": numel,
+        "zeros": total_zeros,
+        "checked_against_target": False,
+        "per_layer": per_layer,
+    }

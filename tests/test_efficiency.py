@@ -84,7 +84,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        (["sparsity=4of8", "export=compressed"], r"export=compressed: compressed-tensors stores .* not sparsity.pattern=4:8"),
+        (["sparsity=4of8", "export=compressed"], r"export=compressed: the compact layouts store .* not sparsity.pattern=4:8"),
         (["export=hf", "export.dtype=int8"], r"export.dtype='int8'"),
         (["export.format=zip"], r"export.format='zip': allowed values are none, hf, compressed"),
         (["eval=efficiency", "eval.efficiency.decode_tokens=1"], r"eval.efficiency.decode_tokens=1"),

@@ -1,5 +1,9 @@
 """Load a causal LM and its tokenizer from a hub id, a local folder or a ``.gguf`` file.
 
+A folder written by ``export=hf|compressed`` loads like any other: one that only
+``sparsebench.export.load_export`` reads right (the compact layout, sparse-plus-low-rank factors;
+``export.needs_load_export``) goes through it, the rest through ``from_pretrained``.
+
 GGUF files are de-quantised by transformers (``gguf_file=``), which takes tens of seconds; the
 de-quantised model is kept in the user cache, keyed by the file's sha256, so later runs load it
 in about a second. The cached copy holds exactly the tensors transformers produced.
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from sparsebench import export
 from sparsebench.errors import ModelLoadError
 from sparsebench.models.adapters import FamilyAdapter, adapter_for
 from sparsebench.models.sources import ModelSource, check_gguf_magic, resolve_source, sha256_of
@@ -148,6 +153,8 @@ def load_config(path: str, cache_dir: Path, revision: str | None = None, trust_r
     source = resolve_source(path, cache_dir)
     if source.gguf_file:
         source = _converted_gguf(source, cache_dir)
+    if source.is_local and export.needs_load_export(source.location):
+        return source, export.export_config(export.read_export(source.location))
     try:
         config = AutoConfig.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
     except Exception as error:
@@ -172,15 +179,20 @@ def load_model(
     adapter = adapter_for(family, getattr(config, "model_type", None))
     torch_dtype = resolve_dtype(dtype, device, getattr(config, "dtype", None), adapter.half_dtype)
     target_device = "cpu" if offload else device
+    from_export = source.is_local and export.needs_load_export(source.location)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location,
-            revision=revision,
-            dtype=torch_dtype,
-            device_map=target_device,
-            trust_remote_code=trust_remote_code,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code)
+        if from_export:
+            model = export.load_export(source.location, torch_dtype).to(target_device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location,
+                revision=revision,
+                dtype=torch_dtype,
+                device_map=target_device,
+                trust_remote_code=trust_remote_code,
+            )
+        tokenizer_config = {"config": config} if from_export else {}  # not the marker of the folder's config.json
+        tokenizer = AutoTokenizer.from_pretrained(source.location, revision=revision, trust_remote_code=trust_remote_code, **tokenizer_config)
     except Exception as error:
         raise ModelLoadError(f"model.path={path!r}: could not load the model: {error}") from error
     if Path(source.location).parent == cache_dir / "converted":  # converted from GGUF, perhaps by another transformers

@@ -121,7 +121,7 @@ def log_case(spec: WandbSpec, document: dict) -> dict:
     try:
         per_layer = document.get("sparsity", {}).get("per_layer", {})
         if per_layer:
-            table = wandb.Table(columns=list(PER_LAYER_COLUMNS), data=[[name, layer["numel"], layer["target"], layer["achieved"]] for name, layer in per_layer.items()])
+            table = wandb.Table(columns=list(PER_LAYER_COLUMNS), data=[[name, layer["numel"], layer.get("target"), layer["achieved"]] for name, layer in per_layer.items()])
             run.log({"per_layer_sparsity": table})
         log_loss_curve(run, document.get("finetune", {}).get("loss_curve"))
         run.summary.update(flat_summary(document))
