@@ -28,16 +28,16 @@ ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-7}
 # (8 * block_bytes columns) nor of 8; 1,100 columns span two index chunks (138 bytes), so two
 # splits start the second on chunk_offsets[:, 1]; 65 tokens take two token tiles of 64
 CASES = [
-    ("50% T=1", 24, 300, 1, 0.5, Launch(4, 16), torch.float16, False),
-    ("70% T=1 default launch", 24, 300, 1, 0.7, None, torch.float16, False),
-    ("80% T=1", 24, 300, 1, 0.8, Launch(8, 32), torch.float16, True),
-    ("70% T=1 two splits", 17, 1100, 1, 0.7, Launch(2, 32, splits=2), torch.float16, True),
-    ("70% T=5 two splits", 20, 1100, 5, 0.7, Launch(16, 16, splits=2), torch.float16, True),
+    ("50% T=1", 12, 300, 1, 0.5, Launch(1, 16, warps=1), torch.float16, False),
+    ("70% T=1 default launch", 12, 300, 1, 0.7, None, torch.float16, False),
+    ("80% T=1", 12, 300, 1, 0.8, Launch(1, 16, prefetch=True), torch.float16, True),
+    ("70% T=1 two splits", 9, 1100, 1, 0.7, Launch(1, 32, splits=2, prefetch=True), torch.float16, True),
+    ("70% T=5 two splits", 20, 1100, 5, 0.7, Launch(16, 16, splits=2, prefetch=True), torch.float16, True),
     ("50% T=64", 33, 200, 64, 0.5, Launch(16, 32), torch.float16, False),
     ("80% T=65", 33, 200, 65, 0.8, Launch(16, 32), torch.float16, True),
     # bfloat16 on the one-token path only: Triton 3.6's interpreter multiplies bfloat16 operands of
     # tl.dot as their uint16 bit patterns (interpreter.py, create_dot); tests/test_bitmask_gpu.py runs it compiled
-    ("60% T=1 bfloat16", 16, 136, 1, 0.6, Launch(4, 16), torch.bfloat16, True),
+    ("60% T=1 bfloat16", 16, 136, 1, 0.6, Launch(1, 16), torch.bfloat16, True),
 ]
 EMPTY_ROWS, FULL_ROWS = (0, 3, 10), (5, 7, 15)
 
@@ -75,7 +75,7 @@ def main() -> None:
     weight = _weight(16, 264, 0.7, torch.float16, 50)
     weight[list(EMPTY_ROWS)] = 0
     weight[list(FULL_ROWS)] = torch.randn(len(FULL_ROWS), 264, generator=torch.Generator().manual_seed(51)).half()
-    for tokens, launch in ((1, Launch(4, 16)), (5, Launch(16, 16))):
+    for tokens, launch in ((1, Launch(1, 16)), (5, Launch(16, 16, prefetch=True))):
         case = _product(weight, tokens, launch, True, 52)
         case["row_counts"] = (weight != 0).sum(dim=1).tolist()
         results[f"empty and full rows T={tokens}"] = case

@@ -97,6 +97,10 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
         bitmask_matmul(torch.randn(1, 63, dtype=torch.float16), packed, offsets)
     with pytest.raises(ValueError, match="chunk_offsets must be int32"):
         bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets.long())
+    with pytest.raises(ValueError, match="one token runs one output row per program: the launch needs block_rows=1"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=Launch(4, 16))
+    with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
+        bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
     with pytest.raises(ValueError, match="Launch.block_rows must be a power of two"):
         Launch(block_rows=3, block_bytes=16)
     with pytest.raises(ValueError, match="Launch.block_bytes must divide 128"):

@@ -8,19 +8,24 @@ order, ``bitmask`` one bit per weight, eight to a byte along each row, least sig
 
 Why this layout: it is the project's compressed export, so one format serves disk and GPU; and at
 batch-1 decode a linear's cost is reading its weight, which here is ``2 * nnz + rows * cols / 8``
-bytes (plus 12 bytes a row of offsets) against ``2 * rows * cols`` dense: 0.36 of the dense bytes at
+bytes (plus 8 bytes a row of row offsets) against ``2 * rows * cols`` dense: 0.36 of the dense bytes at
 70 % sparsity, 0.56 at 50 % (unstructured sparsity as Wanda, SparseGPT, OWL produce it).
 
-How: each program owns ``block_rows`` output rows (and up to 64 tokens) and walks the input
-dimension ``block_bytes`` mask bytes (``8 * block_bytes`` columns) at a time. For one chunk it loads
-the mask bytes ``[block_rows, block_bytes]``, counts the bits of each byte, and an exclusive prefix
-sum of those counts along the chunk (``tl.cumsum``) plus the row's running offset gives the index in
-``values`` of each byte's first kept weight. Then, for bit ``j = 0 .. 7`` of every byte at once, it
-gathers the kept values (a masked load; zero where the bit is clear), advances each byte's index by
-the bit, and multiplies by the inputs at columns ``8 * byte + j``: a sum over the columns does not
-depend on their order, so the chunk is taken as eight column slices of stride 8, each a dense
-``[block_rows, block_bytes]`` tile, with no shuffle of the gathered values. One token: fp32 fused
-multiply-adds; two or more: ``tl.dot`` on the tensor cores (tokens padded to 16), fp32 accumulation.
+How, one token (decode at batch 1): one program per output row, one mask byte per thread, so
+that every tensor of the kernel is 1-D in one layout (a 2-D tile of rows x bytes makes Triton move
+the gather pointers through shared memory at every bit). A program walks its row ``block_bytes``
+mask bytes (``8 * block_bytes`` columns) at a time: it loads the bytes, counts the bits of each,
+and an exclusive prefix sum of the counts (``tl.cumsum``) plus the row's running offset gives the
+index in ``values`` of each byte's first kept weight. Then, for bit ``j = 0 .. 7`` of every byte at
+once, it gathers the kept values (a masked load; zero where the bit is clear), steps each byte's
+pointer past a kept value, and multiplies by the input at column ``8 * byte + j`` (each thread loads
+its byte's eight inputs as one 16-byte vector and splits it in registers), in float32.
+
+Several tokens (2 to 64 a program, padded to 16): ``block_rows`` rows per program, the same walk on
+a ``[block_rows, block_bytes]`` tile, and for each bit one ``tl.dot`` of the inputs at columns
+``8 * byte + j`` with the gathered ``[block_rows, block_bytes]`` slice on the tensor cores, fp32
+accumulation: a sum over the columns does not depend on their order, so a chunk is eight column
+slices of stride 8 and the gathered values are never shuffled into column order.
 
 The one derived index, ``chunk_offsets`` (int32 ``[rows, ceil(bytes_per_row / 128)]``: the index
 in ``values`` of the first kept weight of every 1,024 columns of each row), lets programs split the
@@ -51,12 +56,13 @@ _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype
 
 @dataclass(frozen=True)
 class Launch:
-    """How the kernel is launched: output rows and mask bytes per program, warps, and input-dimension splits."""
+    """How the kernel is launched: output rows and mask bytes per program, warps, input-dimension splits, mask prefetch."""
 
     block_rows: int
     block_bytes: int
     warps: int = 4
     splits: int = 1
+    prefetch: bool = False
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_bytes", "warps", "splits"):
@@ -70,7 +76,7 @@ class Launch:
 def default_launch(tokens: int, rows: int, cols: int) -> Launch:
     """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight (a first choice; benchmarks/bench_bitmask_kernel.py --sweep tunes)."""
     if tokens == 1:
-        return Launch(block_rows=4, block_bytes=64, warps=4)
+        return Launch(block_rows=1, block_bytes=32, warps=1)
     return Launch(block_rows=16, block_bytes=32, warps=4, splits=1 if rows >= 8192 else 2)
 
 
@@ -97,57 +103,106 @@ def _byte_popcount(byte):
 
 
 @triton.jit
-def _bitmask_matmul_kernel(
+def _eight_columns(xs, BLOCK_BYTES: tl.constexpr):
+    """``xs [BLOCK_BYTES, 8]`` (each thread holds its byte's eight inputs) as its eight columns, by in-register splits."""
+    even, odd = tl.split(xs.reshape(BLOCK_BYTES, 4, 2))  # columns 2q and 2q + 1
+    even_lo, even_hi = tl.split(even.reshape(BLOCK_BYTES, 2, 2))  # 4s, 4s + 2
+    odd_lo, odd_hi = tl.split(odd.reshape(BLOCK_BYTES, 2, 2))  # 4s + 1, 4s + 3
+    x0, x4 = tl.split(even_lo)
+    x2, x6 = tl.split(even_hi)
+    x1, x5 = tl.split(odd_lo)
+    x3, x7 = tl.split(odd_hi)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _one_token_kernel(
+    x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
+    cols, n_bytes, n_index, stride_out_split, bytes_per_split,
+    HAS_BIAS: tl.constexpr, BLOCK_BYTES: tl.constexpr, INDEX_BYTES: tl.constexpr, STEPS: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """One output row per program, one mask byte per thread: every tensor is 1-D in one layout, so no shuffles between them."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    byte_start = split * bytes_per_split
+    byte_stop = tl.minimum(byte_start + bytes_per_split, n_bytes)
+    offset = tl.load(offsets_ptr + row * n_index + byte_start // INDEX_BYTES)  # next kept weight's index in values
+    lane = tl.arange(0, BLOCK_BYTES)
+    eight = tl.arange(0, 8)
+    mask_row = bitmask_ptr + row.to(tl.int64) * n_bytes
+    acc = tl.zeros((BLOCK_BYTES,), dtype=tl.float32)
+    if PREFETCH:  # the next chunk's mask bytes are loaded while this chunk's values are gathered
+        upcoming = tl.load(mask_row + byte_start + lane, mask=byte_start + lane < byte_stop, other=0)
+    for step in range(STEPS):  # the last split's tail is masked
+        byte = byte_start + step * BLOCK_BYTES + lane
+        if PREFETCH:
+            mask = upcoming.to(tl.int32)
+            upcoming = tl.load(mask_row + byte + BLOCK_BYTES, mask=byte + BLOCK_BYTES < byte_stop, other=0)
+        else:
+            mask = tl.load(mask_row + byte, mask=byte < byte_stop, other=0).to(tl.int32)
+        count = _byte_popcount(mask)
+        pointer = values_ptr + (offset + tl.cumsum(count, 0) - count)  # each byte's first kept weight
+        offset += tl.sum(count, 0)
+        column = byte[:, None] * 8 + eight[None, :]
+        x_bits = _eight_columns(tl.load(x_ptr + column, mask=column < cols, other=0.0), BLOCK_BYTES)
+        for bit in tl.static_range(8):
+            kept = ((mask >> bit) & 1) != 0
+            weight = tl.load(pointer, mask=kept, other=0.0)
+            pointer = tl.where(kept, pointer + 1, pointer)
+            acc += weight.to(tl.float32) * x_bits[bit].to(tl.float32)
+    result = tl.sum(acc, 0)
+    if HAS_BIAS:
+        result += tl.load(bias_ptr + row).to(tl.float32)
+    tl.store(out_ptr + split * stride_out_split + row, result.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _tokens_kernel(
     x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
     tokens, rows, cols, n_bytes, n_index, stride_x, stride_out_token, stride_out_split, bytes_per_split,
     HAS_BIAS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_TOKENS: tl.constexpr, BLOCK_BYTES: tl.constexpr,
-    INDEX_BYTES: tl.constexpr, USE_DOT: tl.constexpr, STEPS: tl.constexpr,
+    INDEX_BYTES: tl.constexpr, STEPS: tl.constexpr, PREFETCH: tl.constexpr,
 ):
+    """``BLOCK_ROWS`` output rows and ``BLOCK_TOKENS`` tokens per program; eight ``tl.dot`` a chunk, one per bit of the bytes."""
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
+    token = tl.program_id(1) * BLOCK_TOKENS + tl.arange(0, BLOCK_TOKENS)
+    token_ok = token < tokens
     split = tl.program_id(2)
     byte_start = split * bytes_per_split
     byte_stop = tl.minimum(byte_start + bytes_per_split, n_bytes)
-    # index in values of the next kept weight of each row
     offset = tl.load(offsets_ptr + row * n_index + byte_start // INDEX_BYTES, mask=row_ok, other=0)
     lane = tl.arange(0, BLOCK_BYTES)
-    if USE_DOT:
-        token = tl.program_id(1) * BLOCK_TOKENS + tl.arange(0, BLOCK_TOKENS)
-        token_ok = token < tokens
-        acc = tl.zeros((BLOCK_TOKENS, BLOCK_ROWS), dtype=tl.float32)
-    else:
-        token_row = x_ptr + tl.program_id(1) * stride_x
-        acc = tl.zeros((BLOCK_ROWS, BLOCK_BYTES), dtype=tl.float32)
-    for step in range(0, STEPS * BLOCK_BYTES, BLOCK_BYTES):  # the last split's tail is masked
-        byte = byte_start + step + lane
-        mask = tl.load(bitmask_ptr + row[:, None] * n_bytes + byte[None, :],
-                       mask=row_ok[:, None] & (byte < byte_stop)[None, :], other=0).to(tl.int32)
+    mask_rows = bitmask_ptr + row[:, None].to(tl.int64) * n_bytes
+    acc = tl.zeros((BLOCK_TOKENS, BLOCK_ROWS), dtype=tl.float32)
+    if PREFETCH:
+        upcoming = tl.load(mask_rows + tl.max_contiguous(byte_start + lane, 1)[None, :],
+                           mask=row_ok[:, None] & (byte_start + lane < byte_stop)[None, :], other=0)
+    for step in range(STEPS):
+        # max_contiguous(.., 1): the mask load takes the gathers' layout (not a vectorised one), so their
+        # pointers are not converted through shared memory at every bit
+        byte = tl.max_contiguous(byte_start + step * BLOCK_BYTES + lane, 1)
+        if PREFETCH:
+            mask = upcoming.to(tl.int32)
+            upcoming = tl.load(mask_rows + (byte + BLOCK_BYTES)[None, :],
+                               mask=row_ok[:, None] & (byte + BLOCK_BYTES < byte_stop)[None, :], other=0)
+        else:
+            mask = tl.load(mask_rows + byte[None, :], mask=row_ok[:, None] & (byte < byte_stop)[None, :], other=0).to(tl.int32)
         count = _byte_popcount(mask)
-        position = offset[:, None] + tl.cumsum(count, axis=1) - count  # each byte's first kept weight
+        position = offset[:, None] + tl.cumsum(count, axis=1) - count
         offset += tl.sum(count, axis=1)
         for bit in tl.static_range(8):
             kept = (mask >> bit) & 1
             weight = tl.load(values_ptr + position, mask=kept != 0, other=0.0)
             position += kept
             column = byte * 8 + bit
-            if USE_DOT:
-                x = tl.load(x_ptr + token[:, None] * stride_x + column[None, :],
-                            mask=token_ok[:, None] & (column < cols)[None, :], other=0.0)
-                acc = tl.dot(x, tl.trans(weight), acc)
-            else:
-                x = tl.load(token_row + column, mask=column < cols, other=0.0)
-                acc += weight.to(tl.float32) * x.to(tl.float32)[None, :]
-    out_base = out_ptr + split * stride_out_split
-    if USE_DOT:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_base + token[:, None] * stride_out_token + row[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=token_ok[:, None] & row_ok[None, :])
-    else:
-        result = tl.sum(acc, axis=1)
-        if HAS_BIAS:
-            result += tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(tl.float32)
-        tl.store(out_base + tl.program_id(1) * stride_out_token + row, result.to(out_ptr.dtype.element_ty), mask=row_ok)
+            x = tl.load(x_ptr + token[:, None] * stride_x + column[None, :], mask=token_ok[:, None] & (column < cols)[None, :], other=0.0)
+            acc = tl.dot(x, tl.trans(weight), acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + split * stride_out_split + token[:, None] * stride_out_token + row[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=token_ok[:, None] & row_ok[None, :])
 
 
 def _interpreted() -> bool:
@@ -169,7 +224,9 @@ def _check_operands(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor 
     expected = (rows, -(-packed.bitmask.shape[1] // INDEX_BYTES))
     if offsets.dtype != torch.int32 or tuple(offsets.shape) != expected:
         raise ValueError(f"chunk_offsets must be int32 {list(expected)} (from chunk_offsets(packed)), got {offsets.dtype} {tuple(offsets.shape)}")
-    tensors = [x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else [])
+
+
+def _check_device(tensors: list[Tensor]) -> None:
     devices = {tensor.device for tensor in tensors}
     if len(devices) != 1:
         raise ValueError(f"bitmask_matmul needs all tensors on one device, got {sorted(map(str, devices))}")
@@ -184,34 +241,42 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     _check_operands(x2d, packed, offsets, bias)
     rows, cols = packed.shape
     tokens = x2d.shape[0]
+    launch = launch or default_launch(tokens, rows, cols)
+    if tokens == 1 and launch.block_rows != 1:
+        raise ValueError(f"one token runs one output row per program: the launch needs block_rows=1, got {launch}")
+    if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
+        raise ValueError(f"{tokens} tokens run on the tensor cores: the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
+    _check_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []))
     if tokens == 0:
         return x2d.new_empty(0, rows)
-    launch = launch or default_launch(tokens, rows, cols)
     x2d = x2d.contiguous()
     n_bytes = packed.bitmask.shape[1]
-    use_dot = tokens > 1
-    block_tokens = min(max(16, triton.next_power_of_2(tokens)), _MAX_TOKENS_PER_PROGRAM) if use_dot else 1
-    if use_dot and (launch.block_rows < 16 or launch.block_bytes < 16):
-        raise ValueError(f"with {tokens} tokens (tensor-core path) the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
     # every split but the last covers a whole number of index chunks
     bytes_per_split = -(-(-(-n_bytes // launch.splits)) // INDEX_BYTES) * INDEX_BYTES
     splits = -(-n_bytes // bytes_per_split)
     if splits == 1:
         bytes_per_split = n_bytes
-    if splits == 1:
         out = torch.empty(tokens, rows, dtype=x2d.dtype, device=x2d.device)
-        stride_split = 0
-    else:
+    else:  # float32 partial sums, added below
         out = torch.empty(splits, tokens, rows, dtype=torch.float32, device=x2d.device)
-        stride_split = out.stride(0)
+    stride_split = out.stride(0) if splits > 1 else 0
     fused_bias = bias is not None and splits == 1
-    grid = (triton.cdiv(rows, launch.block_rows), triton.cdiv(tokens, block_tokens), splits)
-    _bitmask_matmul_kernel[grid](
-        x2d, packed.values, packed.bitmask, offsets, bias if fused_bias else x2d, out,
-        tokens, rows, cols, n_bytes, offsets.shape[1], x2d.stride(0), rows, stride_split, bytes_per_split,
-        HAS_BIAS=fused_bias, BLOCK_ROWS=launch.block_rows, BLOCK_TOKENS=block_tokens, BLOCK_BYTES=launch.block_bytes,
-        INDEX_BYTES=INDEX_BYTES, USE_DOT=use_dot, STEPS=triton.cdiv(bytes_per_split, launch.block_bytes), num_warps=launch.warps,
-    )
+    steps = triton.cdiv(bytes_per_split, launch.block_bytes)
+    common = (x2d, packed.values, packed.bitmask, offsets, bias if fused_bias else x2d, out)
+    if tokens == 1:
+        _one_token_kernel[(rows, splits)](
+            *common, cols, n_bytes, offsets.shape[1], stride_split, bytes_per_split,
+            HAS_BIAS=fused_bias, BLOCK_BYTES=launch.block_bytes, INDEX_BYTES=INDEX_BYTES, STEPS=steps,
+            PREFETCH=launch.prefetch, num_warps=launch.warps,
+        )
+    else:
+        block_tokens = min(max(16, triton.next_power_of_2(tokens)), _MAX_TOKENS_PER_PROGRAM)
+        grid = (triton.cdiv(rows, launch.block_rows), triton.cdiv(tokens, block_tokens), splits)
+        _tokens_kernel[grid](
+            *common, tokens, rows, cols, n_bytes, offsets.shape[1], x2d.stride(0), rows, stride_split, bytes_per_split,
+            HAS_BIAS=fused_bias, BLOCK_ROWS=launch.block_rows, BLOCK_TOKENS=block_tokens, BLOCK_BYTES=launch.block_bytes,
+            INDEX_BYTES=INDEX_BYTES, STEPS=steps, PREFETCH=launch.prefetch, num_warps=launch.warps,
+        )
     if splits == 1:
         return out
     total = out.sum(dim=0)
