@@ -17,7 +17,8 @@ the bytes of the layout over the dense fp16 bytes (``BitmaskLinear.weight_bytes`
 row offsets and the kernel's chunk offsets), the effective bandwidth of each (weight bytes read
 over time) and the ratio the bytes alone would give at dense's bandwidth (``1 / bytes ratio``),
 and the largest difference to ``F.linear`` on one copy. ``--sweep`` first times each launch of
-``LAUNCHES`` at 70 % and reports both the default launch (``default_launch``) and the fastest.
+``LAUNCHES`` at 70 % for the ``--sweep-tokens`` (1 and 16) and reports both the default launch
+(``default_launch``) and the fastest for those.
 The last line is one JSON object with every figure.
 """
 

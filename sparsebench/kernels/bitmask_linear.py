@@ -56,7 +56,13 @@ _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype
 
 @dataclass(frozen=True)
 class Launch:
-    """How the kernel is launched: output rows and mask bytes per program, warps, input-dimension splits, mask prefetch."""
+    """How the kernel is launched.
+
+    ``block_rows``: output rows per program, 1 for one token (the only value that path takes), at least
+    16 for several (the tensor cores' tile); ``block_bytes``: mask bytes walked per step (one per thread
+    at ``32 * warps``); ``splits``: programs along the input dimension, whose float32 partial sums are
+    added afterwards; ``prefetch``: load the next step's mask bytes before gathering this step's values.
+    """
 
     block_rows: int
     block_bytes: int
@@ -74,10 +80,17 @@ class Launch:
 
 
 def default_launch(tokens: int, rows: int, cols: int) -> Launch:
-    """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight (a first choice; benchmarks/bench_bitmask_kernel.py --sweep tunes)."""
+    """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight.
+
+    A first choice, not yet timed on a GPU (benchmarks/bench_bitmask_kernel.py --sweep times it against
+    the alternatives): of the shapes tried, the ones whose main loop has the fewest instructions per
+    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: one warp a row, one
+    mask byte a thread. Several: 32 rows a program with the mask prefetched, the input dimension split
+    in four (fewer than 8,192 rows) or two, so that a 132-multiprocessor GPU gets several programs each.
+    """
     if tokens == 1:
         return Launch(block_rows=1, block_bytes=32, warps=1)
-    return Launch(block_rows=16, block_bytes=32, warps=4, splits=1 if rows >= 8192 else 2)
+    return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
 
 
 def chunk_offsets(packed: Bitmask) -> Tensor:
@@ -87,9 +100,9 @@ def chunk_offsets(packed: Bitmask) -> Tensor:
         raise ValueError(f"the kernel indexes values with int32; this weight has {packed.values.numel()} non-zeros (at most 2**31 - 1)")
     counts = _BYTE_COUNTS.to(packed.bitmask.device)[packed.bitmask.long()]
     n_index = -(-counts.shape[1] // INDEX_BYTES)
-    padded = torch.zeros(rows, n_index * INDEX_BYTES, dtype=torch.int64, device=counts.device)
+    padded = torch.zeros(rows, n_index * INDEX_BYTES, dtype=torch.int32, device=counts.device)
     padded[:, : counts.shape[1]] = counts
-    per_chunk = padded.view(rows, n_index, INDEX_BYTES).sum(dim=-1)
+    per_chunk = padded.view(rows, n_index, INDEX_BYTES).sum(dim=-1, dtype=torch.int64)
     before = torch.cumsum(per_chunk, dim=1) - per_chunk
     return (packed.row_offsets.view(rows, 1) + before).to(torch.int32)
 
