@@ -1,0 +1,104 @@
+"""Instructions per weight in the bitmask kernel's main loop, read from its sm_90 machine code; no GPU needed.
+
+    PYTHONPATH=$PWD python benchmarks/bitmask_kernel_sass.py
+
+Compiles ``_one_token_kernel`` and ``_tokens_kernel`` (sparsebench/kernels/bitmask_linear.py) for
+compute capability 9.0 (H100, H200) with Triton's own ptxas, disassembles them with the cuobjdump that
+Triton ships, finds the main loop (the longest backward branch) and divides its instruction count by
+the weights one thread covers in one step (``block_rows * block_bytes * 8 / (32 * warps)``).
+At batch-1 decode a kernel that issues more instructions per weight than the GPU can issue while its
+bytes stream is bound by issue, not by memory: ``weights * instructions / (SMs * 4 * 32 * clock)``.
+Also prints the opcodes the loop spends most on, the shared-memory round trips (``STS``/``LDS``/
+``BAR``, which a layout conversion costs) and the registers a thread takes. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from sparsebench.kernels import bitmask_linear as kernels
+
+POINTERS = {"x_ptr": "*fp16", "values_ptr": "*fp16", "bitmask_ptr": "*u8", "offsets_ptr": "*i32", "bias_ptr": "*fp16", "out_ptr": "*fp16"}
+ONE_TOKEN = {**POINTERS, **dict.fromkeys(["cols", "n_bytes", "n_index", "stride_out_split", "bytes_per_split"], "i32")}
+TOKENS = {**POINTERS, **dict.fromkeys(["tokens", "rows", "cols", "n_bytes", "n_index", "stride_x", "stride_out_token",
+                                       "stride_out_split", "bytes_per_split"], "i32")}
+# arguments Triton sees as multiples of 16 at LLaMA-2-7B's shapes (pointers from torch, 4096 / 11008 columns)
+MULTIPLES_OF_16 = {"x_ptr", "values_ptr", "bitmask_ptr", "offsets_ptr", "bias_ptr", "out_ptr", "rows", "cols", "n_bytes",
+                   "stride_x", "stride_out_token", "bytes_per_split"}
+# (tokens a program, block_rows, block_bytes, warps, prefetch)
+SHAPES = [(1, 1, 32, 1, False), (1, 1, 32, 1, True), (1, 1, 64, 2, True), (1, 1, 128, 4, True),
+          (16, 16, 32, 4, False), (16, 16, 32, 4, True), (16, 32, 32, 4, True), (64, 32, 32, 4, True)]
+
+
+def _cuobjdump() -> str:
+    return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+
+
+def compile_sm90(tokens: int, block_rows: int, block_bytes: int, warps: int, prefetch: bool):
+    constants = {"HAS_BIAS": False, "BLOCK_BYTES": block_bytes, "INDEX_BYTES": kernels.INDEX_BYTES, "STEPS": 4, "PREFETCH": prefetch}
+    if tokens == 1:
+        function, signature = kernels._one_token_kernel, ONE_TOKEN
+    else:
+        function, signature = kernels._tokens_kernel, TOKENS
+        constants.update(BLOCK_ROWS=block_rows, BLOCK_TOKENS=tokens)
+    attrs = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(signature) if name in MULTIPLES_OF_16}
+    source = ASTSource(fn=function, signature={**signature, **dict.fromkeys(constants, "constexpr")}, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+
+def main_loop(cubin: bytes) -> tuple[list[str], int]:
+    """The instructions of the longest loop of ``cubin``, and the registers a thread takes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kernel.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_cuobjdump(), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_cuobjdump(), "-res-usage", str(path)], capture_output=True, text=True, check=True).stdout
+    instructions = [(int(found.group(1), 16), found.group(2)) for found in
+                    (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if found]
+    loops = []
+    for address, text in instructions:
+        branch = re.search(r"BRA.*?0x([0-9a-f]+)", text)
+        if branch and int(branch.group(1), 16) < address:
+            loops.append((int(branch.group(1), 16), address))
+    if not loops:
+        raise RuntimeError("no backward branch in the kernel's machine code: no loop found")
+    start, stop = max(loops, key=lambda loop: loop[1] - loop[0])
+    registers = re.search(r"REG:(\d+)", usage)
+    return [text for address, text in instructions if start <= address <= stop], int(registers.group(1)) if registers else -1
+
+
+def opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()
+    rows = []
+    for tokens, block_rows, block_bytes, warps, prefetch in SHAPES:
+        loop, registers = main_loop(compile_sm90(tokens, block_rows, block_bytes, warps, prefetch).asm["cubin"])
+        weights_per_thread = block_rows * block_bytes * 8 / (32 * warps)
+        counts = collections.Counter(opcode(instruction) for instruction in loop)
+        row = {"tokens_per_program": tokens, "block_rows": block_rows, "block_bytes": block_bytes, "warps": warps, "prefetch": prefetch,
+               "loop_instructions": len(loop), "instructions_per_weight": len(loop) / weights_per_thread, "registers": registers,
+               "shared_memory_round_trips": {name: counts[name] for name in ("STS", "LDS", "BAR")},
+               "top_opcodes": dict(counts.most_common(8))}
+        rows.append(row)
+        print(f"T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
+              f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
+              f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
+    print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))
+
+
+if __name__ == "__main__":
+    main()

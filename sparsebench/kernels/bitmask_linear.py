@@ -1,0 +1,339 @@
+"""A linear layer whose weight stays in the ``sparse-bitmask`` layout on the GPU, with a Triton kernel for skinny products.
+
+What it computes: ``y = x @ W^T (+ bias)`` for ``x [T, in]`` in float16 or bfloat16 (any ``T``; made
+for decode, 1 to 64 tokens), with ``W [out, in]`` given as compressed-tensors 0.13's
+``sparse-bitmask`` layout (sparsebench/sparse_layout.py): ``values`` the non-zeros in row-major
+order, ``bitmask`` one bit per weight, eight to a byte along each row, least significant bit first,
+``row_offsets`` the index in ``values`` of each row's first non-zero.
+
+Why this layout: it is the project's compressed export, so one format serves disk and GPU; and at
+batch-1 decode a linear's cost is reading its weight, which here is ``2 * nnz + rows * cols / 8``
+bytes (plus 8 bytes a row of row offsets) against ``2 * rows * cols`` dense: 0.36 of the dense bytes at
+70 % sparsity, 0.56 at 50 % (unstructured sparsity as Wanda, SparseGPT, OWL produce it).
+
+How, one token (decode at batch 1): one program per output row, one mask byte per thread, so
+that every tensor of the kernel is 1-D in one layout (a 2-D tile of rows x bytes makes Triton move
+the gather pointers through shared memory at every bit). A program walks its row ``block_bytes``
+mask bytes (``8 * block_bytes`` columns) at a time: it loads the bytes, counts the bits of each,
+and an exclusive prefix sum of the counts (``tl.cumsum``) plus the row's running offset gives the
+index in ``values`` of each byte's first kept weight. Then, for bit ``j = 0 .. 7`` of every byte at
+once, it gathers the kept values (a masked load; zero where the bit is clear), steps each byte's
+pointer past a kept value, and multiplies by the input at column ``8 * byte + j`` (each thread loads
+its byte's eight inputs as one 16-byte vector and splits it in registers), in float32.
+
+Several tokens (2 to 64 a program, padded to 16): ``block_rows`` rows per program, the same walk on
+a ``[block_rows, block_bytes]`` tile, and for each bit one ``tl.dot`` of the inputs at columns
+``8 * byte + j`` with the gathered ``[block_rows, block_bytes]`` slice on the tensor cores, fp32
+accumulation: a sum over the columns does not depend on their order, so a chunk is eight column
+slices of stride 8 and the gathered values are never shuffled into column order.
+
+The one derived index, ``chunk_offsets`` (int32 ``[rows, ceil(bytes_per_row / 128)]``: the index
+in ``values`` of the first kept weight of every 1,024 columns of each row), lets programs split the
+input dimension (``splits > 1``, partial sums added afterwards) without a pass over the preceding
+bits; it adds 4 bytes per 1,024 weights, counted in ``weight_bytes``.
+
+Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported) runs the kernel on CPU
+tensors; tests/test_bitmask_kernel.py uses it there. Everywhere else the tensors must be on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor, nn
+
+from sparsebench.sparse_layout import Bitmask, pack_bitmask
+
+INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+_MAX_TOKENS_PER_PROGRAM = 64
+_BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int32)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the kernel is launched.
+
+    ``block_rows``: output rows per program, 1 for one token (the only value that path takes), at least
+    16 for several (the tensor cores' tile); ``block_bytes``: mask bytes walked per step (one per thread
+    at ``32 * warps``); ``splits``: programs along the input dimension, whose float32 partial sums are
+    added afterwards; ``prefetch``: load the next step's mask bytes before gathering this step's values.
+    """
+
+    block_rows: int
+    block_bytes: int
+    warps: int = 4
+    splits: int = 1
+    prefetch: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("block_rows", "block_bytes", "warps", "splits"):
+            value = getattr(self, name)
+            if value < 1 or value & (value - 1):
+                raise ValueError(f"Launch.{name} must be a power of two >= 1, got {value}")
+        if INDEX_BYTES % self.block_bytes:
+            raise ValueError(f"Launch.block_bytes must divide {INDEX_BYTES}, got {self.block_bytes}")
+
+
+def default_launch(tokens: int, rows: int, cols: int) -> Launch:
+    """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight.
+
+    A first choice, not yet timed on a GPU (benchmarks/bench_bitmask_kernel.py --sweep times it against
+    the alternatives): of the shapes tried, the ones whose main loop has the fewest instructions per
+    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: one warp a row, one
+    mask byte a thread. Several: 32 rows a program with the mask prefetched, the input dimension split
+    in four (fewer than 8,192 rows) or two, so that a 132-multiprocessor GPU gets several programs each.
+    """
+    if tokens == 1:
+        return Launch(block_rows=1, block_bytes=32, warps=1)
+    return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
+
+
+def chunk_offsets(packed: Bitmask) -> Tensor:
+    """int32 ``[rows, ceil(bytes_per_row / INDEX_BYTES)]``: the index in ``values`` of each row's first kept weight in each 1,024 columns."""
+    rows = packed.shape[0]
+    if packed.values.numel() >= 2**31:
+        raise ValueError(f"the kernel indexes values with int32; this weight has {packed.values.numel()} non-zeros (at most 2**31 - 1)")
+    counts = _BYTE_COUNTS.to(packed.bitmask.device)[packed.bitmask.long()]
+    n_index = -(-counts.shape[1] // INDEX_BYTES)
+    padded = torch.zeros(rows, n_index * INDEX_BYTES, dtype=torch.int32, device=counts.device)
+    padded[:, : counts.shape[1]] = counts
+    per_chunk = padded.view(rows, n_index, INDEX_BYTES).sum(dim=-1, dtype=torch.int64)
+    before = torch.cumsum(per_chunk, dim=1) - per_chunk
+    return (packed.row_offsets.view(rows, 1) + before).to(torch.int32)
+
+
+@triton.jit
+def _byte_popcount(byte):
+    """Set bits of each value in 0..255 (int32), by the parallel bit count of Hacker's Delight 5-1."""
+    count = byte - ((byte >> 1) & 0x55)
+    count = (count & 0x33) + ((count >> 2) & 0x33)
+    return (count + (count >> 4)) & 0x0F
+
+
+@triton.jit
+def _eight_columns(xs, BLOCK_BYTES: tl.constexpr):
+    """``xs [BLOCK_BYTES, 8]`` (each thread holds its byte's eight inputs) as its eight columns, by in-register splits."""
+    even, odd = tl.split(xs.reshape(BLOCK_BYTES, 4, 2))  # columns 2q and 2q + 1
+    even_lo, even_hi = tl.split(even.reshape(BLOCK_BYTES, 2, 2))  # 4s, 4s + 2
+    odd_lo, odd_hi = tl.split(odd.reshape(BLOCK_BYTES, 2, 2))  # 4s + 1, 4s + 3
+    x0, x4 = tl.split(even_lo)
+    x2, x6 = tl.split(even_hi)
+    x1, x5 = tl.split(odd_lo)
+    x3, x7 = tl.split(odd_hi)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _one_token_kernel(
+    x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
+    cols, n_bytes, n_index, stride_out_split, bytes_per_split,
+    HAS_BIAS: tl.constexpr, BLOCK_BYTES: tl.constexpr, INDEX_BYTES: tl.constexpr, STEPS: tl.constexpr,
+    PREFETCH: tl.constexpr,
+):
+    """One output row per program, one mask byte per thread: every tensor is 1-D in one layout, so no shuffles between them."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    byte_start = split * bytes_per_split
+    byte_stop = tl.minimum(byte_start + bytes_per_split, n_bytes)
+    offset = tl.load(offsets_ptr + row * n_index + byte_start // INDEX_BYTES)  # next kept weight's index in values
+    lane = tl.arange(0, BLOCK_BYTES)
+    eight = tl.arange(0, 8)
+    mask_row = bitmask_ptr + row.to(tl.int64) * n_bytes
+    acc = tl.zeros((BLOCK_BYTES,), dtype=tl.float32)
+    if PREFETCH:  # the next chunk's mask bytes are loaded while this chunk's values are gathered
+        upcoming = tl.load(mask_row + byte_start + lane, mask=byte_start + lane < byte_stop, other=0)
+    for step in range(STEPS):  # the last split's tail is masked
+        byte = byte_start + step * BLOCK_BYTES + lane
+        if PREFETCH:
+            mask = upcoming.to(tl.int32)
+            upcoming = tl.load(mask_row + byte + BLOCK_BYTES, mask=byte + BLOCK_BYTES < byte_stop, other=0)
+        else:
+            mask = tl.load(mask_row + byte, mask=byte < byte_stop, other=0).to(tl.int32)
+        count = _byte_popcount(mask)
+        pointer = values_ptr + (offset + tl.cumsum(count, 0) - count)  # each byte's first kept weight
+        offset += tl.sum(count, 0)
+        column = byte[:, None] * 8 + eight[None, :]
+        x_bits = _eight_columns(tl.load(x_ptr + column, mask=column < cols, other=0.0), BLOCK_BYTES)
+        for bit in tl.static_range(8):
+            kept = ((mask >> bit) & 1) != 0
+            weight = tl.load(pointer, mask=kept, other=0.0)
+            pointer = tl.where(kept, pointer + 1, pointer)
+            acc += weight.to(tl.float32) * x_bits[bit].to(tl.float32)
+    result = tl.sum(acc, 0)
+    if HAS_BIAS:
+        result += tl.load(bias_ptr + row).to(tl.float32)
+    tl.store(out_ptr + split * stride_out_split + row, result.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _tokens_kernel(
+    x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
+    tokens, rows, cols, n_bytes, n_index, stride_x, stride_out_token, stride_out_split, bytes_per_split,
+    HAS_BIAS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_TOKENS: tl.constexpr, BLOCK_BYTES: tl.constexpr,
+    INDEX_BYTES: tl.constexpr, STEPS: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """``BLOCK_ROWS`` output rows and ``BLOCK_TOKENS`` tokens per program; eight ``tl.dot`` a chunk, one per bit of the bytes."""
+    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = row < rows
+    token = tl.program_id(1) * BLOCK_TOKENS + tl.arange(0, BLOCK_TOKENS)
+    token_ok = token < tokens
+    split = tl.program_id(2)
+    byte_start = split * bytes_per_split
+    byte_stop = tl.minimum(byte_start + bytes_per_split, n_bytes)
+    offset = tl.load(offsets_ptr + row * n_index + byte_start // INDEX_BYTES, mask=row_ok, other=0)
+    lane = tl.arange(0, BLOCK_BYTES)
+    mask_rows = bitmask_ptr + row[:, None].to(tl.int64) * n_bytes
+    acc = tl.zeros((BLOCK_TOKENS, BLOCK_ROWS), dtype=tl.float32)
+    if PREFETCH:
+        upcoming = tl.load(mask_rows + tl.max_contiguous(byte_start + lane, 1)[None, :],
+                           mask=row_ok[:, None] & (byte_start + lane < byte_stop)[None, :], other=0)
+    for step in range(STEPS):
+        # max_contiguous(.., 1): the mask load takes the gathers' layout (not a vectorised one), so their
+        # pointers are not converted through shared memory at every bit
+        byte = tl.max_contiguous(byte_start + step * BLOCK_BYTES + lane, 1)
+        if PREFETCH:
+            mask = upcoming.to(tl.int32)
+            upcoming = tl.load(mask_rows + (byte + BLOCK_BYTES)[None, :],
+                               mask=row_ok[:, None] & (byte + BLOCK_BYTES < byte_stop)[None, :], other=0)
+        else:
+            mask = tl.load(mask_rows + byte[None, :], mask=row_ok[:, None] & (byte < byte_stop)[None, :], other=0).to(tl.int32)
+        count = _byte_popcount(mask)
+        position = offset[:, None] + tl.cumsum(count, axis=1) - count
+        offset += tl.sum(count, axis=1)
+        for bit in tl.static_range(8):
+            kept = (mask >> bit) & 1
+            weight = tl.load(values_ptr + position, mask=kept != 0, other=0.0)
+            position += kept
+            column = byte * 8 + bit
+            x = tl.load(x_ptr + token[:, None] * stride_x + column[None, :], mask=token_ok[:, None] & (column < cols)[None, :], other=0.0)
+            acc = tl.dot(x, tl.trans(weight), acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + split * stride_out_split + token[:, None] * stride_out_token + row[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=token_ok[:, None] & row_ok[None, :])
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _check_operands(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor | None) -> None:
+    rows, cols = packed.shape
+    if x2d.dim() != 2 or x2d.shape[1] != cols:
+        raise ValueError(f"bitmask_matmul takes x of shape [tokens, {cols}], got {tuple(x2d.shape)}")
+    if x2d.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"bitmask_matmul supports x.dtype in (torch.float16, torch.bfloat16), got {x2d.dtype}")
+    if packed.values.dtype != x2d.dtype:
+        raise TypeError(f"bitmask_matmul needs values of x's dtype {x2d.dtype}, got {packed.values.dtype}")
+    if bias is not None and (bias.shape != (rows,) or bias.dtype != x2d.dtype):
+        raise ValueError(f"bias must be a [{rows}] tensor of {x2d.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+    if packed.bitmask.dtype != torch.uint8 or packed.bitmask.shape != (rows, -(-cols // 8)):
+        raise ValueError(f"bitmask must be uint8 [{rows}, {-(-cols // 8)}], got {packed.bitmask.dtype} {tuple(packed.bitmask.shape)}")
+    expected = (rows, -(-packed.bitmask.shape[1] // INDEX_BYTES))
+    if offsets.dtype != torch.int32 or tuple(offsets.shape) != expected:
+        raise ValueError(f"chunk_offsets must be int32 {list(expected)} (from chunk_offsets(packed)), got {offsets.dtype} {tuple(offsets.shape)}")
+
+
+def _check_device(tensors: list[Tensor]) -> None:
+    devices = {tensor.device for tensor in tensors}
+    if len(devices) != 1:
+        raise ValueError(f"bitmask_matmul needs all tensors on one device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    if device.type != "cuda" and not _interpreted():
+        raise RuntimeError(f"bitmask_matmul runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1), got device {device}")
+
+
+def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor | None = None,
+                   launch: Launch | None = None) -> Tensor:
+    """``x2d @ W^T (+ bias)`` for ``x2d [T, in]`` and ``W`` given as ``packed`` with its ``chunk_offsets(packed)``; ``[T, out]`` in x's dtype."""
+    _check_operands(x2d, packed, offsets, bias)
+    rows, cols = packed.shape
+    tokens = x2d.shape[0]
+    launch = launch or default_launch(tokens, rows, cols)
+    if tokens == 1 and launch.block_rows != 1:
+        raise ValueError(f"one token runs one output row per program: the launch needs block_rows=1, got {launch}")
+    if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
+        raise ValueError(f"{tokens} tokens run on the tensor cores: the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
+    _check_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []))
+    if tokens == 0:
+        return x2d.new_empty(0, rows)
+    x2d = x2d.contiguous()
+    n_bytes = packed.bitmask.shape[1]
+    # every split but the last covers a whole number of index chunks
+    bytes_per_split = -(-(-(-n_bytes // launch.splits)) // INDEX_BYTES) * INDEX_BYTES
+    splits = -(-n_bytes // bytes_per_split)
+    if splits == 1:
+        bytes_per_split = n_bytes
+        out = torch.empty(tokens, rows, dtype=x2d.dtype, device=x2d.device)
+    else:  # float32 partial sums, added below
+        out = torch.empty(splits, tokens, rows, dtype=torch.float32, device=x2d.device)
+    stride_split = out.stride(0) if splits > 1 else 0
+    fused_bias = bias is not None and splits == 1
+    steps = triton.cdiv(bytes_per_split, launch.block_bytes)
+    common = (x2d, packed.values, packed.bitmask, offsets, bias if fused_bias else x2d, out)
+    if tokens == 1:
+        _one_token_kernel[(rows, splits)](
+            *common, cols, n_bytes, offsets.shape[1], stride_split, bytes_per_split,
+            HAS_BIAS=fused_bias, BLOCK_BYTES=launch.block_bytes, INDEX_BYTES=INDEX_BYTES, STEPS=steps,
+            PREFETCH=launch.prefetch, num_warps=launch.warps,
+        )
+    else:
+        block_tokens = min(max(16, triton.next_power_of_2(tokens)), _MAX_TOKENS_PER_PROGRAM)
+        grid = (triton.cdiv(rows, launch.block_rows), triton.cdiv(tokens, block_tokens), splits)
+        _tokens_kernel[grid](
+            *common, tokens, rows, cols, n_bytes, offsets.shape[1], x2d.stride(0), rows, stride_split, bytes_per_split,
+            HAS_BIAS=fused_bias, BLOCK_ROWS=launch.block_rows, BLOCK_TOKENS=block_tokens, BLOCK_BYTES=launch.block_bytes,
+            INDEX_BYTES=INDEX_BYTES, STEPS=steps, PREFETCH=launch.prefetch, num_warps=launch.warps,
+        )
+    if splits == 1:
+        return out
+    total = out.sum(dim=0)
+    if bias is not None:
+        total += bias
+    return total.to(x2d.dtype)
+
+
+class BitmaskLinear(nn.Module):
+    """A drop-in for a pruned ``nn.Linear`` that keeps only the ``sparse-bitmask`` layout (no dense copy) and multiplies with ``bitmask_matmul``."""
+
+    def __init__(self, packed: Bitmask, bias: Tensor | None = None, launch: Launch | None = None) -> None:
+        super().__init__()
+        if packed.values.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"BitmaskLinear supports weights in (torch.float16, torch.bfloat16), got {packed.values.dtype}")
+        self.out_features, self.in_features = packed.shape
+        self.launch = launch
+        self.register_buffer("values", packed.values)
+        self.register_buffer("bitmask", packed.bitmask)
+        self.register_buffer("row_offsets", packed.row_offsets)
+        self.register_buffer("chunk_offsets", chunk_offsets(packed))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(packed.values.dtype))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, launch: Launch | None = None) -> BitmaskLinear:
+        """Pack ``linear``'s weight once, on its device; the module holds no dense copy and keeps the bias."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"BitmaskLinear.from_linear takes an nn.Linear, got {type(linear).__name__}")
+        return cls(pack_bitmask(linear.weight.detach()), linear.bias, launch)
+
+    def packed(self) -> Bitmask:
+        """The weight in the ``sparse-bitmask`` layout (the module's own tensors, not copies)."""
+        return Bitmask((self.out_features, self.in_features), self.values, self.bitmask, self.row_offsets)
+
+    def weight_bytes(self) -> int:
+        """Bytes held for the weight: values, bitmask, row_offsets and chunk_offsets (not the bias)."""
+        return sum(t.numel() * t.element_size() for t in (self.values, self.bitmask, self.row_offsets, self.chunk_offsets))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"BitmaskLinear expects inputs [..., {self.in_features}], got {tuple(x.shape)}")
+        y = bitmask_matmul(x.reshape(-1, self.in_features), self.packed(), self.chunk_offsets, self.bias, self.launch)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        sparsity = 1 - self.values.numel() / (self.out_features * self.in_features)
+        return f"in_features={self.in_features}, out_features={self.out_features}, sparsity={sparsity:.3f}, bias={self.bias is not None}"

@@ -1,0 +1,68 @@
+"""BitmaskLinear against ``F.linear`` on the dense weight, compiled on a CUDA GPU at LLaMA-2-7B's linear shapes (``pytest -m gpu``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+# (out, in): q/k/v/o, gate/up, down
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
+
+
+def _pruned_linear(rows: int, cols: int, sparsity: float, dtype: torch.dtype, bias: bool, seed: int) -> torch.nn.Linear:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    linear = torch.nn.Linear(cols, rows, bias=bias, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(rows, cols, device="cuda", generator=g) * cols**-0.5)
+        linear.weight[torch.rand(rows, cols, device="cuda", generator=g) < sparsity] = 0
+    return linear
+
+
+def _assert_as_close_as_dense(ours: torch.Tensor, dense: torch.Tensor, exact: torch.Tensor) -> None:
+    """Within fp16 tolerance of F.linear, and no further from the float64 product than F.linear's own rounding allows."""
+    torch.testing.assert_close(ours, dense, rtol=1e-2, atol=1e-2)
+    scale = exact.abs().max()
+    assert (ours.double() - exact).abs().max() <= 2 * (dense.double() - exact).abs().max() + 1e-3 * scale
+
+
+@pytest.mark.parametrize("rows, cols", SHAPES)
+@pytest.mark.parametrize("sparsity", [0.5, 0.7])
+@pytest.mark.parametrize("tokens", [1, 16, 64, 65])
+def test_bitmask_linear_equals_f_linear_at_llama_2_7b_shapes(rows, cols, sparsity, tokens):
+    linear = _pruned_linear(rows, cols, sparsity, torch.float16, False, rows + cols + tokens)
+    module = BitmaskLinear.from_linear(linear)
+    x = torch.randn(tokens, cols, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        dense = F.linear(x, linear.weight)
+        exact = x.double() @ linear.weight.double().T
+        _assert_as_close_as_dense(module(x), dense, exact)
+
+
+@pytest.mark.parametrize("launch", [Launch(1, 32, 1, splits=4, prefetch=True), Launch(1, 128, 4), Launch(16, 32, splits=2), Launch(32, 64, warps=8, prefetch=True)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_launches_bias_and_bfloat16(launch, dtype):
+    linear = _pruned_linear(4096, 11008, 0.7, dtype, True, 7)
+    module = BitmaskLinear.from_linear(linear, launch)
+    leading = (1, 1) if launch.block_rows == 1 else (2, 8)  # one token, or the tensor-core path
+    x = torch.randn(*leading, 11008, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        ours = module(x)
+        dense = F.linear(x, linear.weight, linear.bias)
+        exact = x.double() @ linear.weight.double().T + linear.bias.double()
+    assert ours.shape == (*leading, 4096) and ours.dtype == dtype
+    tolerance = 1e-2 if dtype == torch.float16 else 5e-2
+    torch.testing.assert_close(ours, dense, rtol=tolerance, atol=tolerance)
+    assert (ours.double() - exact).abs().max() <= 2 * (dense.double() - exact).abs().max() + 1e-3 * exact.abs().max()
+
+
+def test_module_holds_the_layout_bytes_not_the_dense_weight():
+    linear = _pruned_linear(11008, 4096, 0.7, torch.float16, False, 3)
+    module = BitmaskLinear.from_linear(linear)
+    dense_bytes = linear.weight.numel() * 2
+    assert module.values.device.type == "cuda"
+    assert 0.34 < module.weight_bytes() / dense_bytes < 0.38  # 0.3 * 2 + 1 / 8 bytes a weight, over 2

@@ -1,0 +1,107 @@
+"""The bitmask kernel (sparsebench/kernels/bitmask_linear.py) in Triton's interpreter on this CPU, and its module's checks.
+
+The products run in one subprocess (tests/bitmask_kernel_cases.py) because TRITON_INTERPRET must be
+set before the kernel is defined. GPU checks of the compiled kernel are in tests/test_bitmask_gpu.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from sparsebench.kernels.bitmask_linear import INDEX_BYTES, BitmaskLinear, Launch, bitmask_matmul, chunk_offsets  # noqa: E402
+from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCTS = ["50% T=1", "70% T=1 default launch", "80% T=1", "70% T=1 two splits", "70% T=5 two splits", "50% T=64",
+            "80% T=65", "60% T=1 bfloat16", "empty and full rows T=1", "empty and full rows T=5", "BitmaskLinear [2, 3, 300]"]
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "bitmask_kernel_cases.py")], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", PRODUCTS)
+def test_kernel_matches_the_float64_product_to_rounding(interpreted, case):
+    assert interpreted[case]["error_over_bound"] <= 1.0  # above 1: a wrong value, not rounding
+
+
+def test_cases_cover_the_shapes_they_name(interpreted):
+    assert interpreted["50% T=64"]["shape"] == [64, 33] and interpreted["80% T=65"]["shape"] == [65, 33]
+    for name, target in (("50% T=1", 0.5), ("70% T=1 two splits", 0.7), ("80% T=65", 0.8)):
+        assert abs(interpreted[name]["sparsity"] - target) < 0.03
+    counts = interpreted["empty and full rows T=1"]["row_counts"]
+    assert counts.count(0) == 3 and counts.count(264) == 3
+    assert interpreted["60% T=1 bfloat16"]["dtype"] == "torch.bfloat16"
+    assert interpreted["BitmaskLinear [2, 3, 300]"]["out_shape"] == [2, 3, 40]
+
+
+def test_chunk_offsets_index_the_first_kept_weight_of_every_1024_columns():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(7, 2100, generator=g)
+    weight[torch.rand(7, 2100, generator=g) < 0.7] = 0
+    weight[2] = 0
+    packed = pack_bitmask(weight)
+    offsets = chunk_offsets(packed)
+    keep = weight != 0
+    columns = 8 * INDEX_BYTES
+    assert offsets.dtype == torch.int32 and offsets.shape == (7, 3)
+    for row in range(7):
+        for chunk in range(3):
+            expected = int(keep[:row].sum()) + int(keep[row, : chunk * columns].sum())
+            assert int(offsets[row, chunk]) == expected
+
+
+def test_module_keeps_no_dense_copy_and_counts_its_bytes():
+    linear = torch.nn.Linear(1030, 12, dtype=torch.float16)
+    with torch.no_grad():
+        linear.weight[torch.rand(12, 1030, generator=torch.Generator().manual_seed(1)) < 0.7] = 0
+    module = BitmaskLinear.from_linear(linear)
+    nnz = int((linear.weight != 0).sum())
+    assert sorted(name for name, _ in module.named_buffers()) == ["bias", "bitmask", "chunk_offsets", "row_offsets", "values"]
+    assert not list(module.parameters())
+    # values fp16, bitmask 1 bit a weight (rows padded to bytes), row_offsets int64, chunk_offsets int32 (2 chunks a row)
+    assert module.weight_bytes() == 2 * nnz + 12 * 129 + 8 * 12 + 4 * 12 * 2
+    assert torch.equal(module.bias, linear.bias.detach())
+    assert module.packed().shape == (12, 1030)
+
+
+def test_cpu_tensors_outside_the_interpreter_are_an_error_not_a_fallback():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    module = BitmaskLinear.from_linear(torch.nn.Linear(64, 8, dtype=torch.float16))
+    with pytest.raises(RuntimeError, match="runs on CUDA devices.*got device cpu"):
+        module(torch.randn(1, 64, dtype=torch.float16))
+
+
+def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
+    with pytest.raises(TypeError, match="float16, torch.bfloat16.*torch.float32"):
+        BitmaskLinear.from_linear(torch.nn.Linear(64, 8))
+    packed = pack_bitmask(torch.randn(8, 64, dtype=torch.float16))
+    offsets = chunk_offsets(packed)
+    with pytest.raises(TypeError, match="x.dtype in .*got torch.float32"):
+        bitmask_matmul(torch.randn(1, 64), packed, offsets)
+    with pytest.raises(ValueError, match=r"x of shape \[tokens, 64\], got \(1, 63\)"):
+        bitmask_matmul(torch.randn(1, 63, dtype=torch.float16), packed, offsets)
+    with pytest.raises(ValueError, match="chunk_offsets must be int32"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets.long())
+    with pytest.raises(ValueError, match="one token runs one output row per program: the launch needs block_rows=1"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=Launch(4, 16))
+    with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
+        bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
+    with pytest.raises(ValueError, match="Launch.block_rows must be a power of two"):
+        Launch(block_rows=3, block_bytes=16)
+    with pytest.raises(ValueError, match="Launch.block_bytes must divide 128"):
+        Launch(block_rows=4, block_bytes=256)
