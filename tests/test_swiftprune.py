@@ -195,7 +195,7 @@ def test_tiny_model_case_meets_its_sparsity(sparsity, tiny_model_dirs, tmp_path,
 def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight():
     # Real Q4-quantised weights: lumpy, with many tied magnitudes, unlike the Gaussian tests above.
     from sparsebench.models.loading import load_model
-    from sparsebench.prune import prunable_layers
+    from sparsebench.layers import prunable_layers
 
     spec = validate(compose_config(["model=smollm2-135m-q4", "device=cpu"]))
     loaded = load_model(spec.model_path, spec.cache_dir)

@@ -277,7 +277,8 @@ def test_trim_rejects_n_m_metrics_without_row_order_and_bad_keys(tiny_model_dirs
         spec(extra=["allocator.negative_learning_rates=[0.01]"])
     with pytest.raises(ConfigError, match="allocator.lam=0.7: must be in"):
         spec(extra=["allocator.layerwise=owl", "allocator.lam=0.7"])
-    assert not spec().allocator.needs and spec(extra=["allocator.layerwise=owl"]).allocator.needs == {INPUT_SQ_NORMS}
+    assert not spec().allocator.reads.dense and spec(extra=["allocator.layerwise=owl"]).allocator.reads.dense == {INPUT_SQ_NORMS}
+    assert spec().allocator.reads.refine == {LAST_TOKEN_INPUTS} and spec().allocator.refiner().needs == {LAST_TOKEN_INPUTS}
     assert all(METRICS.get(name).scores is not None for name in ("magnitude", "wanda", "ria", "swiftprune"))
 
 
@@ -321,7 +322,7 @@ def test_real_smollm2_block_matches_the_reference():
     from sparsebench.data.tokens import tokenizer_fingerprint
     from sparsebench.models.loading import load_model
     from sparsebench.prune import collect_block_stats
-    from sparsebench.runner import _calibration_ids
+    from sparsebench.runner import CaseTokens, _calibration_ids
     from sparsebench.metrics.wanda import wanda_scores
 
     overrides = [
@@ -330,7 +331,7 @@ def test_real_smollm2_block_matches_the_reference():
     ]
     spec = validate(compose_config(overrides))
     loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
-    ids = _calibration_ids(spec, loaded, {}, {"tokenizer": tokenizer_fingerprint(loaded.tokenizer)})
+    ids, _ = _calibration_ids(spec, loaded, CaseTokens(tokenizer_fingerprint(loaded.tokenizer), None))
     block = loaded.adapter.get_blocks(loaded.model)[0]
     inputs = capture_block_inputs(loaded.model, loaded.adapter, ids, "cpu", 4)
     stats = collect_block_stats(block, loaded.adapter, inputs, frozenset({INPUT_SQ_NORMS, LAST_TOKEN_INPUTS}), 4)

@@ -8,13 +8,10 @@ null; a null key takes the refining allocator's default (TRIM and DSnoT use diff
 
 from __future__ import annotations
 
-import dataclasses
-
-from sparsebench.allocators import Allocation, AllocatorSpec, PrunableLayer
-from sparsebench.allocators.alpha import DEFAULT_EPSILON, alpha_allocation, check_alpha_keys, layer_alphas
-from sparsebench.allocators.owl import OWLParams, outlier_ratio, owl
+from sparsebench.allocators import Allocation, Reads
+from sparsebench.allocators.alpha import DEFAULT_EPSILON, alpha_plan, check_alpha_keys
+from sparsebench.allocators.owl import OWL_NEEDS, OWLParams, owl_plan
 from sparsebench.errors import ConfigError
-from sparsebench.stats import INPUT_SQ_NORMS
 
 LAYERWISE = ("uniform", "owl", "alpha")
 _KEYS = {"uniform": (), "owl": ("m", "lam"), "alpha": ("epsilon",)}
@@ -44,19 +41,17 @@ def check_base(key: str, layerwise: str, owl_defaults: dict, m=None, lam=None, e
         check_alpha_keys(key, keys["epsilon"], "xmin_peak", "block")
 
 
-def bind_base(spec: AllocatorSpec, layerwise: str, keys: dict) -> AllocatorSpec:
-    """The spec with the base's dense pass (OWL: Wanda statistics) or weight pass (AlphaPruning)."""
-    if layerwise == "owl":
-        return dataclasses.replace(spec, needs=frozenset({INPUT_SQ_NORMS}), summarize_block=lambda weights, stats, **_: outlier_ratio(weights, stats, **keys))
-    if layerwise == "alpha":
-        return dataclasses.replace(spec, needs=frozenset(), summarize_block=lambda weights, stats, **_: layer_alphas(weights))
-    return spec
+def base_reads(layerwise: str, refine: frozenset[str]) -> Reads:
+    """What a refining allocator reads: its base's dense pass (OWL: Wanda statistics; AlphaPruning reads
+    the weights alone) and its refiner's statistics."""
+    return Reads(dense=OWL_NEEDS if layerwise == "owl" else frozenset(), refine=refine)
 
 
-def base_allocation(layers: list[PrunableLayer], sparsity: float, block_summaries, layerwise: str, keys: dict) -> Allocation:
+def base_plan(ctx, layerwise: str, keys: dict) -> Allocation:
+    """The base's ratios (after its dense or weight pass); details under the base's name."""
     if layerwise == "owl":
-        return Allocation(owl(layers, sparsity, block_summaries, **keys), {"owl": keys})
+        return Allocation(owl_plan(ctx, **keys), {"owl": keys})
     if layerwise == "alpha":
-        allocation = alpha_allocation(layers, sparsity, block_summaries, **keys)
+        allocation = alpha_plan(ctx, keys["epsilon"], "xmin_peak", "block")
         return Allocation(allocation.ratios, {"alpha": allocation.details})
-    return Allocation({layer.name: sparsity for layer in layers}, {})
+    return Allocation({layer.name: ctx.sparsity for layer in ctx.layers}, {})
