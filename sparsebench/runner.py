@@ -30,7 +30,9 @@ from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PrunePlan, PruneReport, prune_model
 from sparsebench.sparsity import LayerSparsity
-from sparsebench.results import SCHEMA_VERSION, case_id, document_path, document_problem, quarantine, read_document, remove_partials, write_document
+from sparsebench.results import (
+    SCHEMA_VERSION, case_id, document_path, document_problem, model_identity, quarantine, read_document, remove_partials, write_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def _dense_work_key(spec: CaseSpec, tokens: CaseTokens) -> dict:
     calibration = spec.calibration
     bos = {"bos_token_id": tokens.bos_token_id} if tokens.bos_token_id is not None else {}
     return {
-        "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
+        "model": model_identity(spec.resolved["model"]),
         "tokenizer": tokens.fingerprint,
         **bos,
         "calibration": calibration.key(spec.data_paths.get(calibration.corpus.name)),

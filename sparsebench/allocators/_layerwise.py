@@ -8,10 +8,13 @@ null; a null key takes the refining allocator's default (TRIM and DSnoT use diff
 
 from __future__ import annotations
 
+from typing import Callable
+
 from sparsebench.allocators import Allocation, Reads
 from sparsebench.allocators.alpha import DEFAULT_EPSILON, alpha_plan, check_alpha_keys
 from sparsebench.allocators.owl import OWL_NEEDS, OWLParams, owl_plan
 from sparsebench.errors import ConfigError
+from sparsebench.metrics import METRICS, MetricSpec
 
 LAYERWISE = ("uniform", "owl", "alpha")
 _KEYS = {"uniform": (), "owl": ("m", "lam"), "alpha": ("epsilon",)}
@@ -45,6 +48,20 @@ def base_reads(layerwise: str, refine: frozenset[str]) -> Reads:
     """What a refining allocator reads: its base's dense pass (OWL: Wanda statistics; AlphaPruning reads
     the weights alone) and its refiner's statistics."""
     return Reads(dense=OWL_NEEDS if layerwise == "owl" else frozenset(), refine=refine)
+
+
+def require_metric(allocator: str, metric: MetricSpec, usable: Callable[[MetricSpec], bool], reason: str) -> None:
+    """Reject a case's metric that lacks what the refining ``allocator`` reads of it (the dense model passes),
+    naming the metrics that have it."""
+    if metric.prune is not None and not usable(metric):
+        names = sorted(name for name in METRICS.names() if usable(METRICS.get(name)))
+        raise ConfigError(f"allocator={allocator} cannot refine metric={metric.name!r}: {reason}: {', '.join(names)}")
+
+
+def layerwise_plan(ctx, params: dict, owl_defaults: dict) -> Allocation:
+    """The ratios of the base chosen by a refining allocator's keys (``layerwise``, ``m``, ``lam``, ``epsilon``)."""
+    layerwise = params["layerwise"]
+    return base_plan(ctx, layerwise, base_keys(layerwise, owl_defaults, params["m"], params["lam"], params["epsilon"]))
 
 
 def base_plan(ctx, layerwise: str, keys: dict) -> Allocation:

@@ -57,10 +57,9 @@ import torch
 from torch import Tensor
 
 from sparsebench.allocators import Allocation, Allocator, LinearToRefine, Refined, register_allocator
-from sparsebench.allocators._layerwise import base_keys, base_plan, base_reads, check_base
+from sparsebench.allocators._layerwise import base_reads, check_base, layerwise_plan, require_metric
 from sparsebench.errors import ConfigError
 from sparsebench.masks import prune_count
-from sparsebench.metrics import METRICS
 from sparsebench.stats import INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, LayerStats
 
 OWL_DEFAULTS = {"m": 5.0, "lam": 0.08}  # NeuroAL's --M and --lam
@@ -212,17 +211,14 @@ class DSnoT(Allocator):
 
     def __init__(self, params, metric, metric_params):
         super().__init__(params, metric, metric_params)
-        if metric.prune is not None and metric.ranking is None:
-            usable = [name for name in METRICS.names() if METRICS.get(name).ranking is not None]
-            raise ConfigError(
-                f"allocator=dsnot cannot refine metric={metric.name!r}: DSnoT starts from the metric's scores or saliency; "
-                f"metrics that have them: {', '.join(sorted(usable))}"
-            )
+        require_metric(
+            "dsnot", metric, lambda m: m.ranking is not None, "DSnoT starts from the metric's scores or saliency; metrics that have them",
+        )
         self.reads = base_reads(params["layerwise"], self.refiner().needs)
 
     def plan(self, ctx) -> Allocation:
         p = self.params
-        base = base_plan(ctx, p["layerwise"], base_keys(p["layerwise"], OWL_DEFAULTS, p["m"], p["lam"], p["epsilon"]))
+        base = layerwise_plan(ctx, p, OWL_DEFAULTS)
         details = {"layerwise": p["layerwise"], "max_cycles": p["max_cycles"], "update_threshold": p["update_threshold"], "skip": p["skip"], "same_sign": p["same_sign"]}
         return Allocation(base.ratios, {**details, **base.details})
 

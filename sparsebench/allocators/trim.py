@@ -54,9 +54,8 @@ import torch
 from torch import Tensor
 
 from sparsebench.allocators import Allocation, Allocator, LinearToRefine, Refined, register_allocator
-from sparsebench.allocators._layerwise import base_keys, base_plan, base_reads, check_base
+from sparsebench.allocators._layerwise import base_reads, check_base, layerwise_plan, require_metric
 from sparsebench.errors import ConfigError
-from sparsebench.metrics import METRICS
 from sparsebench.stats import LAST_TOKEN_INPUTS, LayerStats
 
 REFERENCE_LEARNING_RATES = [0.01, 0.02, 0.04, 0.08, 0.12, 0.16]
@@ -241,18 +240,15 @@ class TRIM(Allocator):
 
     def __init__(self, params, metric, metric_params):
         super().__init__(params, metric, metric_params)
-        if metric.prune is not None and (metric.scores is None or not metric.row_ratios):
-            usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None and METRICS.get(name).row_ratios]
-            raise ConfigError(
-                f"allocator=trim cannot refine metric={metric.name!r}: TRIM needs per-row ratios and the metric's score order "
-                f"within each row; metrics that have both: {', '.join(usable)}"
-            )
+        require_metric(
+            "trim", metric, lambda m: m.scores is not None and m.row_ratios,
+            "TRIM needs per-row ratios and the metric's score order within each row; metrics that have both",
+        )
         self.reads = base_reads(params["layerwise"], _RowRefiner.needs)
 
     def plan(self, ctx) -> Allocation:
-        p = self.params
-        base = base_plan(ctx, p["layerwise"], base_keys(p["layerwise"], OWL_DEFAULTS, p["m"], p["lam"], p["epsilon"]))
-        return Allocation(base.ratios, {"layerwise": p["layerwise"], "iterations": p["iterations"], **base.details})
+        base = layerwise_plan(ctx, self.params, OWL_DEFAULTS)
+        return Allocation(base.ratios, {"layerwise": self.params["layerwise"], "iterations": self.params["iterations"], **base.details})
 
     def refiner(self) -> _RowRefiner:
         p = self.params
