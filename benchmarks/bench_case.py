@@ -116,12 +116,14 @@ def _restore(model, original: dict) -> None:
 
 
 def gpu_case(args) -> None:
-    from sparsebench.allocators import ALLOCATORS
+    from sparsebench.allocators.uniform import uniform
+    from sparsebench.blockwalk import Execution
     from sparsebench.evaluate.perplexity import perplexity
     from sparsebench.masks import NMPattern
     from sparsebench.metrics import METRICS
     from sparsebench.models.adapters import ADAPTERS
-    from sparsebench.prune import prunable_layers, prune_model
+    from sparsebench.layers import prunable_layers
+    from sparsebench.prune import PrunePlan, prune_model
 
     print(f"[gpu] {torch.cuda.get_device_name()}, torch {torch.__version__}")
     adapter = ADAPTERS["llama"]
@@ -151,13 +153,13 @@ def gpu_case(args) -> None:
         _restore(model, original)
         torch.cuda.reset_peak_memory_stats()
         pattern = NMPattern(*(int(part) for part in sparsity.split(":"))) if ":" in sparsity else None
-        ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), pattern.ratio if pattern else float(sparsity))
+        ratios = uniform(prunable_layers(model, adapter), pattern.ratio if pattern else float(sparsity))
         params = {"kernel": args.kernel} if metric == "sparsegpt" and args.kernel else {}
         if factor:
             params["factor"] = factor
-        report, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), params, ratios, pattern, ids, "cuda", False, 8, progress=False))
+        report, prune_s = _timed(lambda: prune_model(model, adapter, PrunePlan(METRICS.get(metric), params, ratios, pattern), ids, Execution("cuda", False, 8)))
         prune_peak = torch.cuda.max_memory_allocated()
-        result, ppl_s = _timed(lambda: perplexity(model, adapter, eval_ids, "cuda", False, 4, progress=False))
+        result, ppl_s = _timed(lambda: perplexity(model, adapter, eval_ids, Execution("cuda", False, 4)))
         phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items())
         results[metric] = prune_s + ppl_s
         label = sparsity if pattern else f"{float(sparsity):.0%}"
@@ -169,8 +171,8 @@ def gpu_case(args) -> None:
             _restore(model, original)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-            ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)
-            _, prune_s = _timed(lambda: prune_model(model, adapter, METRICS.get(metric), {}, ratios, None, ids, "cuda", True, 8, progress=False))
+            ratios = uniform(prunable_layers(model, adapter), 0.5)
+            _, prune_s = _timed(lambda: prune_model(model, adapter, PrunePlan(METRICS.get(metric), {}, ratios, None), ids, Execution("cuda", True, 8)))
             print(f"[gpu] {metric:>9} with offload=true: prune {prune_s:.2f} s, peak GPU {_gib(torch.cuda.max_memory_allocated())} "
                   f"(model in CPU memory; one block, the non-block modules and {args.nsamples} x {args.seqlen} activations on the GPU)")
 

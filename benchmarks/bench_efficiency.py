@@ -195,6 +195,7 @@ def graph_prefill(model, linears, repeats: int) -> dict:
 @torch.inference_mode()
 def perplexity_check(config_path: Path, tokens_path: Path) -> dict:
     from sparsebench.evaluate.efficiency import semi_structured
+    from sparsebench.blockwalk import Execution
     from sparsebench.evaluate.perplexity import perplexity
     from sparsebench.models.adapters import adapter_for
 
@@ -206,9 +207,9 @@ def perplexity_check(config_path: Path, tokens_path: Path) -> dict:
         prune_2of4(linear.weight.data)
     segments = torch.load(tokens_path)
     adapter = adapter_for("auto", "llama")
-    dense = perplexity(model, adapter, segments, "cuda", False, 4, False).ppl
+    dense = perplexity(model, adapter, segments, Execution("cuda", False, 4)).ppl
     with semi_structured(linears):
-        sparse = perplexity(model, adapter, segments, "cuda", False, 4, False).ppl
+        sparse = perplexity(model, adapter, segments, Execution("cuda", False, 4)).ppl
     relative = abs(sparse - dense) / dense
     result = {"shapes": "SmolLM2-135M", "segments": list(segments.shape), "ppl_dense_stored": dense, "ppl_sparse_kernels": sparse, "relative_difference": relative, "within_fp16_tolerance": relative < 1e-3}
     print(f"[ppl] SmolLM2-135M shapes, random fp16 weights, 2:4, {segments.shape[0]} x {segments.shape[1]} WikiText-2 tokens: dense-stored {dense:.4f}, "

@@ -71,14 +71,30 @@ def parse_method(text: str) -> tuple[str, str, dict]:
 @torch.inference_mode()
 def time_methods(model, adapter, ids, methods: list[str], sparsity: float, device: str, batch_size: int = 8, record=None) -> dict:
     """{method: times}; ``record(results)`` is called after each method (partial results survive a time limit)."""
-    from sparsebench.allocators import ALLOCATORS, Allocation
+    from sparsebench.allocators import ALLOCATORS
     from sparsebench.metrics import METRICS
-    from sparsebench.prune import dense_block_summaries, prunable_layers, prune_model, refinement_for, weight_block_summaries
+    from sparsebench.layers import prunable_layers
+    from sparsebench.blockwalk import Execution
+    from sparsebench.prune import PrunePlan, dense_block_summaries, prune_model, weight_block_summaries
 
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     layers = prunable_layers(model, adapter)
     weight_passes: dict = {}
     results = {}
+
+    class Context:  # the AllocationContext of sparsebench.allocators, without the disk cache; weight passes shared by kind
+        def __init__(self, kind):
+            self.layers, self.sparsity, self.kind, self.reused = layers, sparsity, kind, False
+
+        def dense_summaries(self, needs, summarize):
+            return dense_block_summaries(model, adapter, ids, needs, summarize, Execution(device, False, batch_size))
+
+        def weight_summaries(self, summarize):
+            self.reused = self.kind in weight_passes
+            if not self.reused:
+                weight_passes[self.kind] = weight_block_summaries(model, adapter, summarize, Execution(device))
+            return weight_passes[self.kind]
+
     for text in methods:
         metric_name, allocator_name, keys = parse_method(text)
         for name, parameter in model.named_parameters():
@@ -86,25 +102,16 @@ def time_methods(model, adapter, ids, methods: list[str], sparsity: float, devic
                 parameter.copy_(original[name])
         metric = METRICS.get(metric_name)
         metric_params = metric.make_params({})
-        allocator = ALLOCATORS.get(allocator_name)
-        params = allocator.make_params(keys)
-        allocator = allocator.bound(params, metric)
+        allocator_class = ALLOCATORS.get(allocator_name)
+        params = allocator_class.make_params(keys)
+        allocator = allocator_class(params, metric, metric_params)
         started = time.perf_counter()
-        summaries, reused = None, False
-        if allocator.needs:
-            summaries = dense_block_summaries(model, adapter, ids, allocator.needs, allocator.summarize_block, params, device, False, batch_size, progress=False)
-        elif allocator.summarize_block is not None:
-            kind = params.get("layerwise", allocator_name)
-            reused = kind in weight_passes
-            if not reused:
-                weight_passes[kind] = weight_block_summaries(model, adapter, allocator.summarize_block, params, device, progress=False)
-            summaries = weight_passes[kind]
-        allocation = allocator.allocate(layers, sparsity, summaries, **params)
-        ratios = allocation.ratios if isinstance(allocation, Allocation) else allocation
+        context = Context(params.get("layerwise", allocator_name))
+        ratios = allocator.plan(context).ratios
+        reused = context.reused
         _synchronize(device)
         allocate_s = time.perf_counter() - started
-        refinement = refinement_for(allocator, params, metric, metric_params, adapter)
-        report, prune_s = _timed(lambda: prune_model(model, adapter, metric, metric_params, ratios, None, ids, device, False, batch_size, False, refinement), device)
+        report, prune_s = _timed(lambda: prune_model(model, adapter, PrunePlan(metric, metric_params, ratios, None, allocator.refiner()), ids, Execution(device, False, batch_size)), device)
         swaps = sum(details.get("swaps", 0) for _, details in report.refined.values())
         results[text] = {
             "allocate_s": allocate_s, "weight_pass_reused": reused, "prune_s": prune_s, "phases": report.timings,

@@ -99,11 +99,13 @@ def cpu_case(args) -> None:
 
 
 def gpu_case(args) -> None:
-    from sparsebench.allocators import ALLOCATORS
+    from sparsebench.allocators.uniform import uniform
     from sparsebench.masks import NMPattern
     from sparsebench.metrics import METRICS
     from sparsebench.models.adapters import ADAPTERS
-    from sparsebench.prune import prunable_layers, prune_model
+    from sparsebench.layers import prunable_layers
+    from sparsebench.blockwalk import Execution
+    from sparsebench.prune import PrunePlan, prune_model
 
     print(f"[gpu] {torch.cuda.get_device_name()}, torch {torch.__version__}")
     adapter = ADAPTERS["llama"]
@@ -116,10 +118,10 @@ def gpu_case(args) -> None:
         ratio = 0.5 if pattern else float(sparsity.split("=")[1])
         for metric in args.metrics:
             _restore(model, original)
-            ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), ratio)
+            ratios = uniform(prunable_layers(model, adapter), ratio)
             torch.cuda.synchronize()
             start = time.perf_counter()
-            report = prune_model(model, adapter, METRICS.get(metric), {}, ratios, pattern, ids, "cuda", False, 8, progress=False)
+            report = prune_model(model, adapter, PrunePlan(METRICS.get(metric), {}, ratios, pattern), ids, Execution("cuda", False, 8))
             torch.cuda.synchronize()
             prune_s = time.perf_counter() - start
             phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items())

@@ -11,6 +11,10 @@ ones): in that one-sequence pass each block is replaced by the identity while it
 recorded, so no block computes and an offloaded model needs none of them on the GPU. With
 ``offload`` the model stays on the CPU and only the block at work (plus the small non-block
 modules) sits on the GPU.
+
+Every stage that walks the blocks (pruning, the allocators' dense pass and trial prunes,
+perplexity) does it the same way, through ``first_block_inputs`` and ``walk_blocks``: placement and
+offload, input capture and the non-finite checks live here only, driven by one ``Execution``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from sparsebench.errors import NumericalError
 from sparsebench.models.adapters import FamilyAdapter
@@ -32,6 +37,18 @@ class _StopForward(Exception):
 class StopBlock(Exception):
     """Raised by a hook of ``run_block_for_hooks`` once it has observed all it needs of a batch:
     the rest of that batch's block forward (whose outputs are dropped anyway) is skipped."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the blocks run: on ``device``; with ``offload`` the model stays on the CPU and one block at a
+    time (plus the small non-block modules) sits on the device; forwards in micro-batches of
+    ``batch_size`` sequences; ``progress`` bars."""
+
+    device: str
+    offload: bool = False
+    batch_size: int = 1
+    progress: bool = False
 
 
 @dataclass
@@ -160,6 +177,33 @@ def run_block_for_hooks(block: nn.Module, inputs: BlockInputs, batch_size: int) 
             block(inputs.hidden[part], **inputs.kwargs_for(block))
         except StopBlock:
             pass
+
+
+def first_block_inputs(model: nn.Module, adapter: FamilyAdapter, input_ids: Tensor, run: Execution) -> BlockInputs:
+    """The first block's inputs for ``input_ids`` on the device (the non-block modules moved there first
+    when offloaded), checked finite."""
+    if run.offload:
+        move_non_block_modules(model, adapter.get_blocks(model), run.device)
+    inputs = capture_block_inputs(model, adapter, input_ids, run.device, run.batch_size)
+    check_finite(inputs.hidden, "in the inputs of the first block")
+    return inputs
+
+
+def walk_blocks(
+    model: nn.Module, adapter: FamilyAdapter, run: Execution, desc: str, inputs: BlockInputs | None = None, stage: str = ""
+) -> Iterator[tuple[int, nn.Module]]:
+    """``(index, block)`` of every block in order, the block on the device while the caller works on it
+    (moved there and back when offloaded). When the caller resumes the walk, the hidden states of
+    ``inputs`` (which its step replaced by the block's outputs) are checked finite; ``stage`` (e.g.
+    ``pruned``) names the block in the error."""
+    for index, block in enumerate(tqdm(adapter.get_blocks(model), desc=desc, unit="block", disable=not run.progress)):
+        if run.offload:
+            block.to(run.device)
+        yield index, block
+        if inputs is not None:
+            check_finite(inputs.hidden, f"after {stage + ' ' if stage else ''}block {index}")
+        if run.offload:
+            block.to("cpu")
 
 
 def check_finite(hidden: Tensor, where: str) -> None:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sparsebench.allocators import ALLOCATORS, AllocatorSpec
+from sparsebench.allocators import ALLOCATORS, Allocator
+from sparsebench.blockwalk import Execution
 from sparsebench.data.corpora import CORPORA, Corpus, corpus_named, resolve_source
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.evaluate.efficiency import EfficiencySpec, validate_efficiency
@@ -271,7 +272,7 @@ class CaseSpec:
     pattern: NMPattern | None
     metric: MetricSpec
     metric_params: dict
-    allocator: AllocatorSpec
+    allocator: Allocator  # bound to this case's metric
     allocator_params: dict
     calibration: CalibrationSpec
     perplexity: PerplexitySpec
@@ -296,11 +297,14 @@ class CaseSpec:
     def is_dense(self) -> bool:
         return self.metric.prune is None
 
+    def execution(self, batch_size: int) -> Execution:
+        """How this case runs the blocks, in micro-batches of ``batch_size`` sequences."""
+        return Execution(self.device, self.offload, batch_size, self.progress)
+
     @property
     def reads_calibration(self) -> bool:
         """Whether the metric or the allocator reads calibration data."""
-        allocator = self.allocator
-        return bool(self.metric.needs_calibration or allocator.needs or allocator.uses_trials or allocator.refine_needs)
+        return self.metric.needs_calibration or self.allocator.reads.calibration
 
 
 def _choice(key: str, value: Any, allowed) -> None:
@@ -326,7 +330,7 @@ def _decomposition_params(metric: MetricSpec, rank: Any) -> dict:
     return {"rank": rank}
 
 
-def nm_problem(allocator: AllocatorSpec, pattern: NMPattern) -> str | None:
+def nm_problem(allocator: Allocator | type[Allocator], pattern: NMPattern) -> str | None:
     """Why ``allocator`` cannot prune to the N:M ``pattern``, or None (also used by the tables' "not applicable")."""
     if allocator.supports_nm:
         return None
@@ -342,7 +346,7 @@ def combination_problem(metric_name: str, allocator_name: str, pattern: str) -> 
     try:
         metric = METRICS.get(metric_name)
         allocator = ALLOCATORS.get(allocator_name)
-        allocator.bound(allocator.make_params({}), metric)
+        allocator(allocator.make_params({}), metric, metric.make_params({}))
         parsed = parse_pattern(pattern)
     except (ConfigError, ValueError) as error:
         return str(error)
@@ -410,9 +414,9 @@ def validate(config: dict) -> CaseSpec:
     metric_params.update(_decomposition_params(metric, (config.get("decomposition") or {}).get("rank")))
     if "name" not in config["allocator"]:
         raise ConfigError(f"allocator.name: required; allowed values are {', '.join(ALLOCATORS.names())}")
-    allocator = ALLOCATORS.get(config["allocator"]["name"])
-    allocator_params = allocator.make_params({k: v for k, v in config["allocator"].items() if k != "name"})
-    allocator = allocator.bound(allocator_params, metric)
+    allocator_class = ALLOCATORS.get(config["allocator"]["name"])
+    allocator_params = allocator_class.make_params({k: v for k, v in config["allocator"].items() if k != "name"})
+    allocator = allocator_class(allocator_params, metric, metric_params)
 
     sparsity = config["sparsity"]
     try:
@@ -458,7 +462,7 @@ def validate(config: dict) -> CaseSpec:
             raise ConfigError(f"data.{name}={path!r}: no such file or folder")
     zeroshot = validate_zeroshot(config["eval"].get("zeroshot") or {}, data_paths)
     reads = [(corpus, corpus.eval_split) for corpus in corpora]
-    if metric.needs_calibration or allocator.needs or allocator.uses_trials or allocator.refine_needs:
+    if metric.needs_calibration or allocator.reads.calibration:
         reads.append((calibration_corpus, calibration["split"]))
     _check_local_copies(data_paths, reads)
     efficiency = validate_efficiency(config["eval"].get("efficiency") or {})

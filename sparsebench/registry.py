@@ -6,9 +6,10 @@ module of the package so that adding a method is one new file (plus its YAML in 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
-from typing import Generic, Iterator, TypeVar
+from typing import Any, Generic, Iterator, TypeVar
 
 Entry = TypeVar("Entry")
 
@@ -48,3 +49,19 @@ class Registry(Generic[Entry]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def make_params(params: type, values: dict[str, Any], key: str, kind: str, name: str) -> dict[str, Any]:
+    """Check the configuration keys ``values`` of the method ``name`` against its ``params`` dataclass
+    (and the dataclass's ``check(key)``, if it has one); returns them as plain keyword arguments."""
+    from sparsebench.errors import ConfigError
+
+    allowed = {f.name for f in dataclasses.fields(params)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: not a key of {kind} {name!r}; allowed: {', '.join(sorted(allowed)) or 'none'}")
+    checked = params(**values)
+    check = getattr(checked, "check", None)
+    if check is not None:
+        check(key)
+    return dataclasses.asdict(checked)

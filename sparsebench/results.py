@@ -49,9 +49,14 @@ def _defining_eval(evaluation: dict) -> dict:
     return {**{k: v for k, v in evaluation.items() if k not in ("zeroshot", "efficiency")}, **defining}
 
 
+def model_identity(model: dict) -> dict:
+    """What identifies the model weights of a resolved ``model`` group: in case ids and in the dense-pass cache keys."""
+    return {k: model.get(k) for k in ("path", "family", "dtype", "revision")}
+
+
 def defining_config(config: dict, device_type: str) -> dict:
     """The parts of a resolved configuration that change a case's numbers (absent groups read as empty)."""
-    model = {k: config["model"].get(k) for k in ("path", "family", "dtype", "revision")}
+    model = model_identity(config["model"])
     if config["model"].get("bos_per_segment") is not None:  # later key: in the id only when set
         model["bos_per_segment"] = config["model"]["bos_per_segment"]
     data = {k: v for k, v in (config.get("data") or {}).items() if v is not None or k in _FIRST_DATA_KEYS}

@@ -7,32 +7,33 @@ goes on; the document is written atomically either way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-from torch import Tensor
 
 import sparsebench
 from sparsebench import environment, export, lowrank, sparsity, tracking
-from sparsebench.allocators import Allocation
+from sparsebench.allocation import allocate, with_refinement
 from sparsebench.claims import Busy, Claim, claim_case
 from sparsebench.config import CaseSpec
 from sparsebench.data.corpora import CORPORA, TextSource, resolve_source
 from sparsebench.data.hub import hub_unreachable
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
-from sparsebench.disk_cache import cached
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.faults import inject
 from sparsebench.evaluate import efficiency, zeroshot
 from sparsebench.finetune.stage import run_finetune
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
-from sparsebench.prune import PruneReport, Refinement, dense_block_summaries, prunable_layers, prune_model, refinement_for, weight_block_summaries
-from sparsebench.sparsity import target_mean
-from sparsebench.results import SCHEMA_VERSION, case_id, document_path, document_problem, quarantine, read_document, remove_partials, write_document
-from sparsebench.trials import BlockTrials
+from sparsebench.prune import PrunePlan, PruneReport, prune_model
+from sparsebench.sparsity import LayerSparsity
+from torch import Tensor
+from sparsebench.results import (
+    SCHEMA_VERSION, case_id, document_path, document_problem, model_identity, quarantine, read_document, remove_partials, write_document,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,45 +68,70 @@ def _bos_token_id(spec: CaseSpec, loaded: LoadedModel) -> int | None:
     return int(bos)
 
 
-def _training_source(spec: CaseSpec, corpus, split: str, stage: str, notes: dict):
-    """The text a stage learns from; if it is also evaluated, say so (``notes.<stage>_overlaps_evaluation``)."""
+@dataclass
+class StageOutput:
+    """What one stage adds to the case's document: its sections, timings and notes. ``run_case`` merges the
+    outputs of its stages, in order, into the document once (nested sections such as ``metrics`` key by key)."""
+
+    sections: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)
+
+
+def merged(base: dict, update: dict) -> dict:
+    """``base`` with ``update``'s keys, dictionaries merged key by key (neither argument is changed)."""
+    result = dict(base)
+    for key, value in update.items():
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+    return result
+
+
+@dataclass(frozen=True)
+class CaseTokens:
+    """How the case tokenises: the tokenizer's fingerprint (cache keys) and the BOS token starting every segment, if any."""
+
+    fingerprint: str
+    bos_token_id: int | None
+
+
+def _content_notes(source: TextSource) -> dict:
+    """``notes.data_content.<corpus>.<split>``: what the case read, by content (see ``TextSource.content``)."""
+    return {"data_content": {source.corpus.name: {source.split: source.content()}}}
+
+
+def _training_source(spec: CaseSpec, corpus, split: str, stage: str) -> tuple[TextSource, dict]:
+    """The text a stage learns from and its notes; if it is also evaluated, say so (``notes.<stage>_overlaps_evaluation``)."""
     source = resolve_source(corpus, split, spec.data_paths.get(corpus.name))
     eval_paths = {resolve_source(c, c.eval_split, spec.data_paths.get(c.name)).path for c in spec.perplexity.corpora}
+    notes = {}
     if source.path is not None and source.path in eval_paths:
         log.warning("%s reads %s, which is also evaluated: the perplexity is not held out", stage, source.path)
         notes[f"{stage}_overlaps_evaluation"] = True
-    _record_content(notes, source)
-    return source
+    return source, merged(notes, _content_notes(source))
 
 
-def _record_content(notes: dict, source: TextSource) -> None:
-    """``notes.data_content.<corpus>.<split>``: what the case read, by content (see ``TextSource.content``)."""
-    notes.setdefault("data_content", {}).setdefault(source.corpus.name, {})[source.split] = source.content()
-
-
-def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict):
-    """The calibration segments, or None when neither the metric nor the allocator reads data."""
+def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, tokens: CaseTokens):
+    """The calibration segments (None when neither the metric nor the allocator reads data) and the stage's output."""
     if not spec.reads_calibration:
-        return None
+        return None, StageOutput()
     calib = spec.calibration
-    source = _training_source(spec, calib.corpus, calib.split, "calibration", notes)
+    source, notes = _training_source(spec, calib.corpus, calib.split, "calibration")
     started = time.perf_counter()
-    ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, notes["tokenizer"], notes.get("bos_token_id"))
-    timings["calibration_data_s"] = time.perf_counter() - started
-    notes["calibration_source"] = source.describe()
-    return ids
+    ids = calibration_tokens(source, loaded.tokenizer, calib.nsamples, calib.seqlen, calib.seed, spec.cache_dir, tokens.fingerprint, tokens.bos_token_id)
+    seconds = time.perf_counter() - started
+    return ids, StageOutput(timings={"calibration_data_s": seconds}, notes={**notes, "calibration_source": source.describe()})
 
 
-def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
+def _dense_work_key(spec: CaseSpec, tokens: CaseTokens) -> dict:
     """What a dense pass over the calibration data depends on: shared by every case of that model.
 
     Not the sparsity, metric or pattern: those only act after the dense pass.
     """
     calibration = spec.calibration
-    bos = {"bos_token_id": notes["bos_token_id"]} if notes.get("bos_token_id") is not None else {}
+    bos = {"bos_token_id": tokens.bos_token_id} if tokens.bos_token_id is not None else {}
     return {
-        "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
-        "tokenizer": notes["tokenizer"],
+        "model": model_identity(spec.resolved["model"]),
+        "tokenizer": tokens.fingerprint,
         **bos,
         "calibration": calibration.key(spec.data_paths.get(calibration.corpus.name)),
         "allocator": spec.allocator.name,
@@ -115,122 +141,47 @@ def _dense_work_key(spec: CaseSpec, notes: dict) -> dict:
     }
 
 
-def _weight_work_key(spec: CaseSpec) -> dict:
-    """What a summary of the dense weights alone depends on: the model and the allocator's keys."""
-    return {
-        "model": {key: spec.resolved["model"].get(key) for key in ("path", "family", "dtype", "revision")},
-        "allocator": spec.allocator.name,
-        "params": spec.allocator_params,
-        "device_type": spec.device.split(":")[0],
-        "version": sparsebench.__version__,
-    }
-
-
-def _allocate(spec: CaseSpec, loaded: LoadedModel, calibration_ids, timings: dict, notes: dict, document: dict) -> dict:
-    """Each layer's target ratio from the allocator (after its dense pass or its trial prunes, if it has them)."""
-    layers = prunable_layers(loaded.model, loaded.adapter)
+def _prune(spec: CaseSpec, loaded: LoadedModel, calibration_ids, tokens: CaseTokens, facts: dict) -> tuple[PruneReport, StageOutput]:
+    """Allocate, then prune; the ``allocation``, ``sparsity`` (and ``decomposition``) sections (``facts``: the dense model's)."""
+    parameters = facts["parameters"]
+    allocation = allocate(spec, loaded, calibration_ids, _dense_work_key(spec, tokens))
     started = time.perf_counter()
-    summaries = None
-    if spec.allocator.needs:
-        summaries, shared = cached(
-            spec.cache_dir, "dense", f"summaries-{spec.allocator.name}", _dense_work_key(spec, notes),
-            lambda: dense_block_summaries(
-                loaded.model, loaded.adapter, calibration_ids, spec.allocator.needs, spec.allocator.summarize_block,
-                spec.allocator_params, spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
-            ),
-            spec.claims.heartbeat_s, spec.claims.stale_after_s,  # cases running at once wait for the one computing it
-        )
-        notes["dense_summaries"] = "reused from the cache" if shared else "computed"
-    elif spec.allocator.summarize_block is not None:  # the weights alone (AlphaPruning's spectra)
-        summaries, shared = cached(
-            spec.cache_dir, "dense", f"weight-summaries-{spec.allocator.name}", _weight_work_key(spec),
-            lambda: weight_block_summaries(
-                loaded.model, loaded.adapter, spec.allocator.summarize_block, spec.allocator_params, spec.device, spec.progress,
-            ),
-            spec.claims.heartbeat_s, spec.claims.stale_after_s,
-        )
-        notes["dense_summaries"] = "reused from the cache" if shared else "computed"
-    trials = {}
-    if spec.allocator.uses_trials:
-        trials["trials"] = BlockTrials(
-            loaded.model, loaded.adapter, spec.metric, spec.metric_params, spec.pattern, calibration_ids,
-            spec.device, spec.offload, spec.calibration.batch_size, spec.progress,
-        )
-    allocation = spec.allocator.allocate(layers, spec.ratio, summaries, **trials, **spec.allocator_params)
-    if not isinstance(allocation, Allocation):
-        allocation = Allocation(allocation)
-    timings["allocate_s"] = time.perf_counter() - started
-    document["allocation"] = {
-        "allocator": spec.allocator.name, "block_summaries": summaries, "block_ratios": _block_ratios(layers, allocation.ratios),
-        "layer_ratios": _layer_ratios(allocation.ratios), **allocation.details,
+    plan = PrunePlan(spec.metric, spec.metric_params, allocation.ratios, spec.pattern, spec.allocator.refiner())
+    report = prune_model(loaded.model, loaded.adapter, plan, calibration_ids, spec.execution(spec.calibration.batch_size))
+    timings = {"allocate_s": allocation.seconds, "prune_s": time.perf_counter() - started, **{f"prune_{name}": value for name, value in report.timings.items()}}
+    sections = {
+        "allocation": with_refinement(allocation.section, report.refined),
+        "sparsity": {"pattern": str(spec.pattern or "unstructured"), **sparsity.summarize(report.layers, parameters)},
     }
-    return allocation.ratios
+    if report.decompositions:
+        sections["decomposition"] = lowrank.summarize(report.decompositions, parameters, facts["prunable_parameters"])
+    notes = {} if allocation.dense_summaries is None else {"dense_summaries": allocation.dense_summaries}
+    return report, StageOutput(sections, timings, notes)
 
 
-def _refinement(spec: CaseSpec, loaded: LoadedModel) -> Refinement | None:
-    return refinement_for(spec.allocator, spec.allocator_params, spec.metric, spec.metric_params, loaded.adapter)
-
-
-def _prune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict) -> PruneReport:
-    calibration_ids = _calibration_ids(spec, loaded, timings, notes)
-    ratios = _allocate(spec, loaded, calibration_ids, timings, notes, document)
-    started = time.perf_counter()
-    report = prune_model(
-        loaded.model, loaded.adapter, spec.metric, spec.metric_params, ratios, spec.pattern, calibration_ids,
-        spec.device, spec.offload, spec.calibration.batch_size, spec.progress, _refinement(spec, loaded),
-    )
-    timings["prune_s"] = time.perf_counter() - started
-    timings.update({f"prune_{name}": value for name, value in report.timings.items()})
-    if report.refined:  # the ratios pruned are the refined ones; the allocator's own stay as "layerwise_ratios"
-        allocation = document["allocation"]
-        allocation["layerwise_ratios"] = allocation["layer_ratios"]
-        allocation["layer_ratios"] = _layer_ratios({name: ratio for name, (ratio, _) in report.refined.items()})
-        allocation["refinement"] = {name: details for name, (_, details) in report.refined.items()}
-    return report
-
-
-def _block_ratios(layers, ratios) -> list[float]:
-    """Mean target ratio of each block (per-row ratios averaged), for the result document."""
-    per_block: dict[int, list[float]] = {}
-    for layer in layers:
-        per_block.setdefault(layer.block, []).append(target_mean(ratios[layer.name]))
-    return [sum(values) / len(values) for _, values in sorted(per_block.items())]
-
-
-def _layer_ratios(ratios) -> dict:
-    """Each layer's target ratio; per-row ratios as their mean, min and max."""
-    summary = {}
-    for name, ratio in ratios.items():
-        if isinstance(ratio, Tensor):
-            summary[name] = {"mean": target_mean(ratio), "min": float(ratio.min()), "max": float(ratio.max())}
-        else:
-            summary[name] = float(ratio)
-    return summary
-
-
-def _zeroshot(spec: CaseSpec, loaded: LoadedModel, tasks: dict, timings: dict) -> dict:
+def _zeroshot(spec: CaseSpec, loaded: LoadedModel, tasks: dict) -> StageOutput:
     zeroshot.place(loaded.model, spec.device, spec.offload)
     lm = zeroshot.wrap_model(loaded.model, loaded.tokenizer, spec.zeroshot, spec.device, spec.progress)
     results = zeroshot.evaluate_zeroshot(lm, tasks, spec.zeroshot)
-    timings.update({f"eval_zeroshot_{task.name}_s": results[task.name]["seconds"] for task in spec.zeroshot.tasks})
-    return results
+    timings = {f"eval_zeroshot_{task.name}_s": results[task.name]["seconds"] for task in spec.zeroshot.tasks}
+    return StageOutput({"metrics": {"zeroshot": results}}, timings)
 
 
-def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, timings: dict, notes: dict, stage: str = "") -> dict:
-    """Perplexity on every configured corpus; ``stage`` (e.g. ``before_finetune``) names the timings."""
-    results = {}
+def _evaluate(spec: CaseSpec, loaded: LoadedModel, seqlen: int, tokens: CaseTokens, stage: str = "") -> StageOutput:
+    """Perplexity on every configured corpus, as ``metrics.ppl`` (``metrics.ppl_<stage>`` with a ``stage``, e.g. ``before_finetune``)."""
+    results, timings, notes = {}, {}, {}
     for corpus in spec.perplexity.corpora:
         started = time.perf_counter()
         source = resolve_source(corpus, corpus.eval_split, spec.data_paths.get(corpus.name))
-        tokens = evaluation_tokens(source, loaded.tokenizer, spec.cache_dir, notes["tokenizer"], notes.get("bos_token_id"))
+        token_ids = evaluation_tokens(source, loaded.tokenizer, spec.cache_dir, tokens.fingerprint, tokens.bos_token_id)
         limits = [n for n in (spec.perplexity.max_segments, corpus.eval_max_segments) if n is not None]
-        segments = segment(tokens, seqlen, min(limits) if limits else None, notes.get("bos_token_id"))
-        result = perplexity(loaded.model, loaded.adapter, segments, spec.device, spec.offload, spec.perplexity.batch_size, spec.progress, desc=f"ppl {corpus.name}")
+        segments = segment(token_ids, seqlen, min(limits) if limits else None, tokens.bos_token_id)
+        result = perplexity(loaded.model, loaded.adapter, segments, spec.execution(spec.perplexity.batch_size), desc=f"ppl {corpus.name}")
         results[corpus.name] = {**result.as_dict(), "source": source.describe()}
-        _record_content(notes, source)
+        notes = merged(notes, _content_notes(source))
         timings[f"eval_ppl_{stage + '_' if stage else ''}{corpus.name}_s"] = time.perf_counter() - started
         log.info("%s perplexity on %s%s: %.3f (%d segments of %d tokens)", spec.model_name, corpus.name, f" ({stage})" if stage else "", result.ppl, result.segments, seqlen)
-    return results
+    return StageOutput({"metrics": {f"ppl_{stage}" if stage else "ppl": results}}, timings, notes)
 
 
 def _hub_sources(spec: CaseSpec) -> list[tuple[str, str]]:
@@ -287,46 +238,52 @@ def _linear_weights(loaded: LoadedModel) -> dict[str, Tensor]:
     return {f"{index}.{name}": linear.weight for index, block in enumerate(adapter.get_blocks(loaded.model)) for name, linear in adapter.get_linears(block).items()}
 
 
-def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: int, timings: dict) -> dict:
+def _measured_sparsity(loaded: LoadedModel, parameters: int, zeros: dict[str, int] | None = None) -> dict:
+    """The zeros of every prunable linear as loaded (an export may be pruned): measured, not checked against a target."""
+    weights = _linear_weights(loaded)
+    counted = zeros if zeros is not None else {name: sparsity.count_zeros(weight) for name, weight in weights.items()}
+    return sparsity.measure(counted, {name: tuple(weight.shape) for name, weight in weights.items()}, parameters)
+
+
+def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: int) -> StageOutput:
     started = time.perf_counter()
     section = export.export_model(
         loaded.model, loaded.tokenizer, spec.export, case, list(_pruned_linears(loaded)), spec.pattern, dense_parameters
     )
-    timings["export_s"] = time.perf_counter() - started
-    return section
+    return StageOutput({"export": section}, {"export_s": time.perf_counter() - started})
 
 
-def _efficiency(spec: CaseSpec, loaded: LoadedModel, timings: dict) -> dict:
+def _efficiency(spec: CaseSpec, loaded: LoadedModel) -> StageOutput:
     started = time.perf_counter()
     zeroshot.place(loaded.model, spec.device, spec.offload)
     result = efficiency.evaluate_efficiency(
         loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.device, spec.pattern, loaded.dtype,
         loaded.context_length, spec.progress,
     )
-    timings["eval_efficiency_s"] = time.perf_counter() - started
-    return result
+    return StageOutput({"metrics": {"efficiency": result}}, {"eval_efficiency_s": time.perf_counter() - started})
 
 
-def _finetune(spec: CaseSpec, loaded: LoadedModel, timings: dict, notes: dict, document: dict, report: PruneReport | None) -> dict:
-    """Recovery fine-tuning (its own document section); the pruned layers' sparsity is checked again after it.
+@dataclass
+class _FinetuneResult:
+    output: StageOutput
+    layers: list[LayerSparsity] | None  # the pruned layers recounted after training, to check against their targets
+    prior_peak_gpu: dict  # the GPU peaks of the case before the training loop reset them
 
-    Returns the GPU peaks of the case before the training loop reset them.
-    """
+
+def _finetune(spec: CaseSpec, loaded: LoadedModel, tokens: CaseTokens, report: PruneReport | None, parameters: int) -> _FinetuneResult:
+    """Recovery fine-tuning (its own document section); the pruned layers' sparsity is recounted after it."""
     finetune = spec.finetune
-    source = _training_source(spec, finetune.corpus, finetune.split, "finetune", notes)
+    source, notes = _training_source(spec, finetune.corpus, finetune.split, "finetune")
     started = time.perf_counter()
-    outcome = run_finetune(finetune, loaded.model, loaded.tokenizer, loaded.adapter, source, spec.device, spec.cache_dir, notes["tokenizer"], spec.progress)
-    timings["finetune_s"] = time.perf_counter() - started
-    document["finetune"] = outcome.section
-    if report is not None:  # the evaluated weights: recount and check against the targets again
-        for layer in report.layers:
-            layer.zeros = outcome.zeros_after[layer.name]
-        document["sparsity"] = {**document["sparsity"], **sparsity.summarize(report.layers, document["model"]["parameters"])}
-        sparsity.check(report.layers)
+    outcome = run_finetune(finetune, loaded.model, loaded.tokenizer, loaded.adapter, source, spec.device, spec.cache_dir, tokens.fingerprint, spec.progress)
+    sections: dict = {"finetune": outcome.section}
+    layers = None
+    if report is not None:  # the evaluated weights: recount (checked against the targets again by run_case)
+        layers = [dataclasses.replace(layer, zeros=outcome.zeros_after[layer.name]) for layer in report.layers]
+        sections["sparsity"] = sparsity.summarize(layers, parameters)
     else:  # metric=none: measured again on the evaluated weights
-        shapes = {name: (layer["rows"], layer["cols"]) for name, layer in document["sparsity"]["per_layer"].items()}
-        document["sparsity"] = {**document["sparsity"], **sparsity.measure(outcome.zeros_after, shapes, document["model"]["parameters"])}
-    return outcome.prior_peak_gpu
+        sections["sparsity"] = _measured_sparsity(loaded, parameters, outcome.zeros_after)
+    return _FinetuneResult(StageOutput(sections, {"finetune_s": time.perf_counter() - started}, notes), layers, outcome.prior_peak_gpu)
 
 
 def _case_peaks(memory: dict, prior_peak_gpu: dict) -> dict:
@@ -367,10 +324,11 @@ def run_case(spec: CaseSpec) -> dict:
 
 
 def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> dict:
-    document = {"schema_version": SCHEMA_VERSION, "case_id": case, "status": "failed", "config": spec.resolved, "started_at": _now()}
-    timings: dict[str, float] = {}
+    head = {"schema_version": SCHEMA_VERSION, "case_id": case, "status": "failed", "config": spec.resolved, "started_at": _now()}
+    outputs = [StageOutput(notes=notes)]
     environment.reset_peak_memory(spec.device)
     prior_peak_gpu: dict = {}
+    error = None
     started = time.perf_counter()
     try:
         inject(spec.fault, "load", case)
@@ -379,17 +337,15 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
         if spec.zeroshot:  # before the model: a task whose documents cannot be had fails at once
             phase = time.perf_counter()
             zeroshot_tasks = zeroshot.load_tasks(spec.zeroshot)
-            timings["zeroshot_tasks_s"] = time.perf_counter() - phase
+            outputs.append(StageOutput(timings={"zeroshot_tasks_s": time.perf_counter() - phase}))
         phase = time.perf_counter()
         loaded = load_model(spec.model_path, spec.cache_dir, spec.family, spec.dtype, spec.device, spec.offload, spec.revision, spec.trust_remote_code)
-        timings["load_s"] = time.perf_counter() - phase
+        load_s = time.perf_counter() - phase
         facts = loaded.facts()
-        document["model"] = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts}
-        notes["tokenizer"] = tokenizer_fingerprint(loaded.tokenizer)
-        bos_token_id = _bos_token_id(spec, loaded)
-        document["model"]["bos_per_segment"] = bos_token_id is not None
-        if bos_token_id is not None:
-            notes["bos_token_id"] = bos_token_id
+        tokens = CaseTokens(tokenizer_fingerprint(loaded.tokenizer), _bos_token_id(spec, loaded))
+        model = {"name": spec.model_name, "path": spec.model_path, "location": loaded.source.location, **facts, "bos_per_segment": tokens.bos_token_id is not None}
+        bos = {} if tokens.bos_token_id is None else {"bos_token_id": tokens.bos_token_id}
+        outputs.append(StageOutput({"model": model}, {"load_s": load_s}, {"tokenizer": tokens.fingerprint, **bos}))
         ppl_seqlen = _check_lengths(spec, loaded)
         if spec.efficiency:  # before pruning: a decode longer than the context fails at once
             efficiency.check_lengths(spec.efficiency, loaded.context_length)
@@ -398,51 +354,41 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
 
         report = None
         if spec.is_dense:  # nothing pruned here; the loaded weights may be (an export): their zeros, measured
-            weights = _linear_weights(loaded)
-            document["sparsity"] = {
-                "target": 0.0, "pattern": "dense",
-                **sparsity.measure({name: sparsity.count_zeros(w) for name, w in weights.items()}, {name: tuple(w.shape) for name, w in weights.items()}, facts["parameters"]),
-            }
+            outputs.append(StageOutput({"sparsity": {"target": 0.0, "pattern": "dense", **_measured_sparsity(loaded, facts["parameters"])}}))
         else:
             inject(spec.fault, "prune", case)
-            report = _prune(spec, loaded, timings, notes, document)
-            summary = sparsity.summarize(report.layers, facts["parameters"])
-            document["sparsity"] = {"pattern": str(spec.pattern or "unstructured"), **summary}
-            if report.decompositions:
-                document["decomposition"] = lowrank.summarize(report.decompositions, facts["parameters"], facts["prunable_parameters"])
+            calibration_ids, calibration = _calibration_ids(spec, loaded, tokens)
+            outputs.append(calibration)
+            report, pruned = _prune(spec, loaded, calibration_ids, tokens, facts)
+            outputs.append(pruned)
             sparsity.check(report.layers)
 
         if spec.finetune is not None:
-            document["metrics"] = {}
-            document["metrics"]["ppl_before_finetune"] = _evaluate(spec, loaded, ppl_seqlen, timings, notes, stage="before_finetune")
-            prior_peak_gpu = _finetune(spec, loaded, timings, notes, document, report)
+            outputs.append(_evaluate(spec, loaded, ppl_seqlen, tokens, stage="before_finetune"))
+            finetuned = _finetune(spec, loaded, tokens, report, facts["parameters"])
+            outputs.append(finetuned.output)
+            prior_peak_gpu = finetuned.prior_peak_gpu
+            if finetuned.layers is not None:
+                sparsity.check(finetuned.layers)
 
         if spec.export is not None:  # after fine-tuning: the model that is evaluated is the one written
-            document["export"] = _export(spec, loaded, case, facts["parameters"], timings)
+            outputs.append(_export(spec, loaded, case, facts["parameters"]))
 
         inject(spec.fault, "eval", case)
         phase = time.perf_counter()
-        document.setdefault("metrics", {})["ppl"] = _evaluate(spec, loaded, ppl_seqlen, timings, notes)
+        outputs.append(_evaluate(spec, loaded, ppl_seqlen, tokens))
         if spec.zeroshot:
-            document["metrics"]["zeroshot"] = _zeroshot(spec, loaded, zeroshot_tasks, timings)
+            outputs.append(_zeroshot(spec, loaded, zeroshot_tasks))
         if spec.efficiency:
-            document["metrics"]["efficiency"] = _efficiency(spec, loaded, timings)
-        timings["eval_s"] = time.perf_counter() - phase
+            outputs.append(_efficiency(spec, loaded))
+        outputs.append(StageOutput(timings={"eval_s": time.perf_counter() - phase}))
         inject(spec.fault, "write", case)
-        document["status"] = "ok"
-    except Exception as error:  # recorded, so that the grid goes on
-        log.error("case %s failed: %s: %s", case, type(error).__name__, error)
-        document["error"] = {"type": type(error).__name__, "message": str(error), "traceback": traceback.format_exc()}
-    timings["total_s"] = time.perf_counter() - started
-    document.update(
-        {
-            "timings": timings,
-            "memory": _case_peaks(environment.peak_memory(spec.device), prior_peak_gpu),
-            "notes": notes,
-            "environment": environment.describe(spec.device),
-            "finished_at": _now(),
-        }
-    )
+        head["status"] = "ok"
+    except Exception as exception:  # recorded, so that the grid goes on
+        log.error("case %s failed: %s: %s", case, type(exception).__name__, exception)
+        error = {"type": type(exception).__name__, "message": str(exception), "traceback": traceback.format_exc()}
+    outputs.append(StageOutput(timings={"total_s": time.perf_counter() - started}))
+    document = _assemble(head, outputs, error, _case_peaks(environment.peak_memory(spec.device), prior_peak_gpu), spec.device)
     if not claim.held():  # another process took the case over (this one looked dead): its document wins
         log.error("case %s: the claim was taken over while it ran; this run's %s document is not written", case, document["status"])
         return document
@@ -450,3 +396,17 @@ def _run_claimed(spec: CaseSpec, case: str, path, claim: Claim, notes: dict) -> 
     log.info("result: %s (%s)", path, document["status"])
     document = tracking.mirror(spec.tracker, document, path)  # after the local write: a mirror never loses a result
     return document
+
+
+def _assemble(head: dict, outputs: list[StageOutput], error: dict | None, memory: dict, device: str) -> dict:
+    """The result document, once: the head, every stage's sections in order, the error if any, then timings,
+    memory, notes and the environment."""
+    document, timings, notes = dict(head), {}, {}
+    for output in outputs:
+        document = merged(document, output.sections)
+        timings = merged(timings, output.timings)
+        notes = merged(notes, output.notes)
+    if error is not None:
+        document["error"] = error
+    tail = {"timings": timings, "memory": memory, "notes": notes, "environment": environment.describe(device), "finished_at": _now()}
+    return {**document, **tail}

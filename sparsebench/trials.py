@@ -20,18 +20,17 @@ captured once and reused by every run.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from sparsebench.blockwalk import BlockInputs, capture_block_inputs, move_non_block_modules
+from sparsebench.blockwalk import BlockInputs, Execution, first_block_inputs, walk_blocks
 from sparsebench.lowrank import replace_submodule
-from sparsebench.masks import NMPattern
 from sparsebench.metrics import MetricSpec
 from sparsebench.models.adapters import FamilyAdapter
-from sparsebench.prune import _prune_block_linears, collect_block_stats
+from sparsebench.prune import PrunePlan, PruneReport, _prune_block_linears, collect_block_stats
 from sparsebench.stats import INPUT_SQ_NORMS, LayerStats
 
 
@@ -49,23 +48,20 @@ def _norms(stats: LayerStats) -> Tensor:
 
 
 class BlockTrials:
-    """Trial prunes of a model with one metric on a fixed set of calibration sequences."""
+    """Trial prunes of a model with one metric (``plan``: its ratios are those of each run) on a fixed set of
+    calibration sequences."""
 
-    def __init__(
-        self, model, adapter: FamilyAdapter, metric: MetricSpec, metric_params: dict, pattern: NMPattern | None,
-        calibration_ids: Tensor, device: str, offload: bool, batch_size: int, progress: bool = False,
-    ):
+    def __init__(self, model, adapter: FamilyAdapter, plan: PrunePlan, calibration_ids: Tensor, run: Execution):
         self.model = model
         self.adapter = adapter
-        self.metric = metric
-        self.metric_params = metric_params
-        self.pattern = pattern
+        self.plan = plan
         self.calibration_ids = calibration_ids
-        self.device = device
-        self.offload = offload
-        self.batch_size = batch_size
-        self.progress = progress
+        self.run_as = run
         self._first_block_inputs: BlockInputs | None = None
+
+    @property
+    def metric(self) -> MetricSpec:
+        return self.plan.metric
 
     @property
     def samples(self) -> int:
@@ -79,16 +75,11 @@ class BlockTrials:
         """The same trials on the first ``count`` calibration sequences."""
         if not 0 < count <= self.samples:
             raise ValueError(f"cannot take the first {count} of {self.samples} calibration sequences")
-        return BlockTrials(
-            self.model, self.adapter, self.metric, self.metric_params, self.pattern, self.calibration_ids[:count],
-            self.device, self.offload, self.batch_size, self.progress,
-        )
+        return BlockTrials(self.model, self.adapter, self.plan, self.calibration_ids[:count], self.run_as)
 
     def _inputs(self) -> BlockInputs:
         if self._first_block_inputs is None:
-            if self.offload:
-                move_non_block_modules(self.model, self.adapter.get_blocks(self.model), self.device)
-            self._first_block_inputs = capture_block_inputs(self.model, self.adapter, self.calibration_ids, self.device, self.batch_size)
+            self._first_block_inputs = first_block_inputs(self.model, self.adapter, self.calibration_ids, self.run_as)
         captured = self._first_block_inputs
         return BlockInputs(captured.hidden.clone(), captured.kwargs, captured.block_kwargs)
 
@@ -97,16 +88,16 @@ class BlockTrials:
         """Input norms before and after pruning at ``ratios``: one list per block, one entry per input group in block order."""
         inputs = self._inputs()
         needs = self.metric.needs | {INPUT_SQ_NORMS}
+        plan = dataclasses.replace(self.plan, ratios=ratios)
+        batch_size = self.run_as.batch_size
         measured = []
-        for index, block in enumerate(tqdm(self.adapter.get_blocks(self.model), desc=desc, unit="block", disable=not self.progress)):
-            if self.offload:
-                block.to(self.device)
-            dense = collect_block_stats(block, self.adapter, inputs, needs, self.batch_size)
+        for index, block in walk_blocks(self.model, self.adapter, self.run_as, desc, inputs, stage="trial-pruned"):
+            dense = collect_block_stats(block, self.adapter, inputs, needs, batch_size)
             linears = self.adapter.get_linears(block)
             saved = {name: linear.weight.data.clone() for name, linear in linears.items()}
             try:
-                _prune_block_linears(block, self.adapter, self.metric, self.metric_params, ratios, self.pattern, index, dense, self.device, [], {})
-                sparse = collect_block_stats(block, self.adapter, inputs, frozenset({INPUT_SQ_NORMS}), self.batch_size, propagate=True)
+                _prune_block_linears(block, self.adapter, plan, index, dense, self.run_as.device, PruneReport([]))
+                sparse = collect_block_stats(block, self.adapter, inputs, frozenset({INPUT_SQ_NORMS}), batch_size, propagate=True)
             finally:  # restore the dense weights, and the dense linears where a decomposition replaced them
                 for name, linear in linears.items():
                     if block.get_submodule(name) is not linear:
@@ -117,6 +108,4 @@ class BlockTrials:
                 for group in self.adapter.input_groups
             ])
             del dense, sparse, saved
-            if self.offload:
-                block.to("cpu")
         return measured

@@ -5,12 +5,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import compose_config, tiny_case_overrides
-from sparsebench.allocators import ALLOCATORS, PrunableLayer
-from sparsebench.allocators.owl import outlier_ratio, owl_block_sparsities
+from sparsebench.allocators import PrunableLayer
+from sparsebench.allocators.owl import outlier_ratio, owl, owl_block_sparsities
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.models.adapters import adapter_for
-from sparsebench.prune import dense_block_summaries, prunable_layers
+from sparsebench.layers import prunable_layers
+from sparsebench.blockwalk import Execution
+from sparsebench.prune import dense_block_summaries
 from sparsebench.runner import run_case
 from sparsebench.stats import INPUT_SQ_NORMS
 from sparsebench.testing.tiny_models import tiny_model
@@ -32,7 +34,7 @@ def test_owl_ratios_keep_the_mean_and_span_two_lambda(ratios, sparsity, lam):
 
 def test_owl_uniform_statistics_give_uniform_ratios():
     layers = [PrunableLayer(f"{b}.x", b, 4, 4) for b in range(5)]
-    ratios = ALLOCATORS.get("owl").allocate(layers, 0.6, [0.02] * 5)
+    ratios = owl(layers, 0.6, [0.02] * 5)
     assert set(ratios.values()) == {0.6}
 
 
@@ -71,8 +73,8 @@ def test_owl_matches_the_reference_computation():
             block.mlp.down_proj.weight[:, : 4 * (b + 1)] *= 8
     adapter = adapter_for("auto", model.config.model_type)
     ids = torch.randint(0, 300, (4, 48), generator=torch.Generator().manual_seed(0))
-    summaries = dense_block_summaries(model, adapter, ids, frozenset({INPUT_SQ_NORMS}), outlier_ratio, {"m": 5.0, "lam": 0.08}, "cpu", False, 2, progress=False)
-    ratios = ALLOCATORS.get("owl").allocate(prunable_layers(model, adapter), 0.7, summaries, m=5.0, lam=0.08)
+    summaries = dense_block_summaries(model, adapter, ids, frozenset({INPUT_SQ_NORMS}), outlier_ratio, Execution("cpu", False, 2))
+    ratios = owl(prunable_layers(model, adapter), 0.7, summaries, m=5.0, lam=0.08)
     ours = [ratios[f"{b}.mlp.down_proj"] for b in range(2)]
     assert np.allclose(ours, _reference_owl(model, ids, 0.7), atol=1e-6)
     assert ours[0] != ours[1]

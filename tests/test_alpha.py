@@ -19,7 +19,7 @@ from sparsebench.allocators.alpha import alpha_allocation, alpha_ratios, esd_eig
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.models.adapters import adapter_for
-from sparsebench.prune import prunable_layers
+from sparsebench.layers import prunable_layers
 from sparsebench.runner import run_case
 
 # ---------------------------------------------------------------- the reference, transcribed
@@ -190,7 +190,7 @@ def test_alpha_and_trim_over_alpha_end_to_end(tiny_model_dirs, tmp_path, cache_d
     with pytest.raises(ConfigError, match="allocator='alpha' cannot honour sparsity.pattern=2:4"):
         validate(compose_config(overrides(["allocator=alpha", "sparsity=2of4", "sparsity.ratio=0.5"])))
     spec = validate(compose_config(overrides(["allocator=alpha", "metric=magnitude"])))
-    assert not spec.allocator.needs and spec.allocator.summarize_block is not None
+    assert not spec.allocator.reads.calibration and not spec.reads_calibration  # the weights alone
 
     document = run_case(validate(compose_config(overrides(["allocator=alpha", "allocator.epsilon=0.3"]))))
     assert document["status"] == "ok", document.get("error")

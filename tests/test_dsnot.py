@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from conftest import compose_config, tiny_case_overrides
 from test_neuroal import one_thread  # noqa: F401 (a fixture)
 from sparsebench.testing.tiny_models import block_linear_inputs, tiny_model
-from sparsebench.allocators.dsnot import _refine_from_saliency, dsnot_mask, refine_mask, sign_reorder
+from sparsebench.allocators.dsnot import dsnot_mask, refine_mask, sign_reorder
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.masks import select_per_row
+from sparsebench.metrics import METRICS
 from sparsebench.metrics.multiflow import multiflow_scores
 from sparsebench.metrics.wanda import wanda_scores
 from sparsebench.runner import run_case
@@ -210,7 +211,8 @@ def _compare(family, method, ratio, threshold, same_sign, seed=0, cycles=12):
         args = ref_args(sparsity_ratio=ratio, update_threshold=threshold, without_same_sign=not same_sign, max_cycle_time=cycles)
         ref_mask = ref_dsnot_unstructured(args, weight, wrapped, ref_initial_metric(method, weight, wrapped))
         if method == "sparsegpt":
-            mask, details = _refine_from_saliency(weight, None, stats, ratio, "attention", max_cycles=cycles, update_threshold=threshold, same_sign=same_sign, skip="none")
+            saliency = METRICS.get("sparsegpt").ranking(weight, stats)  # the saliency SparseGPT offers (no scores)
+            mask, details = refine_mask(weight, saliency, stats, ratio, "attention", max_cycles=cycles, update_threshold=threshold, same_sign=same_sign, skip="none")
         else:
             scores = (wanda_scores if method == "wanda" else multiflow_scores)(weight, stats.input_sq_norms)
             mask, details = refine_mask(weight, scores, stats, ratio, "attention", cycles, threshold, same_sign=same_sign, skip="none")
@@ -270,15 +272,15 @@ def test_dsnot_rejects_solvers_n_m_and_bad_keys(tiny_model_dirs, tmp_path, cache
         spec(extra=["sparsity=2of4"])
     with pytest.raises(ConfigError, match="allocator=dsnot cannot refine metric='hassle_free'.*: magnitude, multiflow, ria, sparsegpt, swiftprune, wanda"):
         spec("hassle_free", ["decomposition.rank=2"])
-    assert spec("sparsegpt").allocator.refine_needs == {INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, HESSIAN}
+    assert spec("sparsegpt").allocator.refiner().needs == {INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, HESSIAN}
     with pytest.raises(ConfigError, match="allocator.skip='ffn': allowed values are mlp, attention, none"):
         spec(extra=["allocator.skip=ffn"])
     with pytest.raises(ConfigError, match="allocator.epsilon=0.1: only for allocator.layerwise=alpha"):
         spec(extra=["allocator.epsilon=0.1"])
     with pytest.raises(ConfigError, match="allocator.max_cycles=-1"):
         spec(extra=["allocator.max_cycles=-1"])
-    assert spec().allocator.refine_needs == {INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES}
-    assert spec(extra=["allocator.layerwise=owl"]).allocator.needs == {INPUT_SQ_NORMS}
+    assert spec().allocator.reads.refine == {INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES}
+    assert spec(extra=["allocator.layerwise=owl"]).allocator.reads.dense == {INPUT_SQ_NORMS}
 
 
 def test_dsnot_cases_end_to_end(tiny_model_dirs, tmp_path, cache_dir, one_thread):

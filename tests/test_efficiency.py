@@ -9,6 +9,7 @@ from conftest import compose_config, tiny_case_overrides
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.evaluate.efficiency import EfficiencySpec, PeakMemory, decode, evaluate_efficiency, validate_efficiency
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.data.tokens import evaluation_tokens
 from sparsebench.data.corpora import corpus_named, resolve_source
@@ -41,7 +42,7 @@ def test_hf_export_reloads_to_the_same_perplexity_and_efficiency_is_measured(tin
     corpus = corpus_named("wikitext2", "eval.ppl.datasets")
     tokens = evaluation_tokens(resolve_source(corpus, corpus.eval_split, spec.data_paths["wikitext2"]), tokenizer, cache_dir, None)
     segments = segment(tokens, 64, 3)
-    again = perplexity(reloaded, adapter_for("auto", "llama"), segments, "cpu", False, 4, False)
+    again = perplexity(reloaded, adapter_for("auto", "llama"), segments, Execution("cpu", False, 4))
     assert again.ppl == document["metrics"]["ppl"]["wikitext2"]["ppl"]
 
     efficiency = document["metrics"]["efficiency"]

@@ -7,7 +7,7 @@ import torch
 
 from conftest import compose_config, tiny_case_overrides
 from sparsebench.config import validate
-from sparsebench.blockwalk import BlockInputs, capture_block_kwargs
+from sparsebench.blockwalk import BlockInputs, Execution, capture_block_kwargs
 from sparsebench.evaluate.perplexity import mean_nll, perplexity
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
@@ -25,7 +25,7 @@ def test_block_walk_reproduces_the_full_forward(family):
     ids = torch.randint(0, 300, (5, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = math.exp(mean_nll(model(ids).logits, ids).mean().item())
-    assert perplexity(model, adapter, ids, "cpu", False, batch_size=2, progress=False).ppl == pytest.approx(expected, rel=1e-5)
+    assert perplexity(model, adapter, ids, Execution("cpu", False, 2)).ppl == pytest.approx(expected, rel=1e-5)
 
 
 # Every family with every metric, the sparsity alternating (a Latin square): each family also prunes
@@ -85,10 +85,10 @@ def test_gemma3_blocks_take_the_arguments_of_their_own_layer_type(monkeypatch):
     assert sliding_mask is not None  # a window of 8 tokens; the causal mask may be None (SDPA's is_causal)
     assert full_mask is None or not torch.equal(sliding_mask, full_mask)
     expected = _full_forward_ppl(model, ids)
-    assert perplexity(model, adapter, ids, "cpu", False, batch_size=2, progress=False).ppl == pytest.approx(expected, rel=1e-5)
+    assert perplexity(model, adapter, ids, Execution("cpu", False, 2)).ppl == pytest.approx(expected, rel=1e-5)
     # Given the first block's arguments (as before), the full-attention block computes something else.
     monkeypatch.setattr(BlockInputs, "kwargs_for", lambda inputs, block: inputs.kwargs)
-    wrong = perplexity(model, adapter, ids, "cpu", False, batch_size=2, progress=False).ppl
+    wrong = perplexity(model, adapter, ids, Execution("cpu", False, 2)).ppl
     assert wrong != pytest.approx(expected, rel=1e-4)
 
 
@@ -98,14 +98,14 @@ def test_gemma3_final_logit_softcapping_is_applied_after_the_head():
     adapter = adapter_for("auto", model.config.model_type)
     ids = torch.randint(0, 300, (4, 40), generator=torch.Generator().manual_seed(1))
     capped = _full_forward_ppl(model, ids)
-    assert perplexity(model, adapter, ids, "cpu", False, batch_size=2, progress=False).ppl == pytest.approx(capped, rel=1e-5)
+    assert perplexity(model, adapter, ids, Execution("cpu", False, 2)).ppl == pytest.approx(capped, rel=1e-5)
     model.config.final_logit_softcapping = None
     assert _full_forward_ppl(model, ids) != pytest.approx(capped, rel=1e-4)
 
 
 def test_embeddings_and_head_are_never_pruned(tiny_model_dirs, tmp_path, cache_dir):
     from sparsebench.models.loading import load_model
-    from sparsebench.prune import prunable_layers
+    from sparsebench.layers import prunable_layers
 
     loaded = load_model(str(tiny_model_dirs["llama"]), cache_dir)
     names = [layer.name for layer in prunable_layers(loaded.model, loaded.adapter)]

@@ -4,12 +4,14 @@ import pytest
 import torch
 
 from sparsebench.testing.reference_impls import sparsegpt_column_by_column
-from sparsebench.allocators import ALLOCATORS
+from sparsebench.allocators.uniform import uniform
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.perplexity import perplexity
 from sparsebench.masks import SparsityTarget
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
-from sparsebench.prune import prunable_layers, prune_model
+from sparsebench.layers import prunable_layers
+from sparsebench.prune import PrunePlan, prune_model
 from sparsebench.stats import HESSIAN, LayerStats
 from sparsebench.testing.tiny_models import TINY_CONFIGS, tiny_model
 
@@ -18,8 +20,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 def _prune(model, metric, offload, ids, pattern=None):
     adapter = adapter_for("auto", model.config.model_type)
-    ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)
-    return prune_model(model, adapter, METRICS.get(metric), {}, ratios, pattern, ids, "cuda", offload, 2, progress=False)
+    ratios = uniform(prunable_layers(model, adapter), 0.5)
+    return prune_model(model, adapter, PrunePlan(METRICS.get(metric), {}, ratios, pattern), ids, Execution("cuda", offload, 2))
 
 
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
@@ -34,8 +36,8 @@ def test_offload_gives_the_same_model_as_pruning_on_the_gpu(family, metric):
         assert torch.equal(a.cpu(), b.cpu()), name
     assert all(abs(layer.achieved - 0.5) <= layer.tolerance for layer in report.layers)
     adapter = adapter_for("auto", on_gpu.config.model_type)
-    first = perplexity(on_gpu, adapter, ids, "cuda", False, 2, progress=False).ppl
-    second = perplexity(offloaded, adapter, ids, "cuda", True, 2, progress=False).ppl
+    first = perplexity(on_gpu, adapter, ids, Execution("cuda", False, 2)).ppl
+    second = perplexity(offloaded, adapter, ids, Execution("cuda", True, 2)).ppl
     assert first == pytest.approx(second, rel=1e-6)
 
 

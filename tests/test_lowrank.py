@@ -12,7 +12,9 @@ from sparsebench.lowrank import Decomposition, SparsePlusLowRankLinear, attach_l
 from sparsebench.masks import NMPattern
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
-from sparsebench.prune import prunable_layers, prune_model
+from sparsebench.layers import prunable_layers
+from sparsebench.blockwalk import Execution
+from sparsebench.prune import PrunePlan, prune_model
 from sparsebench.results import case_id, defining_config
 from sparsebench.runner import run_case
 from sparsebench.testing.tiny_models import tiny_model
@@ -41,7 +43,7 @@ def _prune_tiny(family: str, rank: int, pattern: NMPattern | None, ratio: float)
     ids = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(1))
     metric = METRICS.get("hassle_free")
     params = {**metric.make_params({"iterations": 3}), "rank": rank}
-    report = prune_model(model, adapter, metric, params, ratios, pattern, ids, "cpu", False, 2, progress=False)
+    report = prune_model(model, adapter, PrunePlan(metric, params, ratios, pattern), ids, Execution("cpu", False, 2))
     return model, adapter, layers, report
 
 

@@ -13,21 +13,24 @@ from torch import nn
 from transformers import AutoModelForCausalLM
 
 from conftest import compose_config, tiny_case_overrides
-from sparsebench.allocators import ALLOCATORS, Allocation, PrunableLayer
+from sparsebench.allocators import Allocation, PrunableLayer
 from sparsebench.allocators.neuroal import (
     REFERENCE_ROW_LAMBDAS,
     block_sparsities,
+    neuroal,
     neuron_rounding,
     reference_block_lambdas,
     row_sparsities,
 )
+from sparsebench.blockwalk import Execution
 from sparsebench.config import validate
 from sparsebench.errors import ConfigError
 from sparsebench.masks import select_per_row
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
-from sparsebench.prune import prunable_layers
+from sparsebench.layers import prunable_layers
 from sparsebench.runner import run_case
+from sparsebench.prune import PrunePlan
 from sparsebench.trials import BlockTrials, InputNorms
 from sparsebench.testing.tiny_models import TINY_CONFIGS
 
@@ -333,7 +336,7 @@ def _random_model(draw_blocks, hidden, inner):
 def test_allocator_invariants_on_random_statistics(blocks, hidden, inner, sparsity, seed, step):
     layers, groups, features = _random_model(blocks, hidden, inner)
     trials = FakeTrials(groups, features, seed)
-    allocation = ALLOCATORS.get("neuroal").allocate(layers, sparsity, None, trials=trials, step=step)
+    allocation = neuroal(layers, sparsity, trials, step=step)
     assert isinstance(allocation, Allocation) and set(allocation.ratios) == {layer.name for layer in layers}
     block_step = torch.tensor(allocation.details["block_step_ratios"], dtype=torch.float64)
     numel = sum(layer.numel for layer in layers)
@@ -356,7 +359,7 @@ def test_allocator_invariants_on_random_statistics(blocks, hidden, inner, sparsi
 @pytest.mark.parametrize("statistics", ["flat", "lossless"])
 def test_uniform_statistics_give_uniform_rows(statistics):
     layers, groups, features = _random_model(3, 8, 16)
-    allocation = ALLOCATORS.get("neuroal").allocate(layers, 0.6, None, trials=FakeTrials(groups, features, 0, statistics), block_lambdas=[0.0, 0.05])
+    allocation = neuroal(layers, 0.6, FakeTrials(groups, features, 0, statistics), block_lambdas=[0.0, 0.05])
     block_step = allocation.details["block_step_ratios"]
     for layer in layers:  # the same loss on every feature: every row of a layer keeps its block ratio
         ratio = allocation.ratios[layer.name]
@@ -368,14 +371,14 @@ def test_uniform_statistics_give_uniform_rows(statistics):
 
 def test_row_step_is_skipped_for_metrics_that_take_one_ratio_per_layer():
     layers, groups, features = _random_model(2, 8, 16)
-    allocation = ALLOCATORS.get("neuroal").allocate(layers, 0.7, None, trials=FakeTrials(groups, features, 1, row_ratios=False))
+    allocation = neuroal(layers, 0.7, FakeTrials(groups, features, 1, row_ratios=False))
     assert all(isinstance(r, float) for r in allocation.ratios.values())
     assert "sparsegpt" in allocation.details["row_step"] and "row_lambda" not in allocation.details
 
 
 def test_grouped_query_k_v_keep_the_block_ratio_for_the_whole_group():
     layers, groups, features = _random_model(2, 8, 16)  # k, v have 4 rows; o's input has 8 features
-    allocation = ALLOCATORS.get("neuroal").allocate(layers, 0.6, None, trials=FakeTrials(groups, features, 2), block_lambdas=[0.05], row_lambdas=[0.2])
+    allocation = neuroal(layers, 0.6, FakeTrials(groups, features, 2), block_lambdas=[0.05], row_lambdas=[0.2])
     for name in ("0.q", "0.k", "0.v"):
         assert allocation.ratios[name].unique().numel() == 1
     assert allocation.ratios["0.o"].unique().numel() > 1  # o takes gate/up's input alignment
@@ -407,10 +410,11 @@ def _tiny_llama(blocks=3):
     return model
 
 
-def _trials(model, ids, metric="wanda"):
+def _trials(model, ids, metric="wanda", params=None):
     adapter = adapter_for("auto", model.config.model_type)
     spec = METRICS.get(metric)
-    return BlockTrials(model, adapter, spec, spec.make_params({}), None, ids, "cpu", False, 3), adapter
+    plan = PrunePlan(spec, spec.make_params({}) if params is None else params, {})
+    return BlockTrials(model, adapter, plan, ids, Execution("cpu", False, 3)), adapter
 
 
 def test_trial_prunes_leave_the_model_unchanged_and_measure_as_the_reference(one_thread):
@@ -439,8 +443,8 @@ def test_trial_prunes_with_a_decomposition_restore_the_dense_linears(one_thread)
     ids = torch.randint(0, 300, (4, 16), generator=torch.Generator().manual_seed(3))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modules = {name: type(module) for name, module in model.named_modules()}
-    trials, adapter = _trials(model, ids, "hassle_free")
-    trials.metric_params = {**trials.metric.make_params({"iterations": 2}), "rank": 2}
+    hassle_free = METRICS.get("hassle_free")
+    trials, adapter = _trials(model, ids, "hassle_free", {**hassle_free.make_params({"iterations": 2}), "rank": 2})
     trials.run({layer.name: 0.5 for layer in prunable_layers(model, adapter)})
     assert {name: type(module) for name, module in model.named_modules()} == modules
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -451,7 +455,7 @@ def test_the_whole_search_matches_the_reference_on_a_tiny_model(one_thread):
     ids = torch.randint(0, 300, (3, 16), generator=torch.Generator().manual_seed(2))
     trials, adapter = _trials(model, ids)
     layers = prunable_layers(model, adapter)
-    allocation = ALLOCATORS.get("neuroal").allocate(layers, 0.6, None, trials=trials, samples=3, clip="reference")
+    allocation = neuroal(layers, 0.6, trials, samples=3, clip="reference")
     block_lambda, block_scores, row_lambda, row_scores, row_dist = ref_neuroal(model, ids, 0.6)
     details = allocation.details
     assert np.allclose([c["misalignment"] for c in details["block_candidates"]], block_scores, rtol=1e-5)

@@ -5,13 +5,15 @@ picks bfloat16 for Gemma on a GPU, whose activations overflow float16."""
 import pytest
 import torch
 
-from sparsebench.allocators import ALLOCATORS
+from sparsebench.allocators.uniform import uniform
 from sparsebench.errors import NumericalError
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.perplexity import perplexity
 from sparsebench.metrics import METRICS
 from sparsebench.models.adapters import adapter_for
 from sparsebench.models.loading import resolve_dtype
-from sparsebench.prune import prunable_layers, prune_model
+from sparsebench.layers import prunable_layers
+from sparsebench.prune import PrunePlan, prune_model
 from sparsebench.testing.tiny_models import VOCAB, tiny_model
 
 
@@ -27,22 +29,22 @@ def test_perplexity_names_the_block_where_activations_stop_being_finite():
     model, adapter = _overflowing_llama()
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.raises(NumericalError, match=r"after block 1, computing in torch.float32.*model.dtype=bfloat16 or model.dtype=float32"):
-        perplexity(model, adapter, ids, "cpu", False, 2, progress=False)
+        perplexity(model, adapter, ids, Execution("cpu", False, 2))
 
 
 def test_a_finite_model_passes_the_guard():
     model, adapter = tiny_model("llama"), adapter_for("auto", "llama")
     ids = torch.randint(0, VOCAB, (2, 16), generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(torch.tensor(perplexity(model, adapter, ids, "cpu", False, 2, progress=False).ppl))
+    assert torch.isfinite(torch.tensor(perplexity(model, adapter, ids, Execution("cpu", False, 2)).ppl))
 
 
 def test_pruning_stops_at_the_block_whose_outputs_are_not_finite():
     model, adapter = _overflowing_llama()
     ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
-    ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(model, adapter), 0.5)
+    ratios = uniform(prunable_layers(model, adapter), 0.5)
     # the inf weights are pruned or kept by the metric; either way block 1's outputs are not finite
     with pytest.raises(NumericalError, match="after pruned block 1"):
-        prune_model(model, adapter, METRICS.get("wanda"), {}, ratios, None, ids, "cpu", False, 2, progress=False)
+        prune_model(model, adapter, PrunePlan(METRICS.get("wanda"), {}, ratios, None), ids, Execution("cpu", False, 2))
 
 
 @pytest.mark.parametrize("family, expected", [("gemma3_text", torch.bfloat16), ("llama", torch.float16), ("qwen2", torch.float16)])

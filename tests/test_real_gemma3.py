@@ -13,14 +13,16 @@ import pytest
 import torch
 
 from conftest import SHARED_DATA, compose_config
-from sparsebench.allocators import ALLOCATORS
+from sparsebench.allocators.uniform import uniform
 from sparsebench.config import validate
 from sparsebench.data.corpora import CORPORA, resolve_source
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.perplexity import mean_nll, perplexity, segment
 from sparsebench.metrics import METRICS
 from sparsebench.models.loading import load_model
-from sparsebench.prune import prunable_layers, prune_model
+from sparsebench.layers import prunable_layers
+from sparsebench.prune import PrunePlan, prune_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.gemma3_real]
 
@@ -42,7 +44,7 @@ def gemma3():
 
 
 def _ppl(loaded, ids) -> float:
-    return perplexity(loaded.model, loaded.adapter, ids, "cpu", False, 2, progress=False).ppl
+    return perplexity(loaded.model, loaded.adapter, ids, Execution("cpu", False, 2)).ppl
 
 
 def test_it_loads_as_the_gemma3_family_with_a_bos_per_segment(gemma3):
@@ -89,8 +91,8 @@ def test_wanda_beats_magnitude_at_half_sparsity(gemma3):
     results = {}
     for metric in ("magnitude", "wanda"):
         loaded.model = copy.deepcopy(dense_model)
-        ratios = ALLOCATORS.get("uniform").allocate(prunable_layers(loaded.model, loaded.adapter), 0.5)
-        prune_model(loaded.model, loaded.adapter, METRICS.get(metric), {}, ratios, None, calibration, "cpu", False, 2, progress=False)
+        ratios = uniform(prunable_layers(loaded.model, loaded.adapter), 0.5)
+        prune_model(loaded.model, loaded.adapter, PrunePlan(METRICS.get(metric), {}, ratios, None), calibration, Execution("cpu", False, 2))
         results[metric] = _ppl(loaded, segments)
     loaded.model = dense_model
     print(f"gemma3-270m-q4 50 %, {SEGMENTS} x {SEQLEN}: magnitude {results['magnitude']:.2f}, wanda {results['wanda']:.2f}")

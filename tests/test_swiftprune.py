@@ -194,7 +194,7 @@ def test_tiny_model_case_meets_its_sparsity(sparsity, tiny_model_dirs, tmp_path,
 @pytest.mark.slow
 def test_sort_free_selection_equals_a_sort_on_every_smollm2_weight(smollm2_loaded):
     # Real Q4-quantised weights: lumpy, with many tied magnitudes, unlike the Gaussian tests above.
-    from sparsebench.prune import prunable_layers
+    from sparsebench.layers import prunable_layers
 
     _, loaded = smollm2_loaded
     blocks = loaded.adapter.get_blocks(loaded.model)

@@ -277,7 +277,8 @@ def test_trim_rejects_n_m_metrics_without_row_order_and_bad_keys(tiny_model_dirs
         spec(extra=["allocator.negative_learning_rates=[0.01]"])
     with pytest.raises(ConfigError, match="allocator.lam=0.7: must be in"):
         spec(extra=["allocator.layerwise=owl", "allocator.lam=0.7"])
-    assert not spec().allocator.needs and spec(extra=["allocator.layerwise=owl"]).allocator.needs == {INPUT_SQ_NORMS}
+    assert not spec().allocator.reads.dense and spec(extra=["allocator.layerwise=owl"]).allocator.reads.dense == {INPUT_SQ_NORMS}
+    assert spec().allocator.reads.refine == {LAST_TOKEN_INPUTS} and spec().allocator.refiner().needs == {LAST_TOKEN_INPUTS}
     assert all(METRICS.get(name).scores is not None for name in ("magnitude", "wanda", "ria", "swiftprune"))
 
 
@@ -319,11 +320,11 @@ def test_real_smollm2_block_matches_the_reference(smollm2_loaded):
     from sparsebench.blockwalk import capture_block_inputs
     from sparsebench.data.tokens import tokenizer_fingerprint
     from sparsebench.prune import collect_block_stats
-    from sparsebench.runner import _calibration_ids
+    from sparsebench.runner import CaseTokens, _calibration_ids
     from sparsebench.metrics.wanda import wanda_scores
 
     spec, loaded = smollm2_loaded
-    ids = _calibration_ids(spec, loaded, {}, {"tokenizer": tokenizer_fingerprint(loaded.tokenizer)})
+    ids, _ = _calibration_ids(spec, loaded, CaseTokens(tokenizer_fingerprint(loaded.tokenizer), None))
     samples = spec.calibration.nsamples
     block = loaded.adapter.get_blocks(loaded.model)[0]
     inputs = capture_block_inputs(loaded.model, loaded.adapter, ids, "cpu", 4)

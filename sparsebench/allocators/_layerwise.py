@@ -8,13 +8,13 @@ null; a null key takes the refining allocator's default (TRIM and DSnoT use diff
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Callable
 
-from sparsebench.allocators import Allocation, AllocatorSpec, PrunableLayer
-from sparsebench.allocators.alpha import DEFAULT_EPSILON, alpha_allocation, check_alpha_keys, layer_alphas
-from sparsebench.allocators.owl import OWLParams, outlier_ratio, owl
+from sparsebench.allocators import Allocation, Reads
+from sparsebench.allocators.alpha import DEFAULT_EPSILON, alpha_plan, check_alpha_keys
+from sparsebench.allocators.owl import OWL_NEEDS, OWLParams, owl_plan
 from sparsebench.errors import ConfigError
-from sparsebench.stats import INPUT_SQ_NORMS
+from sparsebench.metrics import METRICS, MetricSpec
 
 LAYERWISE = ("uniform", "owl", "alpha")
 _KEYS = {"uniform": (), "owl": ("m", "lam"), "alpha": ("epsilon",)}
@@ -44,19 +44,31 @@ def check_base(key: str, layerwise: str, owl_defaults: dict, m=None, lam=None, e
         check_alpha_keys(key, keys["epsilon"], "xmin_peak", "block")
 
 
-def bind_base(spec: AllocatorSpec, layerwise: str, keys: dict) -> AllocatorSpec:
-    """The spec with the base's dense pass (OWL: Wanda statistics) or weight pass (AlphaPruning)."""
-    if layerwise == "owl":
-        return dataclasses.replace(spec, needs=frozenset({INPUT_SQ_NORMS}), summarize_block=lambda weights, stats, **_: outlier_ratio(weights, stats, **keys))
-    if layerwise == "alpha":
-        return dataclasses.replace(spec, needs=frozenset(), summarize_block=lambda weights, stats, **_: layer_alphas(weights))
-    return spec
+def base_reads(layerwise: str, refine: frozenset[str]) -> Reads:
+    """What a refining allocator reads: its base's dense pass (OWL: Wanda statistics; AlphaPruning reads
+    the weights alone) and its refiner's statistics."""
+    return Reads(dense=OWL_NEEDS if layerwise == "owl" else frozenset(), refine=refine)
 
 
-def base_allocation(layers: list[PrunableLayer], sparsity: float, block_summaries, layerwise: str, keys: dict) -> Allocation:
+def require_metric(allocator: str, metric: MetricSpec, usable: Callable[[MetricSpec], bool], reason: str) -> None:
+    """Reject a case's metric that lacks what the refining ``allocator`` reads of it (the dense model passes),
+    naming the metrics that have it."""
+    if metric.prune is not None and not usable(metric):
+        names = sorted(name for name in METRICS.names() if usable(METRICS.get(name)))
+        raise ConfigError(f"allocator={allocator} cannot refine metric={metric.name!r}: {reason}: {', '.join(names)}")
+
+
+def layerwise_plan(ctx, params: dict, owl_defaults: dict) -> Allocation:
+    """The ratios of the base chosen by a refining allocator's keys (``layerwise``, ``m``, ``lam``, ``epsilon``)."""
+    layerwise = params["layerwise"]
+    return base_plan(ctx, layerwise, base_keys(layerwise, owl_defaults, params["m"], params["lam"], params["epsilon"]))
+
+
+def base_plan(ctx, layerwise: str, keys: dict) -> Allocation:
+    """The base's ratios (after its dense or weight pass); details under the base's name."""
     if layerwise == "owl":
-        return Allocation(owl(layers, sparsity, block_summaries, **keys), {"owl": keys})
+        return Allocation(owl_plan(ctx, **keys), {"owl": keys})
     if layerwise == "alpha":
-        allocation = alpha_allocation(layers, sparsity, block_summaries, **keys)
+        allocation = alpha_plan(ctx, keys["epsilon"], "xmin_peak", "block")
         return Allocation(allocation.ratios, {"alpha": allocation.details})
-    return Allocation({layer.name: sparsity for layer in layers}, {})
+    return Allocation({layer.name: ctx.sparsity for layer in ctx.layers}, {})

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import Allocation, PrunableLayer, register_allocator
+from sparsebench.allocators import Allocation, Allocator, PrunableLayer, register_allocator
 from sparsebench.errors import ConfigError
 
 FIX_FINGERS = ("xmin_peak", "xmin_mid")
@@ -129,7 +129,7 @@ def power_law_alpha(eigs: Tensor, fix_fingers: str = "xmin_peak", bins: int = _H
     return float(alphas[int(torch.argmin(distances))])
 
 
-def layer_alphas(weights: dict[str, Tensor], stats=None, fix_fingers: str = "xmin_peak", **_other_keys) -> dict[str, float]:
+def layer_alphas(weights: dict[str, Tensor], fix_fingers: str = "xmin_peak") -> dict[str, float]:
     """The block summary: alpha of each prunable linear of one block (reads the weights only)."""
     return {name: power_law_alpha(esd_eigenvalues(weight), fix_fingers) for name, weight in weights.items()}
 
@@ -180,7 +180,17 @@ def _largest_epsilon(metrics: Tensor, numels: Tensor, sparsity: float) -> float:
     return math.floor(low * 1000) / 1000
 
 
-@register_allocator("alpha", AlphaParams, paper="arXiv 2410.10912", summarize_block=layer_alphas)
-def alpha(layers: list[PrunableLayer], sparsity: float, block_summaries, epsilon: float = DEFAULT_EPSILON,
-          fix_fingers: str = "xmin_peak", mapping: str = "block") -> Allocation:
-    return alpha_allocation(layers, sparsity, block_summaries, epsilon, fix_fingers, mapping)
+def alpha_plan(ctx, epsilon: float, fix_fingers: str, mapping: str) -> Allocation:
+    """AlphaPruning's ratios after a pass over the weights (one dict of alphas per block)."""
+    summaries = ctx.weight_summaries(lambda weights: layer_alphas(weights, fix_fingers=fix_fingers))
+    return alpha_allocation(ctx.layers, ctx.sparsity, summaries, epsilon, fix_fingers, mapping)
+
+
+@register_allocator
+class Alpha(Allocator):
+    name = "alpha"
+    Params = AlphaParams
+    paper = "arXiv 2410.10912"
+
+    def plan(self, ctx) -> Allocation:
+        return alpha_plan(ctx, **self.params)

@@ -8,14 +8,15 @@ output, sum over pruned j of W_ij E[x_j], moves towards zero while the row's cou
 
 Design: DSnoT is a top-up, so it is an allocator (``allocator=dsnot``, as NeuroAL's ``--top_up``)
 that sets each linear's ratio from a layer-wise base (``layerwise=uniform|owl|alpha``, see
-``sparsebench.allocators._layerwise``) and, through the ``refine_mask`` hook, chooses each
+``sparsebench.allocators._layerwise``) and, through its refiner, chooses each
 linear's mask just before it would be pruned, from the case's metric's scores and the block's
 statistics (inputs: the outputs of the already pruned previous blocks, as in the reference). It
-composes with every score-based metric (magnitude, Wanda, RIA, SwiftPrune, multiflow) and, as the
-references' ``--initial_method sparsegpt`` does, with SparseGPT: its initial mask is then the
-lowest OBS saliency W_ij^2 / [U]_jj^2 (U the upper Cholesky factor of (H + 0.01 mean(diag H) I)^-1,
-the references' hard-coded damping) of the dense weights, and no weight is updated (SparseGPT's
-solver does not run). The initial mask always compares within rows, as the reference's. Per row r
+composes with every metric that offers a ranking (``MetricSpec.ranking``): the score-based ones
+(magnitude, Wanda, RIA, SwiftPrune, multiflow) and, as the references' ``--initial_method
+sparsegpt`` does, SparseGPT through its saliency: the initial mask is then the lowest OBS saliency
+W_ij^2 / [U]_jj^2 (U the upper Cholesky factor of (H + damp mean(diag H) I)^-1 with the metric's
+``damp``, by default 0.01, the references' hard-coded damping) of the dense weights, and no weight
+is updated (SparseGPT's solver does not run). The initial mask always compares within rows, as the reference's. Per row r
 of W [rows, cols]:
 
     mu_j = sum_t x_tj / sequences,  v_j = mean over sequences of the variance of x_j over the tokens
@@ -50,23 +51,20 @@ not implemented (``allocator=dsnot`` takes unstructured sparsity only), nor per-
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import Allocation, AllocatorSpec, PrunableLayer, register_allocator
-from sparsebench.allocators._layerwise import base_allocation, base_keys, bind_base, check_base
+from sparsebench.allocators import Allocation, Allocator, LinearToRefine, Refined, register_allocator
+from sparsebench.allocators._layerwise import base_reads, check_base, layerwise_plan, require_metric
 from sparsebench.errors import ConfigError
 from sparsebench.masks import prune_count
-from sparsebench.metrics import METRICS, MetricSpec
-from sparsebench.metrics.sparsegpt import inverse_hessian_factor
-from sparsebench.stats import HESSIAN, INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, LayerStats
+from sparsebench.stats import INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES, LayerStats
 
 OWL_DEFAULTS = {"m": 5.0, "lam": 0.08}  # NeuroAL's --M and --lam
-SPARSEGPT_DAMP = 0.01  # the references' percdamp for the sparsegpt initial metric
 SKIPS = ("mlp", "attention", "none")
+DSNOT_NEEDS = frozenset({INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES})
 
 
 @dataclass
@@ -175,9 +173,9 @@ def dsnot_mask(
 
 def refine_mask(
     weight: Tensor, scores: Tensor, stats: LayerStats, ratio, linear: str, max_cycles: int = 50, update_threshold: float = 0.1,
-    pow_of_var_regrowing: float = 1.0, same_sign: bool = False, skip: str = "mlp", **_layerwise_keys,
+    pow_of_var_regrowing: float = 1.0, same_sign: bool = False, skip: str = "mlp",
 ) -> tuple[Tensor, dict]:
-    """The pruning walk's hook: the mask of one linear (``linear``: its kind, ``attention`` or ``mlp``)."""
+    """The mask of one linear (``linear``: its kind, ``attention`` or ``mlp``) from the metric's ``scores``."""
     if isinstance(ratio, Tensor):
         raise ValueError("DSnoT refines one ratio per layer; the layer-wise allocator gave per-row ratios")
     if linear == skip:
@@ -190,38 +188,40 @@ def refine_mask(
     )
 
 
-def obs_saliency(weight: Tensor, hessian: Tensor, damp: float = SPARSEGPT_DAMP) -> Tensor:
-    """SparseGPT's saliency of the dense weights, W_ij^2 / [U]_jj^2 (dead inputs: 0), as the references' initial metric."""
-    factor = inverse_hessian_factor(hessian.float(), damp)
-    w = weight.float().masked_fill((torch.diagonal(hessian) == 0).unsqueeze(0), 0.0)
-    return w.square() / torch.diagonal(factor).square().unsqueeze(0)
+class _MaskRefiner:
+    """DSnoT's step at prune time: each linear's mask, from the metric's ranking (its scores, else its saliency)."""
+
+    def __init__(self, ranking, metric_needs: frozenset[str], metric_params: dict, keys: dict):
+        self.ranking, self.metric_params, self.keys = ranking, metric_params, keys
+        self.needs = DSNOT_NEEDS | metric_needs  # the ranking reads the metric's own statistics
+
+    def __call__(self, linear: LinearToRefine) -> Refined:
+        scores = self.ranking(linear.weight, linear.stats, **self.metric_params)
+        mask, details = refine_mask(linear.weight, scores, linear.stats, linear.ratio, linear.kind, **self.keys)
+        return Refined(linear.ratio, details, mask)
 
 
-def _refine_from_saliency(weight, scores, stats, ratio, linear, **params):
-    return refine_mask(weight, obs_saliency(weight, stats.hessian), stats, ratio, linear, **params)
+@register_allocator
+class DSnoT(Allocator):
+    """The layer-wise ratios whose masks DSnoT refines (``plan``); the masks are chosen at prune time (``refiner``)."""
 
+    name = "dsnot"
+    Params = DSnoTParams
+    paper = "arXiv 2310.08915"
 
-def _bind(spec: AllocatorSpec, params: dict, metric: MetricSpec) -> AllocatorSpec:
-    """Reject metrics without scores (SparseGPT: its saliency); take the layer-wise base's dense or weight pass."""
-    if metric.name == "sparsegpt":
-        spec = dataclasses.replace(spec, refine_mask=_refine_from_saliency, refine_needs=spec.refine_needs | {HESSIAN})
-    elif metric.prune is not None and metric.scores is None:
-        usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None] + ["sparsegpt"]
-        raise ConfigError(f"allocator=dsnot cannot refine metric={metric.name!r}: DSnoT starts from the metric's scores; metrics that have them: {', '.join(sorted(usable))}")
-    keys = base_keys(params["layerwise"], OWL_DEFAULTS, params["m"], params["lam"], params["epsilon"])
-    return bind_base(spec, params["layerwise"], keys)
+    def __init__(self, params, metric, metric_params):
+        super().__init__(params, metric, metric_params)
+        require_metric(
+            "dsnot", metric, lambda m: m.ranking is not None, "DSnoT starts from the metric's scores or saliency; metrics that have them",
+        )
+        self.reads = base_reads(params["layerwise"], self.refiner().needs)
 
+    def plan(self, ctx) -> Allocation:
+        p = self.params
+        base = layerwise_plan(ctx, p, OWL_DEFAULTS)
+        details = {"layerwise": p["layerwise"], "max_cycles": p["max_cycles"], "update_threshold": p["update_threshold"], "skip": p["skip"], "same_sign": p["same_sign"]}
+        return Allocation(base.ratios, {**details, **base.details})
 
-@register_allocator(
-    "dsnot", DSnoTParams, paper="arXiv 2310.08915", refine_mask=refine_mask,
-    refine_needs=frozenset({INPUT_SQ_NORMS, INPUT_SUMS, SEQUENCE_VARIANCES}), bind=_bind,
-)
-def dsnot(
-    layers: list[PrunableLayer], sparsity: float, block_summaries, layerwise: str = "uniform", max_cycles: int = 50,
-    update_threshold: float = 0.1, pow_of_var_regrowing: float = 1.0, same_sign: bool = False, skip: str = "mlp",
-    m: float | None = None, lam: float | None = None, epsilon: float | None = None,
-) -> Allocation:
-    """The layer-wise ratios whose masks DSnoT refines at prune time (``refine_mask``)."""
-    base = base_allocation(layers, sparsity, block_summaries, layerwise, base_keys(layerwise, OWL_DEFAULTS, m, lam, epsilon))
-    details = {"layerwise": layerwise, "max_cycles": max_cycles, "update_threshold": update_threshold, "skip": skip, "same_sign": same_sign}
-    return Allocation(base.ratios, {**details, **base.details})
+    def refiner(self) -> _MaskRefiner:
+        keys = {name: self.params[name] for name in ("max_cycles", "update_threshold", "pow_of_var_regrowing", "same_sign", "skip")}
+        return _MaskRefiner(self.metric.ranking, self.metric.needs, self.metric_params, keys)

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import Allocation, PrunableLayer, register_allocator
+from sparsebench.allocators import Allocation, Allocator, PrunableLayer, Reads, register_allocator
 from sparsebench.errors import ConfigError
 from sparsebench.trials import BlockTrials, InputNorms
 
@@ -207,9 +207,8 @@ def _first_least(scores: list[float]) -> int:
     return scores.index(min(scores))
 
 
-@register_allocator("neuroal", NeuroALParams, paper="arXiv 2411.07066 (TMLR 2025)", uses_trials=True)
 def neuroal(
-    layers: list[PrunableLayer], sparsity: float, block_summaries, trials: BlockTrials, step: str = "both", samples: int = 8,
+    layers: list[PrunableLayer], sparsity: float, trials: BlockTrials, step: str = "both", samples: int = 8,
     block_lambdas: list[float] | None = None, row_lambdas: list[float] | None = None, clip: str = "keep_mean",
 ) -> Allocation:
     low, high = RATIO_BOUNDS
@@ -270,3 +269,14 @@ def neuroal(
     details["row_lambda"] = candidates[_first_least(scores)]
     details["row_candidates"] = [{"lambda": lam, "misalignment": score} for lam, score in zip(candidates, scores)]
     return Allocation(chosen, details)
+
+
+@register_allocator
+class NeuroAL(Allocator):
+    name = "neuroal"
+    Params = NeuroALParams
+    paper = "arXiv 2411.07066 (TMLR 2025)"
+    reads = Reads(trials=True)
+
+    def plan(self, ctx) -> Allocation:
+        return neuroal(ctx.layers, ctx.sparsity, ctx.trials(), **self.params)

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import PrunableLayer, register_allocator
+from sparsebench.allocators import Allocation, Allocator, PrunableLayer, Reads, register_allocator
 from sparsebench.errors import ConfigError
 from sparsebench.metrics.wanda import wanda_scores
 from sparsebench.stats import INPUT_SQ_NORMS, LayerStats
+
+
+OWL_NEEDS = frozenset({INPUT_SQ_NORMS})  # its dense pass: Wanda's input norms
 
 
 @dataclass
@@ -48,9 +51,25 @@ def owl_block_sparsities(outlier_ratios: Tensor, sparsity: float, lam: float) ->
     return 1 - density
 
 
-@register_allocator("owl", OWLParams, paper="arXiv 2310.05175", needs=frozenset({INPUT_SQ_NORMS}), summarize_block=outlier_ratio)
 def owl(layers: list[PrunableLayer], sparsity: float, block_summaries: list[float], m: float = 5.0, lam: float = 0.08) -> dict[str, float]:
     block_sparsity = owl_block_sparsities(torch.tensor(block_summaries, dtype=torch.float64), sparsity, lam)
     if block_sparsity.min() <= 0 or block_sparsity.max() >= 1:
         raise ConfigError(f"allocator.lam={lam}: block sparsities reach {block_sparsity.min():.3f}..{block_sparsity.max():.3f}, outside (0, 1) at sparsity {sparsity}")
     return {layer.name: float(block_sparsity[layer.block]) for layer in layers}
+
+
+def owl_plan(ctx, m: float, lam: float) -> dict[str, float]:
+    """OWL's ratios after its dense pass (Wanda statistics, one outlier ratio per block)."""
+    summaries = ctx.dense_summaries(OWL_NEEDS, lambda weights, stats: outlier_ratio(weights, stats, m, lam))
+    return owl(ctx.layers, ctx.sparsity, summaries, m, lam)
+
+
+@register_allocator
+class OWL(Allocator):
+    name = "owl"
+    Params = OWLParams
+    paper = "arXiv 2310.05175"
+    reads = Reads(dense=OWL_NEEDS)
+
+    def plan(self, ctx) -> Allocation:
+        return Allocation(owl_plan(ctx, **self.params))

@@ -53,10 +53,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from sparsebench.allocators import Allocation, AllocatorSpec, PrunableLayer, register_allocator
-from sparsebench.allocators._layerwise import base_allocation, base_keys, bind_base, check_base
+from sparsebench.allocators import Allocation, Allocator, LinearToRefine, Refined, register_allocator
+from sparsebench.allocators._layerwise import base_reads, check_base, layerwise_plan, require_metric
 from sparsebench.errors import ConfigError
-from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.stats import LAST_TOKEN_INPUTS, LayerStats
 
 REFERENCE_LEARNING_RATES = [0.01, 0.02, 0.04, 0.08, 0.12, 0.16]
@@ -201,8 +200,8 @@ def trim_row_ratios(
 
 
 def refine_layer(weight: Tensor, scores: Tensor, stats: LayerStats, ratio, iterations: int = 10, learning_rates=None,
-                 negative_learning_rates=None, **_layerwise_keys) -> tuple[Tensor, dict]:
-    """The pruning walk's hook: the linear's per-row ratios around its layer-wise ratio ``ratio``."""
+                 negative_learning_rates=None) -> tuple[Tensor, dict]:
+    """One linear's per-row ratios around its layer-wise ratio ``ratio`` (null lists: the reference's)."""
     if isinstance(ratio, Tensor):
         raise ValueError("TRIM refines one ratio per layer; the layer-wise allocator gave per-row ratios")
     order = torch.sort(scores, dim=1, stable=True).indices
@@ -216,25 +215,41 @@ def refine_layer(weight: Tensor, scores: Tensor, stats: LayerStats, ratio, itera
 # ---------------------------------------------------------------- the layer-wise part and the registration
 
 
-def _bind(spec: AllocatorSpec, params: dict, metric: MetricSpec) -> AllocatorSpec:
-    """Reject metrics without a per-row ordering; take the layer-wise base's dense or weight pass."""
-    if metric.prune is not None and (metric.scores is None or not metric.row_ratios):
-        usable = [name for name in METRICS.names() if METRICS.get(name).scores is not None and METRICS.get(name).row_ratios]
-        raise ConfigError(
-            f"allocator=trim cannot refine metric={metric.name!r}: TRIM needs per-row ratios and the metric's score order "
-            f"within each row; metrics that have both: {', '.join(usable)}"
+class _RowRefiner:
+    """TRIM's step at prune time: each linear's per-row ratios from the metric's score order."""
+
+    needs = frozenset({LAST_TOKEN_INPUTS})
+
+    def __init__(self, scores, metric_params: dict, iterations: int, learning_rates, negative_learning_rates):
+        self.scores, self.metric_params = scores, metric_params
+        self.keys = {"iterations": iterations, "learning_rates": learning_rates, "negative_learning_rates": negative_learning_rates}
+
+    def __call__(self, linear: LinearToRefine) -> Refined:
+        scores = self.scores(linear.weight, linear.stats, **self.metric_params)
+        ratios, details = refine_layer(linear.weight, scores, linear.stats, linear.ratio, **self.keys)
+        return Refined(ratios, details)
+
+
+@register_allocator
+class TRIM(Allocator):
+    """The layer-wise ratios TRIM starts from (``plan``); the rows are refined at prune time (``refiner``)."""
+
+    name = "trim"
+    Params = TRIMParams
+    paper = "arXiv 2505.16743"
+
+    def __init__(self, params, metric, metric_params):
+        super().__init__(params, metric, metric_params)
+        require_metric(
+            "trim", metric, lambda m: m.scores is not None and m.row_ratios,
+            "TRIM needs per-row ratios and the metric's score order within each row; metrics that have both",
         )
-    keys = base_keys(params["layerwise"], OWL_DEFAULTS, params["m"], params["lam"], params["epsilon"])
-    return bind_base(spec, params["layerwise"], keys)
+        self.reads = base_reads(params["layerwise"], _RowRefiner.needs)
 
+    def plan(self, ctx) -> Allocation:
+        base = layerwise_plan(ctx, self.params, OWL_DEFAULTS)
+        return Allocation(base.ratios, {"layerwise": self.params["layerwise"], "iterations": self.params["iterations"], **base.details})
 
-@register_allocator(
-    "trim", TRIMParams, paper="arXiv 2505.16743", refine_layer=refine_layer, refine_needs=frozenset({LAST_TOKEN_INPUTS}), bind=_bind
-)
-def trim(
-    layers: list[PrunableLayer], sparsity: float, block_summaries, layerwise: str = "uniform", iterations: int = 10,
-    learning_rates=None, negative_learning_rates=None, m: float | None = None, lam: float | None = None, epsilon: float | None = None,
-) -> Allocation:
-    """The layer-wise ratios TRIM starts from; the rows are refined at prune time (``refine_layer``)."""
-    base = base_allocation(layers, sparsity, block_summaries, layerwise, base_keys(layerwise, OWL_DEFAULTS, m, lam, epsilon))
-    return Allocation(base.ratios, {"layerwise": layerwise, "iterations": iterations, **base.details})
+    def refiner(self) -> _RowRefiner:
+        p = self.params
+        return _RowRefiner(self.metric.scores, self.metric_params, p["iterations"], p["learning_rates"], p["negative_learning_rates"])

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from sparsebench.allocators import PrunableLayer, register_allocator
+from sparsebench.allocators import Allocation, Allocator, PrunableLayer, register_allocator
 
 
 @dataclass
@@ -10,6 +10,16 @@ class UniformParams:
     pass
 
 
-@register_allocator("uniform", UniformParams, supports_nm=True, paper="Wanda / SparseGPT default")
-def uniform(layers: list[PrunableLayer], sparsity: float, block_summaries=None) -> dict[str, float]:
+def uniform(layers: list[PrunableLayer], sparsity: float) -> dict[str, float]:
     return {layer.name: sparsity for layer in layers}
+
+
+@register_allocator
+class Uniform(Allocator):
+    name = "uniform"
+    Params = UniformParams
+    paper = "Wanda / SparseGPT default"
+    supports_nm = True
+
+    def plan(self, ctx) -> Allocation:
+        return Allocation(uniform(ctx.layers, ctx.sparsity))

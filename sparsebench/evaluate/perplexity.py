@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sparsebench.errors import NumericalError
-from sparsebench.blockwalk import batches, capture_block_inputs, check_finite, move_non_block_modules, run_block
+from sparsebench.blockwalk import Execution, batches, first_block_inputs, run_block, walk_blocks
 from sparsebench.data.tokens import with_bos
 from sparsebench.models.adapters import FamilyAdapter
 
@@ -69,28 +68,12 @@ def chunked_mean_nll(head, hidden: Tensor, input_ids: Tensor, positions_per_chun
 
 
 @torch.inference_mode()
-def perplexity(
-    model,
-    adapter: FamilyAdapter,
-    segments: Tensor,
-    device: str,
-    offload: bool,
-    batch_size: int,
-    progress: bool = True,
-    desc: str = "perplexity",
-) -> PerplexityResult:
-    blocks = adapter.get_blocks(model)
-    if offload:
-        move_non_block_modules(model, blocks, device)
-    inputs = capture_block_inputs(model, adapter, segments, device, batch_size)
-    check_finite(inputs.hidden, "in the inputs of the first block")
-    for index, block in enumerate(tqdm(blocks, desc=desc, unit="block", disable=not progress)):
-        if offload:
-            block.to(device)
+def perplexity(model, adapter: FamilyAdapter, segments: Tensor, run: Execution, desc: str = "perplexity") -> PerplexityResult:
+    """The perplexity of ``segments`` [count, seqlen], the blocks run as ``run`` says."""
+    batch_size = run.batch_size
+    inputs = first_block_inputs(model, adapter, segments, run)
+    for _, block in walk_blocks(model, adapter, run, desc, inputs):
         inputs.hidden = run_block(block, inputs, batch_size, out=inputs.hidden)
-        check_finite(inputs.hidden, f"after block {index}")
-        if offload:
-            block.to("cpu")
     final_modules = adapter.get_final_modules(model)
     head = adapter.get_head(model)
     nlls = []

@@ -177,7 +177,19 @@ def solve_fixed_mask_group(weights: Tensor, factor: Tensor, mask: Tensor, sub_bl
     return updated.masked_fill(mask, 0), errors
 
 
-@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774", row_ratios=False)
+def obs_saliency(weight: Tensor, hessian: Tensor, damp: float = 0.01) -> Tensor:
+    """The OBS saliency of the dense weights, W_ij^2 / [U]_jj^2 (arXiv 2301.00774, eq. 3 with U = chol(H^-1));
+    weights of features that never fire: 0. What DSnoT's references take as SparseGPT's initial metric."""
+    factor = inverse_hessian_factor(hessian.float(), damp)
+    w = weight.float().masked_fill((torch.diagonal(hessian) == 0).unsqueeze(0), 0.0)
+    return w.square() / torch.diagonal(factor).square().unsqueeze(0)
+
+
+def _saliency(weight: Tensor, stats: LayerStats, damp: float = 0.01, **_solver_keys) -> Tensor:
+    return obs_saliency(weight, stats.hessian, damp)
+
+
+@register_metric("sparsegpt", SparseGPTParams, needs=frozenset({HESSIAN}), paper="arXiv 2301.00774", row_ratios=False, saliency=_saliency)
 def sparsegpt(
     weight: Tensor, stats: LayerStats, target: SparsityTarget, blocksize: int = 128, damp: float = 0.01, kernel: str = "triton",
     factor: str = "reference",
