@@ -145,7 +145,7 @@ def main() -> int:
 
     cache_dir = Path(args.cache_dir)
     print(f"model: {args.model or 'a tiny random LLaMA (2 blocks, hidden 64)'}")
-    print(f"fresh processes: {args.python} ({_versions(args.python)})")
+    print(f"fresh processes: {Path(args.python).name} ({_versions(args.python)})")
     wrong = 0
     with tempfile.TemporaryDirectory() as scratch:
         for name, (fmt, pattern, low_rank) in EXPORTS.items():
