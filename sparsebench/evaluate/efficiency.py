@@ -221,8 +221,14 @@ def _path_run(model, linears, path, spec, device, context, memory, progress) -> 
 # ----------------------------------------------------------------------------- the evaluation
 
 
-def evaluate_efficiency(model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, device: str, pattern, dtype: torch.dtype, context: int | None, progress: bool = True) -> dict:
-    """The result document's ``metrics.efficiency`` section for a model already on ``device``."""
+def evaluate_efficiency(
+    model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, device: str, pattern, dtype: torch.dtype, context: int | None,
+    progress: bool = True, only_paths: tuple[str, ...] | None = None,
+) -> dict:
+    """The result document's ``metrics.efficiency`` section for a model already on ``device``.
+
+    ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
+    """
     memory = PeakMemory(device)
     skipped = []
     if memory.reason_unavailable is not None:
@@ -248,6 +254,8 @@ def evaluate_efficiency(model: nn.Module, linears: list[nn.Linear], spec: Effici
         skipped.append({"what": "sparse kernels", "why": problem})
     else:
         for path in paths_for(pattern_name(pattern)):
+            if only_paths is not None and path.name not in only_paths:
+                continue
             log.info("efficiency: sparse path %s in %d linears", path.name, len(linears))
             run, path_skips = _path_run(model, linears, path, spec, device, context, memory, progress)
             skipped += path_skips
