@@ -11,13 +11,13 @@ export PYTHONUNBUFFERED=1
 case $1 in
 bench)
     python3 -m pytest tests/test_gpu_kernels.py -q -p no:cacheprovider 2>&1 | tee "$out/gpu_kernels_tests.txt" || true
-    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
+    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
     ;;
 cases)
     results=${RESULTS:-/tmp/efficiency_results}
     common="eval=efficiency device=cuda calibration=wikitext2 calibration.split=validation calibration.nsamples=16 calibration.seqlen=512
         data.wikitext2=.bench/data/wikitext2-tok export=hf export.dtype=float16 results_dir=$results experiment_name=efficiency_gpu
-        progress=false eval.efficiency.decode_tokens=32 eval.efficiency.repeats=5"
+        progress=false eval.efficiency.decode_tokens=16 eval.efficiency.repeats=3"
     # shellcheck disable=SC2086
     python3 -m sparsebench.cli $common metric=sparsegpt sparsity=2of4 2>&1 | tee "$out/cases.txt"
     # shellcheck disable=SC2086
