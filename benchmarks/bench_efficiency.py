@@ -109,7 +109,7 @@ def _converter_or_reason(name: str):
         return None, f"{PATHS[name].module} is not available here: {type(error).__name__}: {error}"
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference mode: torch.sparse's subclass is wrapped in an nn.Parameter
 def per_linear(sparsities: list[str], repeats: int) -> list[dict]:
     rows = []
     for sparsity in sparsities:
@@ -185,7 +185,7 @@ def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
             prune(linear.weight.data, sparsity)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict]) -> list[dict]:
     """One decoder block at 1, 16 and 2,048 tokens (no KV cache), dense and through each path, beside its seven linears' sum."""
     block = model.model.layers[0]
@@ -300,7 +300,7 @@ def gpu(args) -> None:
     save()
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def perplexity_through_paths(args) -> None:
     from transformers import AutoModelForCausalLM
 
