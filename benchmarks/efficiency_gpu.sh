@@ -1,7 +1,7 @@
 #!/bin/sh
 # docs/efficiency.md, "On a GPU": the commands run on the device machine, from the repository root, in two parts.
 #   sh benchmarks/efficiency_gpu.sh bench OUT   the GPU tests of the kernels, then bench_efficiency.py gpu (LLaMA-2-7B shapes)
-#   sh benchmarks/efficiency_gpu.sh cases OUT   two real SmolLM2-135M cases (SparseGPT 2:4, Wanda 70 %) with eval=efficiency and
+#   sh benchmarks/efficiency_gpu.sh cases OUT   real SmolLM2-135M cases (SparseGPT 2:4; WITH_70=1: also Wanda 70 %) with eval=efficiency and
 #                                               export=hf, then the perplexity of each exported model through its sparse paths
 # Needs torch and transformers; `cases` also the project's Hydra/GGUF dependencies (PYTHONPATH) and SmolLM2's GGUF in
 # $SPARSEBENCH_CACHE (the machine has no network), and WikiText-2 in .bench/data/wikitext2-tok (docs/efficiency.md says how).
@@ -20,8 +20,10 @@ cases)
         progress=false eval.efficiency.decode_tokens=16 eval.efficiency.repeats=3"
     # shellcheck disable=SC2086
     python3 -m sparsebench.cli $common metric=sparsegpt sparsity=2of4 2>&1 | tee "$out/cases.txt"
-    # shellcheck disable=SC2086
-    python3 -m sparsebench.cli $common metric=wanda sparsity.ratio=0.7 2>&1 | tee -a "$out/cases.txt"
+    if [ -n "$WITH_70" ]; then  # Wanda 70 % unstructured: the bitmask path (sparsebench/kernels/bitmask_linear.py)
+        # shellcheck disable=SC2086
+        python3 -m sparsebench.cli $common metric=wanda sparsity.ratio=0.7 2>&1 | tee -a "$out/cases.txt"
+    fi
     cp "$results"/*.json "$out/"
     python3 benchmarks/bench_efficiency.py ppl --model "$results"/models/* --tokens .bench/efficiency/wikitext2_smollm2_32x512.pt \
         --out "$out/ppl.json" 2>&1 | tee "$out/ppl.txt"
