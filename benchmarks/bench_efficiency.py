@@ -265,6 +265,12 @@ def _print_end_to_end(result: dict) -> None:
         modes = run["modes"]
         print(f"[e2e] {sparsity} {path}: weights in memory {run['weight_bytes_in_memory'] / 2**30:.2f} GiB"
               f" ({result['weight_memory_vs_dense'].get(path, 1.0):.3f} of dense-stored)", flush=True)
+        if "eager" in modes and "cuda_graph" in modes:
+            eager, graph = modes["eager"]["prefill"]["seconds_median"], modes["cuda_graph"]["prefill"]["seconds_median"]
+            print(f"[e2e] {sparsity} {path} prefill: {eager * 1e3:.2f} ms eager, {graph * 1e3:.2f} ms as a graph ({(eager - graph) * 1e3:.2f} ms host work and gaps)", flush=True)
+            for batch in modes["cuda_graph"]["decode"]:
+                eager, graph = modes["eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
+                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: {eager * 1e3:.2f} ms a token eager (generate), {graph * 1e3:.2f} ms a step as a graph", flush=True)
         if "static_eager" in modes and "cuda_graph" in modes:
             for batch in modes["cuda_graph"]["decode"]:
                 eager, graph = modes["static_eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]

@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 case $1 in
 bench)
     python3 -m pytest tests/test_gpu_kernels.py -q -p no:cacheprovider 2>&1 | tee "$out/gpu_kernels_tests.txt" || true
-    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
+    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --modes ${MODES:-eager cuda_graph} --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
     ;;
 cases)
     results=${RESULTS:-/tmp/efficiency_results}

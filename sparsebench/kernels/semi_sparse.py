@@ -8,12 +8,18 @@ reaches them through cuSPARSELt with three private operators, the same ones its
 - ``torch._cslt_compress(W)`` packs a 2:4 weight ``[out, in]`` once (the kept half and its metadata);
 - ``torch._cslt_sparse_mm_search(Wc, x.T, ...)`` times cuSPARSELt's algorithms for one product shape and
   returns the fastest one's id;
-- ``torch._cslt_sparse_mm(Wc, x.T, bias, transpose_result=True, alg_id=...)`` computes ``x @ W.T + bias``.
+- ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
 
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
-algorithm id for each (weight shape, dtype, bias, token count), searched once on the first call of that
-shape outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a
-CUDA graph hides.
+algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
+outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
+graph hides.
+
+Seen on an H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0): ``_cslt_sparse_mm_search`` with 8 dense columns and
+``transpose_result=True`` failed inside ``cusparseLtMatmulSearch`` ("internal error", then an illegal
+instruction that poisons the CUDA context). So the token count is padded to a multiple of 16 and the
+product is the plain ``W @ x.T`` form searched in /work/shared/docs/sparse-kernels.md (16 to 8,192 tokens);
+a bias is added afterwards.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = (torch.float16, torch.bfloat16)
 WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
-TOKEN_MULTIPLE = 8  # the dense operand's rows are padded to this multiple, as torch.sparse does
+TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
 
-# (out_features, in_features, dtype, has_bias, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
+# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
 
 
@@ -77,7 +83,7 @@ class SemiSparseLinear(nn.Module):
         return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
 
     def _algorithm(self, rows_t: torch.Tensor) -> int:
-        key = (self.out_features, self.in_features, self.dtype, self.bias is not None, rows_t.shape[1])
+        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
             if torch.cuda.is_current_stream_capturing():
@@ -85,7 +91,7 @@ class SemiSparseLinear(nn.Module):
                     f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
                     "run the same shapes once before capturing a CUDA graph (the search cannot be captured)"
                 )
-            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t, bias=self.bias, transpose_result=True))
+            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t))
             _ALGORITHM_IDS[key] = alg_id
             log.debug("cuSPARSELt algorithm %d for %s", alg_id, key)
         return alg_id
@@ -96,9 +102,12 @@ class SemiSparseLinear(nn.Module):
         padding = (-tokens) % TOKEN_MULTIPLE
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
-        rows_t = rows.t()  # [in, tokens], column-major: cuSPARSELt computes W @ x.T and writes its transpose
-        product = torch._cslt_sparse_mm(self.packed, rows_t, bias=self.bias, transpose_result=True, alg_id=self._algorithm(rows_t))
-        return product[:tokens].reshape(*x.shape[:-1], self.out_features)
+        rows_t = rows.t()  # [in, tokens], column-major
+        product = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=self._algorithm(rows_t))  # W @ x.T: [out, tokens]
+        out = product[:, :tokens].t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4"
