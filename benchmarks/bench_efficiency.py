@@ -1,27 +1,29 @@
-"""What 2:4 sparsity buys on a GPU, and the size of a compressed export.
+"""What 2:4 and unstructured sparsity buy on a GPU, measured the way a server runs, and the size of a compressed export.
 
-    python benchmarks/bench_efficiency.py gpu --out figures.json     # on a CUDA GPU of compute capability >= 8.0
-    python benchmarks/bench_efficiency.py export                      # anywhere
+    python benchmarks/bench_efficiency.py gpu --layers 32 --out figures.json   # a CUDA GPU of compute capability >= 8.0
+    python benchmarks/bench_efficiency.py ppl --model DIR ... --tokens T.pt    # perplexity through each sparse path
+    python benchmarks/bench_efficiency.py export                               # anywhere (needs compressed-tensors)
 
-``gpu`` (only torch and transformers needed; no Hydra) prints, for 2:4 against dense fp16:
+``gpu`` (only torch and transformers needed; no Hydra), LLaMA-2-7B shapes, fp16, random weights pruned by
+magnitude (honest for time and memory, never for quality), sparse paths against the same weights stored dense:
 
-1. each LLaMA-2-7B linear shape's speedup at 1, 16 and 2048 tokens with
-   ``torch.sparse.to_sparse_semi_structured``, timed two ways: eager ``F.linear`` calls, and the
-   same calls replayed as a CUDA graph (which hides the per-call host work); medians of CUDA-event
-   times after warm-up, and the largest output difference against dense;
-2. end-to-end prefill and decode speedups and peak memory on a LLaMA-2-7B-shaped model with random
-   fp16 weights (``--layers`` of the 32 blocks; timing is honest with random weights, quality is
-   not), measured by the case stage itself (``sparsebench.evaluate.efficiency.evaluate_efficiency``,
-   eager, the path ``eval=efficiency`` takes);
-3. that the perplexity of a 2:4 model with SmolLM2-135M's shapes (random fp16 weights, WikiText-2
-   tokens from ``--tokens``) is the same with the sparse kernels as stored dense, within fp16
-   tolerance (the project's ``perplexity`` on both).
+1. per linear: each 7B linear shape at 1, 16, 2,048 and 8,192 tokens, for each path (``cusparselt``:
+   cuSPARSELt called directly; ``semi_structured``: torch.sparse's tensor subclass; ``bitmask``: the Triton
+   kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
+   and the output's relative difference from the dense product;
+2. per block: one decoder block (attention, MLP, norms) at 1, 16 and 2,048 tokens, dense and sparse, eager
+   and as a graph, beside the sum of its seven linears: the share of a block's time the linears take;
+3. whole model (``--layers`` of 32 blocks) through the case stage itself (``evaluate_efficiency``) in the
+   modes eager, static_eager and cuda_graph: prefill 1 x 2,048 and greedy decode at batch 1 and 16; weights in memory;
+   then what an eager decode step spends between kernels (static_eager against cuda_graph: launch gaps).
 
-``export`` writes a LLaMA-2-7B-shaped 2:4 model of ``--layers`` blocks with ``export=compressed``'s
-code (``sparsebench.export.export_model``, float16) and with ``export=hf``'s, measures the bytes
-of each, and scales the per-block bytes to 32 blocks against the dense fp16 checkpoint (parameters x 2).
-Every block has the same shapes, so each block's compressed bytes are the same (2:4 stores exactly half
-the values and one bit per weight).
+``ppl`` loads each exported (``export=hf``) pruned model in fp16 and computes the project's perplexity on the given
+token segments stored dense and through each sparse path of its pattern (2:4 if every pruned linear is 2:4, else
+unstructured).
+
+``export`` writes a LLaMA-2-7B-shaped 2:4 model of ``--layers`` blocks with ``export=compressed``'s code
+(``sparsebench.export.export_model``, float16) and with ``export=hf``'s, measures the bytes of each, and scales
+the per-block bytes to 32 blocks against the dense fp16 checkpoint (parameters x 2).
 """
 
 from __future__ import annotations
@@ -36,9 +38,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparsebench.evaluate.cuda_graphs import graphed
+from sparsebench.kernels.paths import PATHS, converter, swapped
 
+LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
 LLAMA2_7B_LINEARS = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
-TOKENS = (1, 16, 2048)
+BLOCK_LINEARS = {"q/k/v/o_proj": 4, "gate/up_proj": 2, "down_proj": 1}  # how many of each shape one block holds
+TOKENS = (1, 16, 2048, 8192)
+BLOCK_TOKENS = (1, 16, 2048)
 
 
 def prune_2of4(weight: torch.Tensor) -> torch.Tensor:
@@ -48,8 +55,23 @@ def prune_2of4(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
-def _event_median(call, calls: int, repeats: int) -> float:
-    """Median over ``repeats`` of the mean time of ``calls`` back-to-back calls (CUDA events), in seconds."""
+def prune_unstructured(weight: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Zero the ``ratio`` smallest-magnitude weights of each row (in place)."""
+    drop = int(round(ratio * weight.shape[1]))
+    weight.scatter_(1, weight.abs().topk(drop, dim=1, largest=False).indices, 0)
+    return weight
+
+
+def prune(weight: torch.Tensor, sparsity: str) -> torch.Tensor:
+    return prune_2of4(weight) if sparsity == "2:4" else prune_unstructured(weight, float(sparsity))
+
+
+def paths_of(sparsity: str) -> list[str]:
+    return ["cusparselt", "semi_structured"] if sparsity == "2:4" else ["bitmask"]
+
+
+def _event_median(call, calls: int, repeats: int) -> tuple[float, list[float]]:
+    """Median over ``repeats`` of the mean time of ``calls`` back-to-back calls (CUDA events), in seconds, and all of them."""
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -59,56 +81,74 @@ def _event_median(call, calls: int, repeats: int) -> float:
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / 1000 / calls)
-    return statistics.median(times)
+    return statistics.median(times), times
 
 
-def _graphed(fn, calls: int):
-    """``fn`` captured ``calls`` times in one CUDA graph; returns the replay (or raises what capture raised)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    return graph.replay
+def _eager_and_graph(fn, calls: int, repeats: int) -> dict:
+    """``fn`` timed eagerly (``calls`` back to back) and as one CUDA graph of ``calls`` calls; milliseconds per call."""
+    eager, eager_all = _event_median(fn, calls, repeats)
+    row = {"eager_ms": eager * 1e3, "eager_all_ms": [t * 1e3 for t in eager_all]}
+    try:
+        graph = graphed(lambda: [fn() for _ in range(calls)])
+        replayed, replayed_all = _event_median(graph.replay, 1, repeats)
+        row.update({"graph_ms": replayed / calls * 1e3, "graph_all_ms": [t / calls * 1e3 for t in replayed_all]})
+        del graph
+    except RuntimeError as error:  # reported, not hidden
+        row["graph_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return row
 
 
-@torch.inference_mode()
-def per_linear(repeats: int) -> list[dict]:
-    from torch.sparse import to_sparse_semi_structured
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a.float() - b.float()) / torch.linalg.norm(b.float()))
 
+
+def _converter_or_reason(name: str):
+    try:
+        return converter(PATHS[name]), None
+    except (ImportError, AttributeError) as error:
+        return None, f"{PATHS[name].module} is not available here: {type(error).__name__}: {error}"
+
+
+@torch.no_grad()  # not inference mode: torch.sparse's subclass is wrapped in an nn.Parameter
+def per_linear(sparsities: list[str], repeats: int) -> list[dict]:
     rows = []
-    for name, (out_features, in_features) in LLAMA2_7B_LINEARS.items():
-        torch.manual_seed(0)
-        weight = prune_2of4(torch.randn(out_features, in_features, device="cuda", dtype=torch.float16) * 0.02)
-        sparse = to_sparse_semi_structured(weight)
-        for tokens in TOKENS:
-            x = torch.randn(tokens, in_features, device="cuda", dtype=torch.float16)
-            difference = (F.linear(x, sparse) - F.linear(x, weight)).abs().max().item()
-            row = {"linear": name, "shape": [out_features, in_features], "tokens": tokens, "max_abs_difference": difference}
-            calls = 50 if tokens < 2048 else 10
-            for _ in range(5):
-                F.linear(x, weight), F.linear(x, sparse)
-            dense_s = _event_median(lambda: F.linear(x, weight), calls, repeats)
-            sparse_s = _event_median(lambda: F.linear(x, sparse), calls, repeats)
-            row["eager"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3, "speedup": dense_s / sparse_s}
-            try:
-                dense_graph = _graphed(lambda: F.linear(x, weight), calls)
-                sparse_graph = _graphed(lambda: F.linear(x, sparse), calls)
-                dense_s = _event_median(dense_graph, 1, repeats) / calls
-                sparse_s = _event_median(sparse_graph, 1, repeats) / calls
-                row["cuda_graph"] = {"dense_ms": dense_s * 1e3, "sparse_ms": sparse_s * 1e3, "speedup": dense_s / sparse_s}
-            except RuntimeError as error:  # reported, not hidden
-                row["cuda_graph"] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
-            rows.append(row)
-            graph = row["cuda_graph"].get("speedup")
-            print(f"[linear] {name:13s} {out_features:5d}x{in_features:<5d} {tokens:5d} tokens: eager {row['eager']['speedup']:.2f}x"
-                  f" ({row['eager']['dense_ms']:.3f} / {row['eager']['sparse_ms']:.3f} ms), cuda graph "
-                  f"{f'{graph:.2f}x' if graph else row['cuda_graph']['error']}, max |diff| {difference:.2e}", flush=True)
+    for sparsity in sparsities:
+        for name, (out_features, in_features) in LLAMA2_7B_LINEARS.items():
+            torch.manual_seed(0)
+            dense = torch.nn.Linear(in_features, out_features, bias=False, device="cuda", dtype=torch.float16)
+            prune(dense.weight.data.normal_(0, 0.02), sparsity)
+            modules = {}
+            for path in paths_of(sparsity):
+                convert, reason = _converter_or_reason(path)
+                if reason:
+                    rows.append({"sparsity": sparsity, "linear": name, "path": path, "skipped": reason})
+                    print(f"[linear] {sparsity} {name}: {path} skipped: {reason}", flush=True)
+                    continue
+                modules[path] = convert(dense)
+            for tokens in TOKENS:
+                x = torch.randn(tokens, in_features, device="cuda", dtype=torch.float16)
+                calls = 50 if tokens <= 16 else (10 if tokens <= 2048 else 4)
+                base = _eager_and_graph(lambda: dense(x), calls, repeats)
+                reference = dense(x)
+                for path, module in modules.items():
+                    try:
+                        timing = _eager_and_graph(lambda: module(x), calls, repeats)
+                        row = {"sparsity": sparsity, "linear": name, "shape": [out_features, in_features], "tokens": tokens, "path": path,
+                               "relative_difference": _relative(module(x), reference), "dense": base, "sparse": timing,
+                               "eager_speedup": base["eager_ms"] / timing["eager_ms"]}
+                        if "graph_ms" in timing and "graph_ms" in base:
+                            row["graph_speedup"] = base["graph_ms"] / timing["graph_ms"]
+                    except RuntimeError as error:
+                        row = {"sparsity": sparsity, "linear": name, "tokens": tokens, "path": path, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+                    rows.append(row)
+                    if "error" in row:
+                        print(f"[linear] {sparsity} {name} {tokens} tokens {path}: {row['error']}", flush=True)
+                        continue
+                    graph = f"{row['graph_speedup']:.2f}x ({base['graph_ms']:.4f} / {timing['graph_ms']:.4f} ms)" if "graph_speedup" in row else timing.get("graph_error")
+                    print(f"[linear] {sparsity:5s} {name:13s} {out_features:5d}x{in_features:<5d} {tokens:5d} tokens {path:15s}: eager {row['eager_speedup']:.2f}x"
+                          f" ({base['eager_ms']:.4f} / {timing['eager_ms']:.4f} ms), graph {graph}, rel. diff {row['relative_difference']:.1e}", flush=True)
+            del modules, dense
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -118,12 +158,11 @@ def _llama(config_kwargs: dict, layers: int, seed: int = 0):
     config = LlamaConfig(**{**config_kwargs, "num_hidden_layers": layers})
     torch.manual_seed(seed)
     torch.set_default_dtype(torch.float16)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config)
-    torch.set_default_dtype(torch.float32)
-    with torch.no_grad():
-        for parameter in model.parameters():  # the same scale as the default init, much faster
-            parameter.normal_(0, 0.02) if parameter.dim() > 1 else parameter.fill_(1.0)
+    try:
+        with torch.device("cuda"):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
     model.eval()
     model.config.use_cache = False
     return model
@@ -136,98 +175,173 @@ def _block_linears(model) -> list:
     return [linear for block in adapter.get_blocks(model) for linear in adapter.get_linears(block).values()]
 
 
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
+def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
+    """Fresh random weights at the default scale (much faster than HF's init), then the sparsity's magnitude mask."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.02) if parameter.dim() > 1 else parameter.fill_(1.0)
+        for linear in linears:
+            prune(linear.weight.data, sparsity)
 
 
-def end_to_end(layers: int, decode_tokens: int, repeats: int) -> dict:
+@torch.no_grad()
+def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict]) -> list[dict]:
+    """One decoder block at 1, 16 and 2,048 tokens (no KV cache), dense and through each path, beside its seven linears' sum."""
+    block = model.model.layers[0]
+    linears = _block_linears(model)[:7]
+    rows = []
+    for tokens in BLOCK_TOKENS:
+        hidden = torch.randn(1, tokens, 4096, device="cuda", dtype=torch.float16)
+        position_embeddings = model.model.rotary_emb(hidden, torch.arange(tokens, device="cuda").unsqueeze(0))
+        calls = 20 if tokens <= 16 else 5
+
+        def forward():
+            return block(hidden, attention_mask=None, position_embeddings=position_embeddings)
+
+        timings = {"dense_stored": _eager_and_graph(forward, calls, repeats)}
+        for path in paths_of(sparsity):
+            convert, reason = _converter_or_reason(path)
+            if reason:
+                continue
+            with swapped(block, linears, convert):
+                timings[path] = _eager_and_graph(forward, calls, repeats)
+        for path, timing in timings.items():
+            linear_sum = _linears_sum(per_linear_rows, sparsity, tokens, path)
+            row = {"sparsity": sparsity, "tokens": tokens, "path": path, **timing, "linears_graph_ms_sum": linear_sum}
+            if linear_sum is not None and "graph_ms" in timing:
+                row["linears_share_of_block"] = linear_sum / timing["graph_ms"]
+            rows.append(row)
+            share = f", its 7 linears {linear_sum:.4f} ms = {row['linears_share_of_block']:.0%} of the graphed block" if "linears_share_of_block" in row else ""
+            print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: eager {timing['eager_ms']:.4f} ms, graph {timing.get('graph_ms', float('nan')):.4f} ms{share}", flush=True)
+        dense = timings["dense_stored"]
+        for path in timings:
+            if path != "dense_stored" and "graph_ms" in timings[path] and "graph_ms" in dense:
+                print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: speedup eager {dense['eager_ms'] / timings[path]['eager_ms']:.2f}x, graph {dense['graph_ms'] / timings[path]['graph_ms']:.2f}x", flush=True)
+    return rows
+
+
+def _linears_sum(rows: list[dict], sparsity: str, tokens: int, path: str) -> float | None:
+    """Sum of one block's seven linears as graphs (ms), from the per-linear rows; dense_stored from their dense side."""
+    total = 0.0
+    for name, count in BLOCK_LINEARS.items():
+        match = [r for r in rows if r.get("sparsity") == sparsity and r.get("linear") == name and r.get("tokens") == tokens and "graph_speedup" in r
+                 and (r["path"] == path or path == "dense_stored")]
+        if not match:
+            return None
+        total += count * (match[0]["dense"]["graph_ms"] if path == "dense_stored" else match[0]["sparse"]["graph_ms"])
+    return total
+
+
+def end_to_end(model, linears, sparsity: str, args) -> dict:
     from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
     from sparsebench.masks import NMPattern
 
-    model = _llama(LLAMA2_7B, layers)
-    linears = _block_linears(model)
-    with torch.no_grad():
-        for linear in linears:
-            prune_2of4(linear.weight.data)
-    spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=(1, 16), decode_prompt=128, decode_tokens=decode_tokens, warmup=1, repeats=repeats, sparse_kernels="auto")
+    spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=(1, 16), decode_prompt=128, decode_tokens=args.decode_tokens,
+                          warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes))
     started = time.perf_counter()
-    result = evaluate_efficiency(model, linears, spec, "cuda", NMPattern(2, 4), torch.float16, 4096, progress=False)
-    result["layers"] = layers
-    result["seconds"] = time.perf_counter() - started
-    result["prefill_cuda_graph"] = graph_prefill(model, linears, repeats)
-    dense, sparse = result["dense_weights"], result["sparse_kernels"]
-    print(f"[e2e] LLaMA-2-7B shapes, {layers} of 32 blocks, fp16, eager: skipped={result['skipped']}", flush=True)
-    if sparse:
-        print(f"[e2e] prefill 1x2048: dense {dense['prefill']['tokens_per_s']:.0f} tok/s, 2:4 {sparse['prefill']['tokens_per_s']:.0f} tok/s,"
-              f" speedup {result['speedup']['prefill']:.2f}x; peak {dense['prefill']['peak_memory_bytes'] / 2**30:.2f} / {sparse['prefill']['peak_memory_bytes'] / 2**30:.2f} GiB")
-        for batch in dense["decode"]:
-            d, s = dense["decode"][batch], sparse["decode"][batch]
-            print(f"[e2e] decode batch {batch}: dense {d['tokens_per_s']:.1f} tok/s, 2:4 {s['tokens_per_s']:.1f} tok/s, speedup "
-                  f"{result['speedup']['decode'][batch]:.2f}x; peak {d['peak_memory_bytes'] / 2**30:.2f} / {s['peak_memory_bytes'] / 2**30:.2f} GiB")
-        print(f"[e2e] weights in memory: dense {dense['weight_bytes_in_memory'] / 2**30:.2f} GiB, 2:4 {sparse['weight_bytes_in_memory'] / 2**30:.2f} GiB", flush=True)
-    del model
-    torch.cuda.empty_cache()
+    pattern = NMPattern(2, 4) if sparsity == "2:4" else None
+    only = tuple(path for path in paths_of(sparsity) if path in args.e2e_paths)
+    result = evaluate_efficiency(model, linears, spec, "cuda", pattern, torch.float16, 4096, progress=False, only_paths=only)
+    result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started})
+    _print_end_to_end(result)
     return result
 
 
-@torch.inference_mode()
-def graph_prefill(model, linears, repeats: int) -> dict:
-    """Prefill 1 x 2048 replayed as one CUDA graph (no per-call host work), dense-stored and with the 2:4 kernels."""
-    from sparsebench.evaluate.efficiency import semi_structured
+def _print_end_to_end(result: dict) -> None:
+    sparsity, runs = result["sparsity"], result["runs"]
+    print(f"[e2e] LLaMA-2-7B shapes, {result['layers']} of 32 blocks, fp16, {sparsity}; skipped: {result['skipped']}", flush=True)
+    dense = runs["dense_stored"]["modes"]
+    for path, by_mode in result["speedup"].items():
+        for mode, entry in by_mode.items():
+            measured = runs[path]["modes"][mode]
+            if "prefill" in entry:
+                print(f"[e2e] {sparsity} {path} {mode:12s} prefill 1x2048: dense {dense[mode]['prefill']['tokens_per_s']:.0f} tok/s, sparse "
+                      f"{measured['prefill']['tokens_per_s']:.0f} tok/s, speedup {entry['prefill']:.2f}x", flush=True)
+            for batch, ratio in entry["decode"].items():
+                print(f"[e2e] {sparsity} {path} {mode:12s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
+                      f"{measured['decode'][batch]['tokens_per_s']:.1f} tok/s, speedup {ratio:.2f}x" if ratio else f"[e2e] {path} {mode} decode {batch}: no rate", flush=True)
+    for path, run in runs.items():
+        modes = run["modes"]
+        print(f"[e2e] {sparsity} {path}: weights in memory {run['weight_bytes_in_memory'] / 2**30:.2f} GiB"
+              f" ({result['weight_memory_vs_dense'].get(path, 1.0):.3f} of dense-stored)", flush=True)
+        if "eager" in modes and "cuda_graph" in modes:
+            eager, graph = modes["eager"]["prefill"]["seconds_median"], modes["cuda_graph"]["prefill"]["seconds_median"]
+            print(f"[e2e] {sparsity} {path} prefill: {eager * 1e3:.2f} ms eager, {graph * 1e3:.2f} ms as a graph ({(eager - graph) * 1e3:.2f} ms host work and gaps)", flush=True)
+            for batch in modes["cuda_graph"]["decode"]:
+                eager, graph = modes["eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
+                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: {eager * 1e3:.2f} ms a token eager (generate), {graph * 1e3:.2f} ms a step as a graph", flush=True)
+        if "static_eager" in modes and "cuda_graph" in modes:
+            for batch in modes["cuda_graph"]["decode"]:
+                eager, graph = modes["static_eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
+                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: step {eager * 1e3:.2f} ms eager, {graph * 1e3:.2f} ms as a graph: "
+                      f"{(eager - graph) * 1e3:.2f} ms of launch gaps and host work per step ({(eager - graph) / eager:.0%})", flush=True)
 
-    ids = torch.randint(0, model.config.vocab_size, (1, 2048), device="cuda")
 
-    def seconds() -> float:
-        replay = _graphed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), 1)
-        return _event_median(replay, 1, max(repeats, 5))
+def gpu(args) -> None:
+    from sparsebench.evaluate.measure import conditions
 
-    try:
-        dense = seconds()
-        with semi_structured(linears):
-            sparse = seconds()
-    except Exception as error:  # capture refused: reported, not hidden
-        print(f"[e2e] prefill as a CUDA graph: {type(error).__name__}: {str(error)[:200]}", flush=True)
-        return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
-    result = {"dense_tokens_per_s": 2048 / dense, "sparse_tokens_per_s": 2048 / sparse, "speedup": dense / sparse}
-    print(f"[e2e] prefill 1x2048 as a CUDA graph: dense {result['dense_tokens_per_s']:.0f} tok/s, 2:4 {result['sparse_tokens_per_s']:.0f} tok/s, speedup {result['speedup']:.2f}x", flush=True)
-    return result
+    capability = torch.cuda.get_device_capability()
+    figures = {"gpu": torch.cuda.get_device_name(), "capability": list(capability), "torch": torch.__version__, "conditions_before": conditions("cuda"),
+               "arguments": {key: value for key, value in vars(args).items() if key != "out"}}
+    print(f"[gpu] {figures['gpu']} (sm{capability[0]}{capability[1]}), torch {torch.__version__}, cuSPARSELt {figures['conditions_before'].get('cusparselt')}; "
+          f"state {figures['conditions_before'].get('gpu_state')}", flush=True)
+
+    def save():
+        if args.out:
+            args.out.write_text(json.dumps(figures, indent=1, default=str))
+
+    figures["per_linear"] = [] if args.skip_linear else per_linear(args.sparsity, args.repeats)
+    save()
+    model = _llama(LLAMA2_7B, args.layers)
+    linears = _block_linears(model)
+    figures["per_block"], figures["end_to_end"] = [], []
+    for sparsity in args.sparsity:
+        _reprune(model, linears, sparsity)
+        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"])
+        save()
+        figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
+        save()
+    figures["conditions_after"] = conditions("cuda")
+    save()
 
 
-@torch.inference_mode()
-def perplexity_check(config_path: Path, tokens_path: Path) -> dict:
-    from sparsebench.evaluate.efficiency import semi_structured
+@torch.no_grad()
+def perplexity_through_paths(args) -> None:
+    from transformers import AutoModelForCausalLM
+
     from sparsebench.blockwalk import Execution
     from sparsebench.evaluate.perplexity import perplexity
     from sparsebench.models.adapters import adapter_for
 
-    config = json.loads(config_path.read_text())
-    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_parameters", "tie_word_embeddings")
-    model = _llama({k: config[k] for k in keys if config.get(k) is not None}, config["num_hidden_layers"], seed=1)
-    linears = _block_linears(model)
-    for linear in linears:
-        prune_2of4(linear.weight.data)
-    segments = torch.load(tokens_path)
-    adapter = adapter_for("auto", "llama")
-    dense = perplexity(model, adapter, segments, Execution("cuda", False, 4)).ppl
-    with semi_structured(linears):
-        sparse = perplexity(model, adapter, segments, Execution("cuda", False, 4)).ppl
-    relative = abs(sparse - dense) / dense
-    result = {"shapes": "SmolLM2-135M", "segments": list(segments.shape), "ppl_dense_stored": dense, "ppl_sparse_kernels": sparse, "relative_difference": relative, "within_fp16_tolerance": relative < 1e-3}
-    print(f"[ppl] SmolLM2-135M shapes, random fp16 weights, 2:4, {segments.shape[0]} x {segments.shape[1]} WikiText-2 tokens: dense-stored {dense:.4f}, "
-          f"sparse kernels {sparse:.4f}, relative difference {relative:.2e} ({'within' if relative < 1e-3 else 'NOT within'} 1e-3)", flush=True)
-    return result
-
-
-def gpu(args) -> None:
-    capability = torch.cuda.get_device_capability()
-    figures = {"gpu": torch.cuda.get_device_name(), "capability": list(capability), "torch": torch.__version__}
-    print(f"[gpu] {figures['gpu']} (sm{capability[0]}{capability[1]}), torch {torch.__version__}", flush=True)
-    if not args.skip_linear:
-        figures["per_linear"] = per_linear(args.repeats)
-    if args.tokens:
-        figures["perplexity"] = perplexity_check(args.config, args.tokens)
-    figures["end_to_end"] = end_to_end(args.layers, args.decode_tokens, args.e2e_repeats)
+    segments = torch.load(args.tokens)
+    report = []
+    for folder in args.model:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval()
+        adapter = adapter_for("auto", model.config.model_type)
+        linears = [linear for block in adapter.get_blocks(model) for linear in adapter.get_linears(block).values()]
+        is_2of4 = all(int(linear.weight.reshape(linear.weight.shape[0], -1, 4).ne(0).sum(-1).max()) <= 2 for linear in linears)
+        sparsity = "2:4" if is_2of4 else "unstructured"
+        zeros = sum(int((linear.weight == 0).sum()) for linear in linears) / sum(linear.weight.numel() for linear in linears)
+        dense = perplexity(model, adapter, segments, Execution("cuda", batch_size=4)).ppl
+        row = {"model": str(folder), "sparsity": sparsity, "zeros": zeros, "segments": list(segments.shape), "ppl_dense_stored": dense, "paths": {}}
+        for path in paths_of(sparsity):
+            convert, reason = _converter_or_reason(path)
+            if reason:
+                row["paths"][path] = {"skipped": reason}
+                print(f"[ppl] {folder}: {path} skipped: {reason}", flush=True)
+                continue
+            with swapped(model, linears, convert):
+                sparse = perplexity(model, adapter, segments, Execution("cuda", batch_size=4)).ppl
+            relative = abs(sparse - dense) / dense
+            row["paths"][path] = {"ppl": sparse, "relative_difference": relative, "within_1e-3": relative < 1e-3}
+            print(f"[ppl] {Path(folder).name} ({sparsity}, {zeros:.1%} zeros of the pruned linears), {segments.shape[0]} x {segments.shape[1]} tokens: "
+                  f"dense-stored {dense:.4f}, {path} {sparse:.4f}, relative difference {relative:.2e} ({'within' if relative < 1e-3 else 'NOT within'} 1e-3)", flush=True)
+        report.append(row)
+        del model
+        torch.cuda.empty_cache()
     if args.out:
-        args.out.write_text(json.dumps(figures, indent=1, default=str))
+        args.out.write_text(json.dumps(report, indent=1))
 
 
 def export_sizes(args) -> None:
@@ -279,18 +393,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     g = sub.add_parser("gpu")
-    g.add_argument("--layers", type=int, default=8, help="blocks of the 7B-shaped model for the end-to-end figures (of 32)")
+    g.add_argument("--layers", type=int, default=32, help="blocks of the 7B-shaped model for the whole-model figures (of 32)")
+    g.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"], help="2:4 and/or unstructured ratios such as 0.5 0.6 0.7 0.8")
+    g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"])
+    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model")
     g.add_argument("--decode-tokens", type=int, default=64)
-    g.add_argument("--e2e-repeats", type=int, default=3)
-    g.add_argument("--repeats", type=int, default=7, help="per-linear timing repeats")
-    g.add_argument("--config", type=Path, help="SmolLM2-135M's config.json, for the perplexity check")
-    g.add_argument("--tokens", type=Path, help="a [segments, seqlen] tensor of WikiText-2 token ids (torch.save) for the perplexity check")
+    g.add_argument("--e2e-repeats", type=int, default=5)
+    g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")
     g.add_argument("--skip-linear", action="store_true", help="leave out the per-linear figures")
     g.add_argument("--out", type=Path)
+    q = sub.add_parser("ppl")
+    q.add_argument("--model", type=Path, nargs="+", required=True, help="folders written by export=hf")
+    q.add_argument("--tokens", type=Path, required=True, help="a [segments, seqlen] tensor of token ids (torch.save)")
+    q.add_argument("--out", type=Path)
     e = sub.add_parser("export")
     e.add_argument("--layers", type=int, default=2)
     args = parser.parse_args()
-    gpu(args) if args.mode == "gpu" else export_sizes(args)
+    {"gpu": gpu, "ppl": perplexity_through_paths, "export": export_sizes}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class EfficiencyConfig:
     decode_tokens: int = 128  # new tokens generated (KV cache)
     warmup: int = 1  # untimed calls before each measurement
     repeats: int = 5  # timed calls; the median is reported
-    sparse_kernels: str = "auto"  # auto: 2:4 models on a CUDA GPU of compute capability >= 8.0; off
+    sparse_kernels: str = "auto"  # auto: the sparse paths of the case's pattern (2:4, unstructured) on a CUDA GPU; off
+    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"])  # eager, static_eager, cuda_graph
 
 
 @dataclass

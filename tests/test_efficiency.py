@@ -46,11 +46,14 @@ def test_hf_export_reloads_to_the_same_perplexity_and_efficiency_is_measured(tin
     assert again.ppl == document["metrics"]["ppl"]["wikitext2"]["ppl"]
 
     efficiency = document["metrics"]["efficiency"]
-    dense = efficiency["dense_weights"]
+    assert set(efficiency["runs"]) == {"dense_stored"} and efficiency["speedup"] == {}
+    dense = efficiency["runs"]["dense_stored"]["modes"]["eager"]
     assert dense["prefill"]["tokens_per_s"] > 0 and len(dense["prefill"]["seconds"]) == 2
+    assert dense["prefill"]["seconds_min"] <= dense["prefill"]["seconds_q1"] <= dense["prefill"]["seconds_median"] <= dense["prefill"]["seconds_q3"]
     assert set(dense["decode"]) == {"1", "2"} and all(d["tokens_per_s"] > 0 for d in dense["decode"].values())
-    assert efficiency["sparse_kernels"] is None and efficiency["speedup"] is None
     assert any(skip["what"] == "sparse kernels" and "CUDA" in skip["why"] for skip in efficiency["skipped"])
+    assert any(skip["what"] == "dense_stored: mode cuda_graph" and "CPU" in skip["why"] for skip in efficiency["skipped"])
+    assert efficiency["conditions"]["before"]["torch_threads"] >= 1 and len(efficiency["conditions"]["after"]["loadavg_1_5_15"]) == 3
     assert "timings" in document and {"export_s", "eval_efficiency_s"} <= set(document["timings"])
 
 
@@ -78,8 +81,9 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
                                 "decode_tokens": 3, "warmup": 0, "repeats": 1, "sparse_kernels": "auto"})
     linears = [m for name, m in model.named_modules() if name.endswith("proj")]
     result = evaluate_efficiency(model, linears, spec, "cpu", None, torch.float32, 256, progress=False)
-    assert result["dense_weights"]["prefill"]["seqlen"] == 256  # capped at the model's context
-    assert "2:4" in result["skipped"][0]["why"]
+    assert result["runs"]["dense_stored"]["modes"]["eager"]["prefill"]["seqlen"] == 256  # capped at the model's context
+    assert [skip["why"] for skip in result["skipped"] if skip["what"] == "sparse kernels"] == [
+        "the sparse kernels (cuSPARSELt 2:4, the Triton bitmask kernel) need a CUDA GPU; this case ran on the CPU"]
 
 
 @pytest.mark.parametrize(
@@ -91,6 +95,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
         (["eval=efficiency", "eval.efficiency.decode_tokens=1"], r"eval.efficiency.decode_tokens=1"),
         (["eval=efficiency", "eval.efficiency.sparse_kernels=yes"], r"eval.efficiency.sparse_kernels='yes': allowed values are auto, off"),
         (["eval=efficiency", "eval.efficiency.decode_batches=[]"], r"eval.efficiency.decode_batches"),
+        (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph"),
     ],
 )
 def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override, message):

@@ -1,44 +1,50 @@
 """Inference efficiency of a pruned model: prefill and decode throughput, peak memory, sparse kernels.
 
-Measured on the model in memory, with random token ids (speed does not depend on the text):
+Measured on the model in memory, with random token ids (speed does not depend on the text), once for each
+*path* and each *mode*:
 
-- prefill: one forward of ``prefill_batch`` x ``prefill_seqlen`` tokens (no KV cache kept, the
-  logits of the last position only, as a server's prefill), tokens/s = batch x seqlen / time;
-- decode: greedy generation with the KV cache from a ``decode_prompt``-token prompt at each
-  batch size of ``decode_batches``; decode tokens/s = batch x (new - 1) / (t(new tokens) - t(1
-  token)), so the prompt's prefill and the first token are taken out by the difference;
-- peak memory of each measurement: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the
-  process's peak resident set (``VmHWM``), reset before each measurement through
-  ``/proc/self/clear_refs`` (recorded as skipped where that cannot be done).
+- paths: ``dense_stored`` (the pruned weights stored dense, zeros included: what every tool loads, and the
+  baseline) and each sparse path of ``sparsebench.kernels.paths`` that fits the case's pattern (2:4:
+  ``cusparselt``, cuSPARSELt called directly, and ``semi_structured``, PyTorch's tensor subclass;
+  unstructured: ``bitmask``, a Triton kernel), swapped into the pruned linears;
+- modes (``eval.efficiency.modes``): ``eager`` (HF's forward and ``generate``, one kernel launch at a time);
+  ``static_eager`` (decode only: our greedy loop on HF's ``StaticCache``, eager); ``cuda_graph`` (prefill as
+  one CUDA graph per shape; decode as that static-cache loop with one step captured once and replayed per
+  step, the way serving engines decode). See ``sparsebench.evaluate.cuda_graphs``.
 
-Each measurement runs ``warmup`` untimed calls, then ``repeats`` timed ones (synchronised on a
-GPU); the median is reported with every time. This is done once with the weights stored dense
-(the baseline the papers use: a pruned model stored dense runs at the dense model's speed), and,
-for 2:4 models on a CUDA GPU of compute capability 8.0 or more in float16/bfloat16, again with
-PyTorch's semi-structured sparse kernels (``torch.sparse.to_sparse_semi_structured``) swapped into
-the pruned linears; speedups are sparse over dense-stored. What cannot be measured is listed in
-``skipped`` with the reason, never reported as a number.
+Prefill: one forward of ``prefill_batch`` x ``prefill_seqlen`` tokens (no KV cache kept, last-position
+logits only), tokens/s = batch x seqlen / time. Decode, eager: greedy ``generate`` from a
+``decode_prompt``-token prompt at each batch size, tokens/s = batch x (new - 1) / (t(new) - t(1)), so the
+prompt and first token cancel; static modes: the prompt is prefilled untimed, then ``decode_tokens - 1``
+steps are timed, tokens/s = batch x steps / time. Each timing runs ``warmup`` untimed calls, then
+``repeats`` timed ones (synchronised on a GPU) and keeps every time with its median, minimum and quartiles
+(``sparsebench.evaluate.measure``); the conditions (threads, load, GPU clocks) are recorded before and
+after. Peak memory per measurement: ``torch.cuda.max_memory_allocated`` on a GPU, the process's ``VmHWM``
+on a CPU. Speedups are a sparse path over ``dense_stored`` in the same mode. What cannot be measured is
+listed in ``skipped`` with the reason, never reported as a number.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from sparsebench.errors import ConfigError
+from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
+from sparsebench.evaluate.measure import PeakMemory, conditions, timed
+from sparsebench.kernels.paths import converter, paths_for, swapped, weight_bytes_in_memory
 
 log = logging.getLogger(__name__)
 
 SPARSE_KERNEL_MODES = ("auto", "off")
+MODES = ("eager", "static_eager", "cuda_graph")
 SPARSE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+DENSE_PATH = "dense_stored"
+HEADLINE_PATHS = ("cusparselt", "bitmask")  # the paths a table's "speedup" columns show (the labelled semi_structured row is not one)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class EfficiencySpec:
     warmup: int
     repeats: int
     sparse_kernels: str
+    modes: tuple[str, ...] = ("eager", "cuda_graph")
 
 
 def validate_efficiency(config: dict) -> EfficiencySpec | None:
@@ -69,71 +76,14 @@ def validate_efficiency(config: dict) -> EfficiencySpec | None:
         raise ConfigError(f"eval.efficiency.decode_batches={batches!r}: must be a non-empty list of integers >= 1")
     if config["sparse_kernels"] not in SPARSE_KERNEL_MODES:
         raise ConfigError(f"eval.efficiency.sparse_kernels={config['sparse_kernels']!r}: allowed values are {', '.join(SPARSE_KERNEL_MODES)}")
+    modes = list(config.get("modes") or ["eager", "cuda_graph"])
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or len(set(modes)) != len(modes):
+        raise ConfigError(f"eval.efficiency.modes={modes!r}: a list of distinct values from {', '.join(MODES)}")
     return EfficiencySpec(
         config["prefill_batch"], config["prefill_seqlen"], tuple(batches), config["decode_prompt"], config["decode_tokens"],
-        config["warmup"], config["repeats"], config["sparse_kernels"],
+        config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes),
     )
-
-
-# ----------------------------------------------------------------------------- memory and timing
-
-
-class PeakMemory:
-    """Peak memory of one measurement: CUDA's allocator peak, or the process's VmHWM on a CPU."""
-
-    def __init__(self, device: str):
-        self.device = device
-        self.source = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "VmHWM (peak resident set of the process)"
-        self.reason_unavailable = None if device.startswith("cuda") else _cpu_peak_reset_problem()
-
-    def reset(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        elif self.reason_unavailable is None:
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def read(self) -> int | None:
-        if self.device.startswith("cuda"):
-            return torch.cuda.max_memory_allocated(self.device)
-        if self.reason_unavailable is not None:
-            return None
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
-
-
-def _cpu_peak_reset_problem() -> str | None:
-    """Why the CPU peak cannot be measured per phase here (None if it can)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        if not any(line.startswith("VmHWM:") for line in Path("/proc/self/status").read_text().splitlines()):
-            return "/proc/self/status has no VmHWM"
-    except OSError as error:
-        return f"the peak resident set cannot be reset (/proc/self/clear_refs: {error}); only the process's lifetime peak exists"
-    return None
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory) -> dict:
-    """Run ``call`` ``warmup`` times untimed, then ``repeats`` times timed: median seconds, all times, peak memory."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            call()
-        _synchronize(device)
-        memory.reset()
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            call()
-            _synchronize(device)
-            seconds.append(time.perf_counter() - started)
-    return {"seconds_median": statistics.median(seconds), "seconds": seconds, "peak_memory_bytes": memory.read()}
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -144,14 +94,23 @@ def _token_ids(vocab_size: int, batch: int, length: int, device: str, seed: int 
     return torch.randint(0, vocab_size, (batch, length), generator=generator).to(device)
 
 
-def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int, repeats: int, memory: PeakMemory) -> dict:
+def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool = False) -> dict:
+    """One forward of ``batch`` x ``seqlen`` tokens, eager or replayed as one CUDA graph of this shape."""
     ids = _token_ids(model.config.vocab_size, batch, seqlen, device)
-    result = timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, warmup, repeats, memory)
+
+    def forward():
+        return model(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    call = forward
+    if graph:
+        with torch.inference_mode():
+            call = graphed(forward).replay
+    result = timed(call, device, warmup, repeats, memory)
     return {"batch": batch, "seqlen": seqlen, "tokens_per_s": batch * seqlen / result["seconds_median"], **result}
 
 
 def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory) -> dict:
-    """Greedy generation with the KV cache; the decode rate is from t(new_tokens) - t(1 token)."""
+    """Greedy ``generate`` with HF's default KV cache; the decode rate is from t(new_tokens) - t(1 token)."""
     ids = _token_ids(model.config.vocab_size, batch, prompt, device, seed=1)
     attention = torch.ones_like(ids)
 
@@ -173,6 +132,18 @@ def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: s
     }
 
 
+def static_decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool) -> dict:
+    """``new_tokens - 1`` greedy steps on a static KV cache after an untimed prefill; one graph per step if ``graph``."""
+    ids = _token_ids(model.config.vocab_size, batch, prompt, device, seed=1)
+    steps = new_tokens - 1
+    with torch.inference_mode():
+        decoder = StaticDecoder(model, ids, steps, graph)
+    result = timed(decoder.decode, device, warmup, repeats, memory, setup=decoder.prefill)
+    del decoder
+    return {"batch": batch, "prompt": prompt, "new_tokens": new_tokens, "steps": steps,
+            "tokens_per_s": batch * steps / result["seconds_median"], "seconds_per_token": result["seconds_median"] / steps, **result}
+
+
 def check_lengths(spec: EfficiencySpec, context: int | None) -> None:
     """The decode length must fit the model's context (the prefill length is capped at it)."""
     decode_total = spec.decode_prompt + spec.decode_tokens
@@ -180,76 +151,88 @@ def check_lengths(spec: EfficiencySpec, context: int | None) -> None:
         raise ConfigError(f"eval.efficiency: decode_prompt + decode_tokens = {decode_total} is longer than the model's context ({context})")
 
 
-def measure_all(model: nn.Module, spec: EfficiencySpec, device: str, context: int | None, memory: PeakMemory, progress: bool = True, desc: str = "efficiency") -> dict:
+def measure_modes(model: nn.Module, spec: EfficiencySpec, device: str, context: int | None, memory: PeakMemory, progress: bool, desc: str) -> tuple[dict, list]:
+    """Prefill and decode of the model as it is now, in each mode of ``spec.modes``: ``(modes, skipped)``."""
     seqlen = min(spec.prefill_seqlen, context) if context else spec.prefill_seqlen
     check_lengths(spec, context)
-    steps = tqdm([None, *spec.decode_batches], desc=desc, disable=not progress)
-    result: dict = {"decode": {}}
-    for batch in steps:
-        if batch is None:
-            result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory)
-        else:
-            result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory)
-    result["weight_bytes_in_memory"] = tensor_bytes(model)
-    return result
+    measured, skipped = {}, []
+    for mode in spec.modes:
+        if mode == "cuda_graph" and not device.startswith("cuda"):
+            skipped.append({"what": f"{desc}: mode cuda_graph", "why": "CUDA graphs need a CUDA GPU; this case ran on the CPU"})
+            continue
+        graph = mode == "cuda_graph"
+        result: dict = {"decode": {}}
+        try:
+            for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
+                if batch is None:
+                    if mode != "static_eager":  # prefill has no cache: static_eager is eager there
+                        result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory, graph)
+                elif mode == "eager":
+                    result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory)
+                else:
+                    result["decode"][str(batch)] = static_decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory, graph)
+        except RuntimeError as error:  # a capture or a kernel that refuses: reported, never a number
+            skipped.append({"what": f"{desc}: mode {mode}", "why": f"{type(error).__name__}: {str(error)[:400]}"})
+            continue
+        finally:
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+        measured[mode] = result
+    return measured, skipped
 
 
-# ----------------------------------------------------------------------------- sparse kernels
+# ----------------------------------------------------------------------------- sparse paths
 
 
-def sparse_kernel_problem(device: str, pattern, dtype: torch.dtype) -> str | None:
-    """Why the semi-structured kernels cannot run for this case (None: they can)."""
-    if pattern is None or (pattern.n, pattern.m) != (2, 4):
-        return f"semi-structured sparse kernels need 2:4 sparsity (this case: {pattern or 'unstructured or dense'}); no sparse kernel for it in PyTorch"
+def pattern_name(pattern) -> str:
+    return "unstructured" if pattern is None else f"{pattern.n}:{pattern.m}"
+
+
+def sparse_path_problem(device: str, pattern, dtype: torch.dtype, linears: list) -> str | None:
+    """Why no sparse path can run for this case (None: the paths of its pattern may)."""
+    if not linears:
+        return "no pruned linears in this case"
+    if not paths_for(pattern_name(pattern)):
+        return f"no sparse kernel for {pattern_name(pattern)} sparsity (kernels exist for 2:4 and unstructured)"
     if not device.startswith("cuda"):
-        return "semi-structured sparse kernels (torch.sparse.to_sparse_semi_structured) need a CUDA GPU of compute capability 8.0 or more; this case ran on the CPU"
+        return "the sparse kernels (cuSPARSELt 2:4, the Triton bitmask kernel) need a CUDA GPU; this case ran on the CPU"
     capability = torch.cuda.get_device_capability(device)
     if capability < (8, 0):
-        return f"semi-structured sparse kernels need compute capability 8.0 or more; this GPU has {capability[0]}.{capability[1]}"
+        return f"the sparse kernels need compute capability 8.0 or more; this GPU has {capability[0]}.{capability[1]}"
     if dtype not in SPARSE_KERNEL_DTYPES:
-        return f"semi-structured sparse kernels are measured in float16/bfloat16; this case ran in {str(dtype).removeprefix('torch.')}"
+        return f"the sparse kernels are measured in float16/bfloat16; this case ran in {str(dtype).removeprefix('torch.')}"
     return None
 
 
-def tensor_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters as stored (a semi-structured weight: its packed values and metadata)."""
-    total = 0
-    for parameter in model.parameters():
-        data = parameter.data
-        parts = [getattr(data, name, None) for name in ("packed", "meta", "packed_t", "meta_t")] if data.is_sparse or type(data) is not torch.Tensor else []
-        parts = [part for part in parts if isinstance(part, torch.Tensor)]
-        total += sum(p.numel() * p.element_size() for p in parts) if parts else data.numel() * data.element_size()
-    return total
-
-
-@contextmanager
-def semi_structured(linears: list[nn.Linear]):
-    """Swap each linear's weight for ``to_sparse_semi_structured(weight)``; the dense weights wait on the CPU."""
-    from torch.sparse import to_sparse_semi_structured
-
-    originals = []
+def _path_run(model, linears, path, spec, device, context, memory, progress) -> tuple[dict | None, list]:
     try:
-        for linear in linears:
-            dense = linear.weight.data
-            linear.weight = nn.Parameter(to_sparse_semi_structured(dense), requires_grad=False)
-            originals.append((linear, dense.to("cpu")))
-            del dense
-        yield
-    finally:
-        for linear, dense in originals:
-            linear.weight = nn.Parameter(dense.to(linear.weight.device), requires_grad=False)
+        convert = converter(path)
+    except (ImportError, AttributeError) as error:
+        return None, [{"what": f"sparse path {path.name}", "why": f"{path.module} is not available here: {type(error).__name__}: {error}"}]
+    try:
+        with swapped(model, linears, convert):
+            modes, skipped = measure_modes(model, spec, device, context, memory, progress, path.name)
+            held = weight_bytes_in_memory(model)
+    except (RuntimeError, ValueError, NotImplementedError) as error:  # a weight or a backend the kernel refuses
+        return None, [{"what": f"sparse path {path.name}", "why": f"{type(error).__name__}: {str(error)[:400]}"}]
+    return {"path": path.description, "weight_bytes_in_memory": held, "modes": modes}, skipped
 
 
 # ----------------------------------------------------------------------------- the evaluation
 
 
-def evaluate_efficiency(model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, device: str, pattern, dtype: torch.dtype, context: int | None, progress: bool = True) -> dict:
-    """The result document's ``metrics.efficiency`` section for a model already on ``device``."""
+def evaluate_efficiency(
+    model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, device: str, pattern, dtype: torch.dtype, context: int | None,
+    progress: bool = True, only_paths: tuple[str, ...] | None = None,
+) -> dict:
+    """The result document's ``metrics.efficiency`` section for a model already on ``device``.
+
+    ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
+    """
     memory = PeakMemory(device)
     skipped = []
     if memory.reason_unavailable is not None:
         skipped.append({"what": "peak memory per measurement", "why": memory.reason_unavailable})
-    log.info("efficiency: weights stored dense")
     result = {
         "device": device,
         "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
@@ -257,37 +240,55 @@ def evaluate_efficiency(model: nn.Module, linears: list[nn.Linear], spec: Effici
         "cpu_threads": torch.get_num_threads(),
         "warmup": spec.warmup,
         "repeats": spec.repeats,
+        "modes": list(spec.modes),
         "memory_source": memory.source,
-        "dense_weights": measure_all(model, spec, device, context, memory, progress, "efficiency, dense-stored"),
-        "sparse_kernels": None,
-        "speedup": None,
+        "conditions": {"before": conditions(device)},
+        "runs": {},
     }
-    problem = "eval.efficiency.sparse_kernels=off" if spec.sparse_kernels == "off" else sparse_kernel_problem(device, pattern, dtype)
-    if problem is None:
-        log.info("efficiency: semi-structured sparse kernels in %d linears", len(linears))
-        try:
-            with semi_structured(linears):
-                result["sparse_kernels"] = {"path": "torch.sparse.to_sparse_semi_structured, eager F.linear", **measure_all(model, spec, device, context, memory, progress, "efficiency, sparse kernels")}
-        except (RuntimeError, ValueError, NotImplementedError) as error:  # shapes or a backend PyTorch refuses
-            problem = f"torch.sparse.to_sparse_semi_structured failed: {type(error).__name__}: {error}"
+    log.info("efficiency: weights stored dense")
+    modes, mode_skips = measure_modes(model, spec, device, context, memory, progress, DENSE_PATH)
+    result["runs"][DENSE_PATH] = {"path": "the pruned weights stored dense (nn.Linear, cuBLAS on a GPU)", "weight_bytes_in_memory": weight_bytes_in_memory(model), "modes": modes}
+    skipped += mode_skips
+    problem = "eval.efficiency.sparse_kernels=off" if spec.sparse_kernels == "off" else sparse_path_problem(device, pattern, dtype, linears)
     if problem is not None:
         skipped.append({"what": "sparse kernels", "why": problem})
     else:
-        result["speedup"] = speedups(result["dense_weights"], result["sparse_kernels"])
+        for path in paths_for(pattern_name(pattern)):
+            if only_paths is not None and path.name not in only_paths:
+                continue
+            log.info("efficiency: sparse path %s in %d linears", path.name, len(linears))
+            run, path_skips = _path_run(model, linears, path, spec, device, context, memory, progress)
+            skipped += path_skips
+            if run is not None:
+                result["runs"][path.name] = run
+    result["speedup"] = speedups(result["runs"])
+    result["weight_memory_vs_dense"] = {
+        name: run["weight_bytes_in_memory"] / result["runs"][DENSE_PATH]["weight_bytes_in_memory"] for name, run in result["runs"].items() if name != DENSE_PATH
+    }
+    result["conditions"]["after"] = conditions(device)
     result["skipped"] = skipped
     return result
 
 
-def speedups(dense: dict, sparse: dict) -> dict:
-    """Sparse-kernel throughput over dense-stored throughput, for prefill and each decode batch."""
+def speedups(runs: dict) -> dict:
+    """Each sparse path's throughput over ``dense_stored``'s, mode by mode, for prefill and each decode batch."""
 
     def ratio(a, b):
         return None if a is None or b is None else a / b
 
-    return {
-        "prefill": ratio(sparse["prefill"]["tokens_per_s"], dense["prefill"]["tokens_per_s"]),
-        "decode": {batch: ratio(sparse["decode"][batch]["tokens_per_s"], dense["decode"][batch]["tokens_per_s"]) for batch in dense["decode"]},
-    }
+    dense = runs[DENSE_PATH]["modes"]
+    table: dict = {}
+    for name, run in runs.items():
+        if name == DENSE_PATH:
+            continue
+        for mode, measured in run["modes"].items():
+            if mode not in dense:
+                continue
+            entry = {"decode": {batch: ratio(measured["decode"][batch]["tokens_per_s"], dense[mode]["decode"][batch]["tokens_per_s"]) for batch in measured["decode"]}}
+            if "prefill" in measured:
+                entry["prefill"] = ratio(measured["prefill"]["tokens_per_s"], dense[mode]["prefill"]["tokens_per_s"])
+            table.setdefault(name, {})[mode] = entry
+    return table
 
 
 # ----------------------------------------------------------------------------- flat fields (tables, W&B)
@@ -297,7 +298,12 @@ def efficiency_fields(document: dict) -> dict:
     """The export and efficiency figures of a result document as flat scalars.
 
     The W&B mirror logs exactly these (as ``efficiency/<field>``) and ``sparsebench-tables --also
-    efficiency`` reads exactly these, from a local document or from a W&B run.
+    efficiency`` reads exactly these, from a local document or from a W&B run. Per path and mode:
+    ``<path>_<mode>_prefill_tokens_per_s``, ``<path>_<mode>_decode_b<B>_tokens_per_s``,
+    ``speedup_<path>_<mode>_prefill``, ``speedup_<path>_<mode>_decode_b<B>``, ``<path>_weight_bytes_in_memory``,
+    ``<path>_peak_memory_bytes``; and the earlier names (``prefill_tokens_per_s``, ``speedup_prefill``, ...)
+    for dense-stored eager and for the headline path (cuSPARSELt or bitmask) in its fastest-to-serve mode
+    (``cuda_graph`` where measured, else eager), so tables of earlier documents keep their columns.
     """
     fields: dict = {}
     export = document.get("export") or {}
@@ -310,22 +316,72 @@ def efficiency_fields(document: dict) -> dict:
             }
         )
     efficiency = (document.get("metrics") or {}).get("efficiency") or {}
-    for prefix, measured in (("", efficiency.get("dense_weights")), ("sparse_", efficiency.get("sparse_kernels"))):
-        if not measured:
-            continue
-        fields[f"{prefix}prefill_tokens_per_s"] = measured["prefill"]["tokens_per_s"]
-        peaks = [measured["prefill"]["peak_memory_bytes"]]
-        for batch, result in measured["decode"].items():
-            fields[f"{prefix}decode_b{batch}_tokens_per_s"] = result["tokens_per_s"]
-            peaks.append(result["peak_memory_bytes"])
-        peaks = [peak for peak in peaks if peak is not None]
-        if peaks:
-            fields[f"{prefix}peak_memory_bytes"] = max(peaks)
-        fields[f"{prefix}weight_bytes_in_memory"] = measured["weight_bytes_in_memory"]
-    speedup = efficiency.get("speedup") or {}
-    if speedup:
-        fields["speedup_prefill"] = speedup["prefill"]
-        fields.update({f"speedup_decode_b{batch}": value for batch, value in speedup["decode"].items()})
+    if "runs" in efficiency:
+        fields.update(_run_fields(efficiency))
+    else:
+        fields.update(_legacy_fields(efficiency))
     if efficiency.get("skipped"):
         fields["skipped"] = "; ".join(f"{skip['what']}: {skip['why']}" for skip in efficiency["skipped"])
     return {key: value for key, value in fields.items() if value is not None}
+
+
+def _throughputs(prefix: str, measured: dict) -> dict:
+    fields = {f"{prefix}prefill_tokens_per_s": measured["prefill"]["tokens_per_s"]} if "prefill" in measured else {}
+    fields.update({f"{prefix}decode_b{batch}_tokens_per_s": result["tokens_per_s"] for batch, result in measured["decode"].items()})
+    return fields
+
+
+def _peak(measured_modes: dict) -> int | None:
+    peaks = [m["prefill"]["peak_memory_bytes"] for m in measured_modes.values() if "prefill" in m]
+    peaks += [d["peak_memory_bytes"] for m in measured_modes.values() for d in m["decode"].values()]
+    peaks = [peak for peak in peaks if peak is not None]
+    return max(peaks) if peaks else None
+
+
+def _speedup_fields(prefix: str, entry: dict) -> dict:
+    fields = {f"{prefix}prefill": entry["prefill"]} if "prefill" in entry else {}
+    fields.update({f"{prefix}decode_b{batch}": value for batch, value in entry["decode"].items()})
+    return fields
+
+
+def _run_fields(efficiency: dict) -> dict:
+    fields: dict = {}
+    for name, run in efficiency["runs"].items():
+        for mode, measured in run["modes"].items():
+            fields.update(_throughputs(f"{name}_{mode}_", measured))
+        fields[f"{name}_weight_bytes_in_memory"] = run["weight_bytes_in_memory"]
+        fields[f"{name}_peak_memory_bytes"] = _peak(run["modes"])
+    for name, by_mode in efficiency.get("speedup", {}).items():
+        for mode, entry in by_mode.items():
+            fields.update(_speedup_fields(f"speedup_{name}_{mode}_", entry))
+    for name, share in efficiency.get("weight_memory_vs_dense", {}).items():
+        fields[f"weight_memory_vs_dense_{name}"] = share
+    dense = efficiency["runs"][DENSE_PATH]
+    if "eager" in dense["modes"]:
+        fields.update(_throughputs("", dense["modes"]["eager"]))
+    fields["weight_bytes_in_memory"], fields["peak_memory_bytes"] = dense["weight_bytes_in_memory"], _peak(dense["modes"])
+    headline = next((name for name in HEADLINE_PATHS if name in efficiency.get("speedup", {})), None)
+    if headline is not None:
+        by_mode = efficiency["speedup"][headline]
+        mode = "cuda_graph" if "cuda_graph" in by_mode else next(iter(by_mode))
+        fields.update(_throughputs("sparse_", efficiency["runs"][headline]["modes"][mode]))
+        fields.update(_speedup_fields("speedup_", by_mode[mode]))
+        fields["sparse_weight_bytes_in_memory"] = efficiency["runs"][headline]["weight_bytes_in_memory"]
+        fields["sparse_peak_memory_bytes"] = _peak(efficiency["runs"][headline]["modes"])
+        fields["sparse_path"], fields["sparse_mode"] = headline, mode
+    return fields
+
+
+def _legacy_fields(efficiency: dict) -> dict:
+    """Documents written before the paths and modes: ``dense_weights``, ``sparse_kernels`` and ``speedup`` (eager only)."""
+    fields: dict = {}
+    for prefix, measured in (("", efficiency.get("dense_weights")), ("sparse_", efficiency.get("sparse_kernels"))):
+        if not measured:
+            continue
+        fields.update(_throughputs(prefix, measured))
+        fields[f"{prefix}peak_memory_bytes"] = _peak({"eager": measured})
+        fields[f"{prefix}weight_bytes_in_memory"] = measured["weight_bytes_in_memory"]
+    if efficiency.get("speedup"):
+        fields.update(_speedup_fields("speedup_", efficiency["speedup"]))
+    return fields
+

@@ -1,0 +1,5 @@
+"""GPU kernels that turn a pruned weight into speed: modules swapped into a model's pruned linears to measure it.
+
+- ``semi_sparse``: 2:4 weights through cuSPARSELt, called directly (``SemiSparseLinear``);
+- ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, a Triton kernel (``BitmaskLinear``).
+"""

@@ -1,0 +1,117 @@
+"""The sparse execution paths a pruned model can be measured on, and swapping them into its pruned linears.
+
+A path turns one pruned ``nn.Linear`` into a module computing the same product from a compact weight:
+
+- ``cusparselt``: 2:4 through cuSPARSELt called directly (``sparsebench.kernels.semi_sparse``);
+- ``semi_structured``: 2:4 through PyTorch's tensor subclass ``torch.sparse.to_sparse_semi_structured`` under an
+  ``nn.Linear`` (cuSPARSELt too, but with the default algorithm id and the subclass's host work on every call);
+- ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout, a Triton kernel
+  (``sparsebench.kernels.bitmask_linear``).
+
+``swapped(model, linears, path)`` replaces the modules and parks the dense linears on the CPU, so the GPU holds
+only what the path stores, then puts everything back.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SparsePath:
+    name: str
+    description: str
+    patterns: tuple[str, ...]  # "2:4" and/or "unstructured"
+    module: str  # where its converter lives (imported when the path is used)
+    converter: str  # module attribute: a function nn.Linear -> nn.Module
+
+
+PATHS = {
+    path.name: path
+    for path in (
+        SparsePath("cusparselt", "cuSPARSELt called directly: torch._cslt_compress once, torch._cslt_sparse_mm with the algorithm id "
+                   "torch._cslt_sparse_mm_search picked, per (shape, token count)", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
+        SparsePath("semi_structured", "torch.sparse.to_sparse_semi_structured weight under nn.Linear (tensor subclass, default algorithm id)",
+                   ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
+        SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
+                   "sparsebench.kernels.bitmask_linear", "BitmaskLinear.from_linear"),
+    )
+}
+
+
+def paths_for(pattern_name: str) -> list[SparsePath]:
+    """The paths for a sparsity pattern (``"2:4"``, ``"unstructured"``, or another N:M name: none)."""
+    return [path for path in PATHS.values() if pattern_name in path.patterns]
+
+
+def converter(path: SparsePath):
+    """The function converting a linear for ``path``; ImportError names the missing module."""
+    target = importlib.import_module(path.module)
+    for part in path.converter.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def semi_structured_linear(linear: nn.Linear) -> nn.Linear:
+    """A new ``nn.Linear`` whose weight is ``to_sparse_semi_structured(linear.weight)`` (the bias shared)."""
+    from torch.sparse import to_sparse_semi_structured
+
+    replacement = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+    replacement.weight = nn.Parameter(to_sparse_semi_structured(linear.weight.detach()), requires_grad=False)
+    if linear.bias is not None:
+        replacement.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+    return replacement
+
+
+def weight_bytes_in_memory(model: nn.Module) -> int:
+    """Bytes of the model's weights as held: a module with ``weight_bytes()`` counts itself, others their own parameters.
+
+    A semi-structured parameter counts its packed values and metadata; buffers of other modules (rotary tables) are left out.
+    """
+    total = 0
+    inside_counted: set[int] = set()
+    seen_parameters: set[int] = set()  # tied weights (embeddings and head) count once
+    for module in model.modules():  # a parent comes before its children
+        if id(module) in inside_counted:
+            continue
+        if hasattr(module, "weight_bytes"):
+            total += module.weight_bytes()
+            inside_counted.update(id(sub) for sub in module.modules())
+            continue
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) not in seen_parameters:
+                seen_parameters.add(id(parameter))
+                total += _stored_bytes(parameter.data)
+    return total
+
+
+def _stored_bytes(data: torch.Tensor) -> int:
+    parts = [getattr(data, name, None) for name in ("packed", "meta", "packed_t", "meta_t")] if type(data) is not torch.Tensor else []
+    parts = [part for part in parts if isinstance(part, torch.Tensor)]
+    return sum(p.numel() * p.element_size() for p in parts) if parts else data.numel() * data.element_size()
+
+
+@contextmanager
+def swapped(model: nn.Module, linears: list[nn.Module], convert):
+    """Replace each of ``linears`` in ``model`` by ``convert(linear)``; the originals wait on the CPU and come back after."""
+    parents = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+    originals = []
+    try:
+        for linear in linears:
+            parent, name = parents[id(linear)]
+            device = linear.weight.device
+            replacement = convert(linear)
+            setattr(parent, name, replacement)
+            originals.append((parent, name, linear, device))
+            linear.to("cpu")
+        yield
+    finally:
+        for parent, name, linear, device in reversed(originals):
+            setattr(parent, name, linear.to(device))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

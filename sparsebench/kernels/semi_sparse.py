@@ -1,0 +1,113 @@
+"""2:4 linear layers through cuSPARSELt, called directly.
+
+NVIDIA's 2:4 structured sparsity (Mishra et al., "Accelerating Sparse Deep Neural Networks", 2021):
+the sparse tensor cores of Ampere and Hopper skip the two zeros of every group of four weights. PyTorch
+reaches them through cuSPARSELt with three private operators, the same ones its
+``SparseSemiStructuredTensorCUSPARSELT`` and torchao's semi-sparse linear call:
+
+- ``torch._cslt_compress(W)`` packs a 2:4 weight ``[out, in]`` once (the kept half and its metadata);
+- ``torch._cslt_sparse_mm_search(Wc, x.T, ...)`` times cuSPARSELt's algorithms for one product shape and
+  returns the fastest one's id;
+- ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
+
+``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
+algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
+outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
+graph hides.
+
+Seen on an H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0): ``_cslt_sparse_mm_search`` with 8 dense columns and
+``transpose_result=True`` failed inside ``cusparseLtMatmulSearch`` ("internal error", then an illegal
+instruction that poisons the CUDA context). So the token count is padded to a multiple of 16 and the
+product is the plain ``W @ x.T`` form searched in /work/shared/docs/sparse-kernels.md (16 to 8,192 tokens);
+a bias is added afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = (torch.float16, torch.bfloat16)
+WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
+TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
+
+# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
+_ALGORITHM_IDS: dict[tuple, int] = {}
+
+
+def semi_sparse_problem(linear: nn.Linear) -> str | None:
+    """Why ``linear`` cannot run through cuSPARSELt's 2:4 kernels (None: it can)."""
+    weight = linear.weight
+    if weight.dtype not in DTYPES:
+        return f"cuSPARSELt's 2:4 kernels are used here in float16/bfloat16; the weight is {str(weight.dtype).removeprefix('torch.')}"
+    out_features, in_features = weight.shape
+    if out_features % WEIGHT_MULTIPLE or in_features % WEIGHT_MULTIPLE:
+        return f"cuSPARSELt needs both weight dimensions to be multiples of {WEIGHT_MULTIPLE}; this weight is {out_features} x {in_features}"
+    kept = weight.detach().reshape(out_features, -1, 4).ne(0).sum(dim=-1)
+    if int(kept.max()) > 2:
+        return "the weight is not 2:4 sparse (a group of four consecutive inputs has more than two non-zeros)"
+    if weight.device.type != "cuda":
+        return f"cuSPARSELt needs the weight on a CUDA GPU (it is on {weight.device.type})"
+    capability = torch.cuda.get_device_capability(weight.device)
+    if capability < (8, 0):
+        return f"cuSPARSELt's 2:4 kernels need compute capability 8.0 or more; this GPU has {capability[0]}.{capability[1]}"
+    return None
+
+
+class SemiSparseLinear(nn.Module):
+    """``y = x @ W.T + b`` for a 2:4 weight, through ``torch._cslt_sparse_mm`` with a searched algorithm id."""
+
+    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype):
+        super().__init__()
+        self.out_features, self.in_features, self.dtype = out_features, in_features, dtype
+        self.register_buffer("packed", packed)
+        self.register_buffer("bias", bias)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> SemiSparseLinear:
+        """Compress ``linear``'s 2:4 weight once; raises ValueError naming why it cannot."""
+        problem = semi_sparse_problem(linear)
+        if problem is not None:
+            raise ValueError(problem)
+        weight = linear.weight.detach()
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls(torch._cslt_compress(weight.contiguous()), weight.shape[0], weight.shape[1], bias, weight.dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes the layer keeps on the GPU: the packed weight (kept values and metadata) and the bias."""
+        return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
+
+    def _algorithm(self, rows_t: torch.Tensor) -> int:
+        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
+        alg_id = _ALGORITHM_IDS.get(key)
+        if alg_id is None:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(
+                    f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
+                    "run the same shapes once before capturing a CUDA graph (the search cannot be captured)"
+                )
+            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t))
+            _ALGORITHM_IDS[key] = alg_id
+            log.debug("cuSPARSELt algorithm %d for %s", alg_id, key)
+        return alg_id
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        tokens = rows.shape[0]
+        padding = (-tokens) % TOKEN_MULTIPLE
+        if padding:
+            rows = F.pad(rows, (0, 0, 0, padding))
+        rows_t = rows.t()  # [in, tokens], column-major
+        product = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=self._algorithm(rows_t))  # W @ x.T: [out, tokens]
+        out = product[:, :tokens].t()
+        if self.bias is not None:
+            out = out + self.bias
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4"

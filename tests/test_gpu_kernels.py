@@ -1,0 +1,134 @@
+"""The efficiency stage's GPU kernels and CUDA-graph modes (``pytest -m gpu``); skipped where no GPU is visible.
+
+Every sparse path must compute the dense-stored model's function: the same logits within fp16 rounding, the
+same greedy tokens eagerly and replayed as CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsebench.evaluate.cuda_graphs import StaticDecoder
+from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
+from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped
+from sparsebench.kernels.semi_sparse import SemiSparseLinear
+from sparsebench.masks import NMPattern
+from tiny_models import tiny_model
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _prune_2of4(weight: torch.Tensor) -> torch.Tensor:
+    groups = weight.view(weight.shape[0], -1, 4)
+    groups.scatter_(-1, groups.abs().topk(2, dim=-1, largest=False).indices, 0)
+    return weight
+
+
+def _prune_unstructured(weight: torch.Tensor, ratio: float) -> torch.Tensor:
+    threshold = weight.abs().flatten().float().kthvalue(int(ratio * weight.numel())).values
+    return weight.masked_fill_(weight.abs() <= threshold, 0)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.norm(a.float() - b.float()) / torch.linalg.norm(b.float()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(128, 256), (4096, 11008)])
+def test_semi_sparse_linear_computes_the_dense_product(dtype, shape):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    linear = torch.nn.Linear(shape[1], shape[0], device="cuda", dtype=dtype)
+    with torch.no_grad():
+        linear.weight.copy_(_prune_2of4(torch.randn(shape, device="cuda", generator=g, dtype=dtype) * 0.02))
+    sparse = SemiSparseLinear.from_linear(linear)
+    assert sparse.weight_bytes() < 0.6 * linear.weight.numel() * linear.weight.element_size() + linear.bias.numel() * 2
+    tolerance = 2e-3 if dtype == torch.float16 else 1e-2
+    for tokens in (1, 5, 16, 64, 300):
+        x = torch.randn(2, tokens, shape[1], device="cuda", generator=g, dtype=dtype)
+        with torch.no_grad():
+            reference = F.linear(x.float(), linear.weight.float(), linear.bias.float())
+            out = sparse(x)
+        assert out.shape == (2, tokens, shape[0]) and out.dtype == dtype
+        assert _relative(out, reference) < tolerance, tokens
+
+
+def _sparse_model(pattern: str, dtype=torch.float16):
+    model = tiny_model("llama", dtype=dtype).cuda()
+    linears = [module for name, module in model.named_modules() if name.endswith("proj")]
+    with torch.no_grad():
+        for linear in linears:
+            _prune_2of4(linear.weight.data) if pattern == "2:4" else _prune_unstructured(linear.weight.data, 0.7)
+    return model, linears
+
+
+def _available(pattern):
+    return [path for path in paths_for(pattern) if path.name != "bitmask" or _bitmask_module()]
+
+
+def _bitmask_module() -> bool:
+    try:
+        converter(PATHS["bitmask"])
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
+def test_every_sparse_path_gives_the_dense_stored_logits(pattern):
+    model, linears = _sparse_model(pattern)
+    paths = _available(pattern)
+    if not paths:
+        pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
+    ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        for path in paths:
+            with swapped(model, linears, converter(path)):
+                assert not any(module is linear for module in model.modules() for linear in linears)
+                sparse = model(input_ids=ids).logits
+            assert _relative(sparse, dense) < 3e-3, path.name
+        assert torch.equal(model(input_ids=ids).logits, dense)  # put back
+
+
+@pytest.mark.parametrize("path_name", [None, "cusparselt"])
+def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
+    """Dense-stored in float32 (so HF's generate, another attention path, picks the same tokens); cuSPARSELt in float16."""
+    model, linears = _sparse_model("2:4", torch.float32 if path_name is None else torch.float16)
+    prompt = torch.randint(0, 320, (3, 9), device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
+
+    def tokens():
+        with torch.inference_mode():
+            eager = StaticDecoder(model, prompt, 12, graph=False)
+            eager.decode(keep=True)
+            graph = StaticDecoder(model, prompt, 12, graph=True)
+            graph.decode(keep=True)
+            first = graph.tokens()
+            graph.prefill()
+            graph.decode(keep=True)  # the replays rewind with the cache
+            return eager.tokens(), first, graph.tokens()
+
+    if path_name is None:
+        eager, graphed, again = tokens()
+        with torch.inference_mode():
+            expected = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=13, min_new_tokens=13, do_sample=False, pad_token_id=0)
+        assert torch.equal(eager, expected[:, 9:])
+    else:
+        with swapped(model, linears, converter(PATHS[path_name])):
+            eager, graphed, again = tokens()
+    assert torch.equal(graphed, eager) and torch.equal(again, eager)
+
+
+def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
+    model, linears = _sparse_model("2:4")
+    spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph"))
+    result = evaluate_efficiency(model, linears, spec, "cuda", NMPattern(2, 4), torch.float16, 256, progress=False)
+    assert result["skipped"] == [], result["skipped"]
+    assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured"}
+    for run in result["runs"].values():
+        assert set(run["modes"]) == {"eager", "static_eager", "cuda_graph"}
+        assert all(decode["tokens_per_s"] > 0 for mode in run["modes"].values() for decode in mode["decode"].values())
+    assert set(result["speedup"]["cusparselt"]["cuda_graph"]) == {"prefill", "decode"}
+    assert result["weight_memory_vs_dense"]["cusparselt"] < 1.0
+    assert result["conditions"]["before"]["gpu"] == torch.cuda.get_device_name()
