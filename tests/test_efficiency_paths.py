@@ -15,7 +15,7 @@ from sparsebench.evaluate.efficiency import EfficiencySpec, _path_run, efficienc
 from sparsebench.evaluate.measure import PeakMemory, spread
 from sparsebench.kernels.paths import PATHS, paths_for, swapped, weight_bytes_in_memory
 from sparsebench.kernels.semi_sparse import SemiSparseLinear, semi_sparse_problem
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 
 SPEC = EfficiencySpec(1, 16, (1, 2), 8, 6, 0, 2, "auto", ("eager", "static_eager"))
 

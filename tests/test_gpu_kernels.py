@@ -15,7 +15,7 @@ from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
 from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped
 from sparsebench.kernels.semi_sparse import SemiSparseLinear
 from sparsebench.masks import NMPattern
-from tiny_models import tiny_model
+from sparsebench.testing.tiny_models import tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
