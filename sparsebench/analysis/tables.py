@@ -44,6 +44,10 @@ class Measure:
     shows_mean: bool = True  # False: columns of different units (efficiency), no row mean
     column_lower_is_better: Callable[[str], bool] | None = None  # per-column direction, else lower_is_better
     explain: Callable[[dict, str], str | None] | None = None  # why an ok document has no value (listed under missing)
+    # The range a single measurement's value may take (from its repeats), and what it is checked against: a number,
+    # or None for the dense row's range in the same column. Cells then read within or beyond noise.
+    interval: Callable[[dict, str], tuple[float, float] | None] | None = None
+    noise_reference: Callable[[str], float | None] | None = None
 
     def lower_is_better_for(self, column: str) -> bool:
         return self.lower_is_better if self.column_lower_is_better is None else self.column_lower_is_better(column)
@@ -85,34 +89,55 @@ ZEROSHOT = Measure(
 )
 
 
+SPEEDUP = "×"  # a speedup column's unit: a sparse path over dense-stored, in one mode
+
+
 def _efficiency_columns(config: dict) -> list[str]:
-    """Export size when the case exported; throughput and peak memory when it measured efficiency; and
-    the sparse kernels' speedups for 2:4 cases (the only pattern with kernels)."""
+    """Export size when the case exported; throughput and peak memory when it measured efficiency; the sparse
+    paths' speedups. Documents from before the paths and modes (no ``eval.efficiency.modes``) keep their columns:
+    dense-stored throughput and the 2:4 kernels' speedups, eager."""
     columns = []
     if (config.get("export") or {}).get("format", "none") != "none":
         columns += ["export MB", "export / dense"]
     efficiency = config["eval"].get("efficiency") or {}
-    if efficiency.get("enabled"):
-        batches = efficiency.get("decode_batches") or []
-        columns += ["prefill tok/s", *[f"decode b{b} tok/s" for b in batches], "peak MB"]
-        if config["metric"].get("name") != "none" and str(config["sparsity"].get("pattern")) == "2:4":
+    if not efficiency.get("enabled"):
+        return columns
+    batches = efficiency.get("decode_batches") or []
+    pruned = config["metric"].get("name") != "none"
+    pattern = str(config["sparsity"].get("pattern"))
+    columns += ["prefill tok/s", *[f"decode b{b} tok/s" for b in batches]]
+    if "modes" not in efficiency:
+        columns.append("peak MB")
+        if pruned and pattern == "2:4":
             columns += ["prefill speedup", *[f"decode b{b} speedup" for b in batches]]
+        return columns
+    from sparsebench.kernels.paths import paths_for
+
+    modes = [mode for mode in efficiency["modes"] if mode != "eager"]  # eager is the plain columns above
+    columns += [column for mode in modes for column in ([f"prefill tok/s ({mode})"] if mode != "static_eager" else []) + [f"decode b{b} tok/s ({mode})" for b in batches]]
+    columns.append("peak MB")
+    if pruned:
+        for path in paths_for(pattern):
+            for mode in efficiency["modes"]:
+                steps = ([] if mode == "static_eager" else ["prefill"]) + [f"decode b{b}" for b in batches]
+                columns += [f"{path.name} {mode} {step} {SPEEDUP}" for step in steps]
     return columns
 
 
 def _efficiency_field(column: str) -> tuple[str, float]:
     """The ``efficiency_fields`` key of a column and the scale it is shown in."""
-    if column == "export MB":
-        return "export_weight_bytes", 1e-6
-    if column == "export / dense":
-        return "export_vs_dense", 1.0
-    if column == "peak MB":
-        return "peak_memory_bytes", 1e-6
-    if column == "prefill tok/s":
-        return "prefill_tokens_per_s", 1.0
-    if column == "prefill speedup":
-        return "speedup_prefill", 1.0
-    batch, unit = column.removeprefix("decode b").split(" ")
+    fixed = {"export MB": ("export_weight_bytes", 1e-6), "export / dense": ("export_vs_dense", 1.0), "peak MB": ("peak_memory_bytes", 1e-6),
+             "prefill tok/s": ("prefill_tokens_per_s", 1.0), "prefill speedup": ("speedup_prefill", 1.0)}
+    if column in fixed:
+        return fixed[column]
+    if column.endswith(f" {SPEEDUP}"):  # "<path> <mode> prefill ×" / "<path> <mode> decode b<B> ×"
+        path, mode, step = column.removesuffix(f" {SPEEDUP}").split(" ", 2)
+        return f"speedup_{path}_{mode}_{step.replace(' ', '_')}", 1.0
+    if column.startswith("prefill tok/s ("):
+        return f"dense_stored_{column.split('(')[1].rstrip(')')}_prefill_tokens_per_s", 1.0
+    batch, unit = column.removeprefix("decode b").split(" ", 1)
+    if unit.startswith("tok/s ("):
+        return f"dense_stored_{unit.split('(')[1].rstrip(')')}_decode_b{batch}_tokens_per_s", 1.0
     return (f"decode_b{batch}_tokens_per_s" if unit == "tok/s" else f"speedup_decode_b{batch}"), 1.0
 
 
@@ -128,16 +153,30 @@ def _efficiency_value(document: dict, column: str) -> float | None:
     return None if value is None else float(value) * scale
 
 
+def _efficiency_range(document: dict, column: str) -> tuple[float, float] | None:
+    """The range of a throughput or speedup that the interquartile ranges of its repeat times allow."""
+    key, scale = _efficiency_field(column)
+    fields = _fields(document)
+    low, high = fields.get(f"{key}_low"), fields.get(f"{key}_high")
+    return None if low is None or high is None else (float(low) * scale, float(high) * scale)
+
+
 def _efficiency_gap(document: dict, column: str) -> str | None:
     skipped = _fields(document).get("skipped")
-    return f"skipped: {skipped}" if skipped and "speedup" in column else None
+    return f"skipped: {skipped}" if skipped and ("speedup" in column or column.endswith(SPEEDUP) or "(" in column) else None
+
+
+def _efficiency_noise_reference(column: str) -> float | None:
+    """What a cell's range is compared with: 1.0 for a speedup (the dense-stored speed), else the dense row's range."""
+    return 1.0 if column.endswith(SPEEDUP) else None
 
 
 EFFICIENCY = Measure(
-    "efficiency", "export size (MB of weights, share of the dense model at the same dtype), throughput (tokens/s, weights stored dense), "
-    "peak memory (MB), speedup of the 2:4 sparse kernels; bold: the best pruned value", False, _efficiency_columns, _efficiency_value,
+    "efficiency", "export size (MB of weights, share of the dense model at the same dtype), throughput (tokens/s, weights stored dense; "
+    "eager unless a mode is named), peak memory (MB), speedups (×) of each sparse path over dense-stored in each mode; "
+    "bold: the best pruned value", False, _efficiency_columns, _efficiency_value,
     sorted_columns=False, shows_mean=False, column_lower_is_better=lambda column: column in ("export MB", "export / dense", "peak MB"),
-    explain=_efficiency_gap,
+    explain=_efficiency_gap, interval=_efficiency_range, noise_reference=_efficiency_noise_reference,
 )
 MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME, ZEROSHOT, EFFICIENCY)}
 
@@ -154,6 +193,8 @@ class Table:
     spreads: dict[tuple[str, tuple[str, str]], Spread] = field(default_factory=dict)  # each cell's replicates (values holds their mean)
     comparisons: dict[tuple[str, tuple[str, str]], Comparison] = field(default_factory=dict)  # each cell against its baseline's
     replicate_keys: tuple[str, ...] = DEFAULT_REPLICATE_KEYS
+    ranges: dict[tuple[str, tuple[str, str]], tuple[float, float]] = field(default_factory=dict)  # a measurement's range over its repeats
+    noise: dict[tuple[str, tuple[str, str]], str] = field(default_factory=dict)  # "within noise" / "beyond noise" of its reference
 
     @property
     def has_replicates(self) -> bool:
@@ -314,20 +355,54 @@ def _table(
                 reason = f"failed: {failed['error']['type']}: {failed['error']['message']}" if failed and failed.get("error") else gaps.get((method, column), "not run")
                 missing.append(f"{model} / {method} / {column[0]} / {column[1]}: {reason}")
     comparisons = _comparisons(spreads, parts, baseline, alpha) if any(s.n > 1 for s in spreads.values()) else {}
-    return Table(model, methods, columns, values, missing, measure, inapplicable, spreads, comparisons, replicate_keys)
+    ranges, noise = _noise(cells, measure)
+    return Table(model, methods, columns, values, missing, measure, inapplicable, spreads, comparisons, replicate_keys, ranges, noise)
+
+
+def _noise(cells: dict, measure: Measure) -> tuple[dict, dict]:
+    """Each single measurement's range over its repeats, and whether it is within noise of its reference: a number
+    (a speedup against 1.0) or the dense row's range in the same column (the ranges overlap)."""
+    if measure.interval is None:
+        return {}, {}
+    ranges = {}
+    for key, entries in cells.items():
+        bounds = measure.interval(entries[0][0], key[1][1]) if len(entries) == 1 else None
+        if bounds is not None:
+            ranges[key] = bounds
+    noise = {}
+    for (method, column), (low, high) in ranges.items():
+        reference = measure.noise_reference(column[1]) if measure.noise_reference else None
+        if reference is not None:
+            noise[(method, column)] = "within noise" if low <= reference <= high else "beyond noise"
+        elif method != DENSE:
+            dense = next((bounds for (other, (_, name)), bounds in ranges.items() if other == DENSE and name == column[1]), None)
+            if dense is not None:
+                noise[(method, column)] = "within noise" if low <= dense[1] and dense[0] <= high else "beyond noise"
+    return ranges, noise
 
 
 MARKS = {"beyond noise": " *", "within noise": " ~"}
+NOISE_LEGEND = (
+    "Measured values: the median of the repeats, with the range (low-high) that the interquartile ranges of the repeat times "
+    "allow. Throughput: `~` within noise of the dense model's in the same column (the ranges overlap), `*` beyond. Speedup (×): "
+    "a sparse path over the same weights stored dense, in one mode; `~` its range contains 1.0 (within noise), `*` it does not."
+)
 
 
-def _cell(value: float | None, best: float | None, bold: tuple[str, str], spread: Spread | None = None, comparison: Comparison | None = None, pm: str = "±") -> str:
+def _cell(
+    value: float | None, best: float | None, bold: tuple[str, str], spread: Spread | None = None, comparison: Comparison | None = None, pm: str = "±",
+    bounds: tuple[float, float] | None = None, noise: str | None = None,
+) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     text = f"{value:.2f}"
     if spread is not None and spread.n > 1:
         text += f" {pm} {spread.std:.2f} ({spread.n})"
+    if bounds is not None:
+        text += f" ({bounds[0]:.2f}-{bounds[1]:.2f})"
     text = f"{bold[0]}{text}{bold[1]}" if best is not None and value == best else text
-    return text + (MARKS.get(comparison.verdict, "") if comparison is not None else "")
+    verdict = comparison.verdict if comparison is not None else noise
+    return text + MARKS.get(verdict, "")
 
 
 NOT_APPLICABLE = "n/a"
@@ -339,7 +414,8 @@ def _rows(table: Table, bold: tuple[str, str], pm: str = "±") -> list[list[str]
         dense = method == DENSE
         cells = [
             NOT_APPLICABLE if (method, c) in table.not_applicable else _cell(
-                table.values.get((method, c)), None if dense else table.best(c), bold, table.spreads.get((method, c)), table.comparisons.get((method, c)), pm
+                table.values.get((method, c)), None if dense else table.best(c), bold, table.spreads.get((method, c)), table.comparisons.get((method, c)), pm,
+                table.ranges.get((method, c)), table.noise.get((method, c)),
             )
             for c in table.columns
         ]
@@ -362,6 +438,8 @@ def to_markdown(table: Table) -> str:
         lines += ["", *_legend(table)]
         if table.comparisons:
             lines += ["", "Differences from baselines:", *[f"- {entry}" for entry in _comparison_entries(table)]]
+    if table.ranges:
+        lines += ["", NOISE_LEGEND]
     if table.missing:
         lines += ["", "Missing cases:", *[f"- {entry}" for entry in table.missing]]
     if table.not_applicable:
@@ -412,6 +490,8 @@ def to_latex(table: Table) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     lines += [f"% missing: {_latex_escape(entry)}" for entry in table.missing]
     lines += [f"% {_latex_escape(entry)}" for entry in _not_applicable_entries(table)]
+    if table.ranges:
+        lines.append(f"% {_latex_escape(NOISE_LEGEND)}")
     if table.has_replicates:
         lines += [f"% {_latex_escape(entry)}" for entry in _legend(table)]
         lines += [f"% {_latex_escape(entry)}" for entry in _comparison_entries(table)]
@@ -422,14 +502,16 @@ def to_csv(table: Table) -> str:
     """Full-precision numbers, blanks for missing cells, no emphasis.
 
     With replicates, each column is followed by its ``std``, ``n`` and, where there is a baseline,
-    the Welch p-value against it (``p vs baseline``).
+    the Welch p-value against it (``p vs baseline``); with measured ranges (efficiency), by the range's
+    ``low`` and ``high`` and the ``noise`` verdict.
     """
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     header = _header(table)
-    if table.has_replicates:
+    suffixes = ("", " std", " n", " p vs baseline") if table.has_replicates else ("", " low", " high", " noise") if table.ranges else None
+    if suffixes:
         named = header[1 : 1 + len(table.columns)]
-        header = [header[0], *[f"{name}{suffix}" for name in named for suffix in ("", " std", " n", " p vs baseline")], *header[1 + len(table.columns) :]]
+        header = [header[0], *[f"{name}{suffix}" for name in named for suffix in suffixes], *header[1 + len(table.columns) :]]
     writer.writerow(["model", *header])
     for method in table.methods:
         row = []
@@ -441,6 +523,10 @@ def to_csv(table: Table) -> str:
                 row.append("" if spread is None or spread.std is None else repr(spread.std))
                 row.append("" if spread is None else str(spread.n))
                 row.append("" if comparison is None or comparison.p_value is None else repr(comparison.p_value))
+            elif table.ranges:
+                bounds = table.ranges.get((method, column))
+                row += ["", ""] if bounds is None else [repr(bounds[0]), repr(bounds[1])]
+                row.append(table.noise.get((method, column), ""))
         if table.measure.shows_mean:
             mean = table.row_mean(method)
             row.append("" if mean is None else repr(mean))

@@ -27,6 +27,7 @@ listed in ``skipped`` with the reason, never reported as a number.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -325,9 +326,54 @@ def efficiency_fields(document: dict) -> dict:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def rate_range(measured: dict) -> tuple[float, float] | None:
+    """The tokens/s that the interquartile range of the repeat times gives, ``(low, high)``; None without spread.
+
+    A prefill or static-cache decode did ``tokens_per_s x seconds_median`` tokens in each repeat; an eager decode's
+    rate is from ``t(N) - t(1)``, so its range pairs the slow quartile of one with the fast quartile of the other.
+    """
+    rate = measured.get("tokens_per_s")
+    if rate is None:
+        return None
+    if "generate" in measured:  # eager decode: batch x (N - 1) / (t(N) - t(1))
+        full, first = measured["generate"], measured["first_token"]
+        if "seconds_q1" not in full:
+            return None
+        work = rate * (full["seconds_median"] - first["seconds_median"])
+        slowest, fastest = full["seconds_q3"] - first["seconds_q1"], full["seconds_q1"] - first["seconds_q3"]
+        return (work / slowest if slowest > 0 else 0.0), (work / fastest if fastest > 0 else math.inf)
+    if "seconds_q1" not in measured:
+        return None
+    work = rate * measured["seconds_median"]
+    return work / measured["seconds_q3"], work / measured["seconds_q1"]
+
+
+def _with_range(key: str, measured: dict) -> dict:
+    fields = {key: measured["tokens_per_s"]}
+    bounds = rate_range(measured)
+    if bounds is not None:
+        fields[f"{key}_low"], fields[f"{key}_high"] = bounds
+    return fields
+
+
 def _throughputs(prefix: str, measured: dict) -> dict:
-    fields = {f"{prefix}prefill_tokens_per_s": measured["prefill"]["tokens_per_s"]} if "prefill" in measured else {}
-    fields.update({f"{prefix}decode_b{batch}_tokens_per_s": result["tokens_per_s"] for batch, result in measured["decode"].items()})
+    fields = _with_range(f"{prefix}prefill_tokens_per_s", measured["prefill"]) if "prefill" in measured else {}
+    for batch, result in measured["decode"].items():
+        fields.update(_with_range(f"{prefix}decode_b{batch}_tokens_per_s", result))
+    return fields
+
+
+def _speedup_ranges(prefix: str, sparse: dict, dense: dict) -> dict:
+    """``<speedup>_low`` / ``_high``: the speedup that the interquartile ranges of both sides allow."""
+    fields = {}
+    pairs = ([("prefill", sparse["prefill"], dense["prefill"])] if "prefill" in sparse and "prefill" in dense else [])
+    pairs += [(f"decode_b{batch}", result, dense["decode"][batch]) for batch, result in sparse["decode"].items() if batch in dense["decode"]]
+    for name, sparse_measured, dense_measured in pairs:
+        sparse_range, dense_range = rate_range(sparse_measured), rate_range(dense_measured)
+        if sparse_range is None or dense_range is None or not dense_range[0] > 0:
+            continue
+        fields[f"{prefix}{name}_low"] = sparse_range[0] / dense_range[1]
+        fields[f"{prefix}{name}_high"] = sparse_range[1] / dense_range[0]
     return fields
 
 
@@ -351,9 +397,11 @@ def _run_fields(efficiency: dict) -> dict:
             fields.update(_throughputs(f"{name}_{mode}_", measured))
         fields[f"{name}_weight_bytes_in_memory"] = run["weight_bytes_in_memory"]
         fields[f"{name}_peak_memory_bytes"] = _peak(run["modes"])
+    dense_modes = efficiency["runs"][DENSE_PATH]["modes"]
     for name, by_mode in efficiency.get("speedup", {}).items():
         for mode, entry in by_mode.items():
             fields.update(_speedup_fields(f"speedup_{name}_{mode}_", entry))
+            fields.update(_speedup_ranges(f"speedup_{name}_{mode}_", efficiency["runs"][name]["modes"][mode], dense_modes[mode]))
     for name, share in efficiency.get("weight_memory_vs_dense", {}).items():
         fields[f"weight_memory_vs_dense_{name}"] = share
     dense = efficiency["runs"][DENSE_PATH]
@@ -366,6 +414,7 @@ def _run_fields(efficiency: dict) -> dict:
         mode = "cuda_graph" if "cuda_graph" in by_mode else next(iter(by_mode))
         fields.update(_throughputs("sparse_", efficiency["runs"][headline]["modes"][mode]))
         fields.update(_speedup_fields("speedup_", by_mode[mode]))
+        fields.update(_speedup_ranges("speedup_", efficiency["runs"][headline]["modes"][mode], dense_modes[mode]))
         fields["sparse_weight_bytes_in_memory"] = efficiency["runs"][headline]["weight_bytes_in_memory"]
         fields["sparse_peak_memory_bytes"] = _peak(efficiency["runs"][headline]["modes"])
         fields["sparse_path"], fields["sparse_mode"] = headline, mode

@@ -82,3 +82,60 @@ def test_tables_command_writes_the_efficiency_files(tmp_path):
     assert tables_main(["--results", str(results), "--out", str(tmp_path / "out"), "--also", "efficiency"]) == 0
     assert "export MB" in (tmp_path / "out" / "efficiency.md").read_text()
     assert (tmp_path / "out" / "efficiency.csv").read_text().splitlines()[0].startswith("model,method,50% export MB,")
+
+
+def _timed(rate: float, spread: float = 0.05) -> dict:
+    """A measurement of ``rate`` tokens/s (one token a repeat) whose quartile times lie ``spread`` either side of the median."""
+    median = 1.0 / rate
+    return {"tokens_per_s": rate, "seconds_median": median, "seconds_q1": median * (1 - spread), "seconds_q3": median * (1 + spread), "peak_memory_bytes": 3e6}
+
+
+def _eager_decode(rate: float) -> dict:
+    first, full = _timed(100.0, 0.01), _timed(100.0, 0.01)  # t(1 token) = 10 ms, t(N) = 10 ms + 1 / rate
+    full = {**full, "seconds_median": 0.01 + 1 / rate, "seconds_q1": 0.01 + 0.9 / rate, "seconds_q3": 0.01 + 1.1 / rate}
+    return {"tokens_per_s": rate, "first_token": first, "generate": full, "peak_memory_bytes": 3e6}
+
+
+def _paths_document(doc, pattern, runs, speedup, skipped=()):
+    config = {**doc["config"], "sparsity": {**doc["config"]["sparsity"], "pattern": pattern},
+              "eval": {**doc["config"]["eval"], "efficiency": {"enabled": True, "decode_batches": [1], "modes": ["eager", "cuda_graph"]}}}
+    if pattern == "2:4":
+        config["sparsity"]["ratio"] = 0.5
+    runs = {name: {"path": name, "weight_bytes_in_memory": 1e6, "modes": modes} for name, modes in runs.items()}
+    efficiency = {"runs": runs, "speedup": speedup, "weight_memory_vs_dense": {}, "skipped": list(skipped)}
+    return {**doc, "config": config, "metrics": {**doc["metrics"], "efficiency": efficiency}}
+
+
+def test_paths_and_modes_get_speedup_columns_and_noise_marks():
+    """Per path and mode speedups; a throughput within the dense model's noise reads `~`, a speedup whose range excludes 1.0 reads `*`."""
+    cpu = [{"what": "mode cuda_graph", "why": "CUDA graphs need a CUDA GPU; this case ran on the CPU"}]
+    dense_modes = {"eager": {"prefill": _timed(100.0), "decode": {"1": _eager_decode(20.0)}}}
+    documents = [
+        _paths_document({**KNOWN[0], "config": {**KNOWN[0]["config"], "metric": {"name": "none"}}}, "unstructured", {"dense_stored": dense_modes}, {}, cpu),
+        _paths_document(KNOWN[1], "unstructured", {"dense_stored": {"eager": {"prefill": _timed(103.0), "decode": {"1": _eager_decode(30.0)}}}}, {}, cpu),
+        _paths_document(
+            KNOWN[5], "2:4",
+            {
+                "dense_stored": {"cuda_graph": {"prefill": _timed(1000.0), "decode": {"1": _timed(50.0)}}, **dense_modes},
+                "cusparselt": {"cuda_graph": {"prefill": _timed(1300.0), "decode": {"1": _timed(51.0)}}},
+            },
+            {"cusparselt": {"cuda_graph": {"prefill": 1.3, "decode": {"1": 1.02}}}},
+        ),
+    ]
+    (table,) = tables.build_tables(documents, measure=tables.EFFICIENCY).values()
+    names = [column for _, column in table.columns]
+    assert "cusparselt cuda_graph prefill ×" in names and "semi_structured eager decode b1 ×" in names and "bitmask cuda_graph decode b1 ×" in names
+    assert "prefill tok/s (cuda_graph)" in names
+    wanda = ("wanda + uniform", ("50%", "prefill tok/s"))
+    assert table.values[wanda] == pytest.approx(103.0) and table.noise[wanda] == "within noise"  # 3 % apart, 5 % quartiles
+    assert table.noise[("wanda + uniform", ("50%", "decode b1 tok/s"))] == "beyond noise"  # 30 against 20 tokens/s
+    graph = ("magnitude + uniform", ("2:4", "cusparselt cuda_graph prefill ×"))
+    assert table.values[graph] == pytest.approx(1.3) and table.noise[graph] == "beyond noise"
+    low, high = table.ranges[graph]
+    assert low == pytest.approx(1300 / 1.05 / (1000 / 0.95)) and high == pytest.approx(1300 / 0.95 / (1000 / 1.05))
+    assert table.noise[("magnitude + uniform", ("2:4", "cusparselt cuda_graph decode b1 ×"))] == "within noise"
+    markdown = tables.to_markdown(table)
+    assert "1.30 (1.18-1.44)** *" in markdown and "103.00 (98.10-108.42)** ~" in markdown and "interquartile" in markdown  # bold: the best
+    assert any("prefill tok/s (cuda_graph): skipped: mode cuda_graph: CUDA graphs need a CUDA GPU" in entry for entry in table.missing)
+    csv_header = tables.to_csv(table).splitlines()[0]
+    assert "50% prefill tok/s low" in csv_header and "2:4 cusparselt cuda_graph prefill × noise" in csv_header
