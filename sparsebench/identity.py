@@ -75,13 +75,14 @@ def _defining(schema: type, values: Mapping, pruned: bool) -> dict:
     fields = {field.name: field for field in dataclasses.fields(schema)}
     defining = {key: value for key, value in values.items() if key not in fields}
     for name, field in fields.items():
-        group = _group(field)
-        if name not in values and (group is None or field.metadata["when"] != "always"):
+        if field.metadata[IDENTITY] != DEFINING:
+            continue
+        group, when = _group(field), field.metadata["when"]
+        if name not in values and (group is None or when != "always"):
             continue
         value = values.get(name)
-        if field.metadata[IDENTITY] != DEFINING or not _enters(field.metadata["when"], value, pruned):
-            continue
-        defining[name] = _defining(group, value or {}, pruned) if group is not None else value
+        if _enters(when, value, pruned):
+            defining[name] = _defining(group, value or {}, pruned) if group is not None else value
     return defining
 
 

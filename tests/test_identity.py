@@ -122,6 +122,18 @@ def test_groups_enter_the_id_only_when_on():
     assert set(full["eval"]) == {"ppl", "zeroshot", "efficiency"} and "scoring" not in full["eval"]["zeroshot"]
 
 
+def test_a_document_without_the_later_keys_has_the_id_of_their_defaults():
+    """A document of an earlier release lacks the groups and keys added since: its case is the same case."""
+    current = compose_config(["metric=wanda"])
+    earlier = copy.deepcopy(current)
+    for group in ("export", "finetune", "decomposition", "paths", "claims", "tracker", "debug"):
+        del earlier[group]
+    for task in ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa"):
+        del earlier["data"][task]
+    del earlier["eval"]["zeroshot"], earlier["eval"]["efficiency"], earlier["model"]["bos_per_segment"]
+    assert identity("case", earlier, Facts("cpu")) == identity("case", current, Facts("cpu"))
+
+
 @pytest.mark.parametrize("registry", [METRICS, ALLOCATORS], ids=["metric", "allocator"])
 def test_method_keys_are_all_hashed(registry):
     """The store hashes a method group whole: a key marked run-only must say why it is hashed all the same."""
