@@ -92,16 +92,24 @@ def _weights(config: Mapping) -> dict:
 
 
 def _allocator(config: Mapping, facts: Facts) -> dict:
+    """The allocator and its keys as the configuration states them (its YAML states every ``Params`` field,
+    tests/test_method_defaults.py), the device type and this release: in both passes' keys."""
     allocator = config["allocator"]
     params = {key: value for key, value in allocator.items() if key != "name"}
     return {"allocator": allocator["name"], "params": params, "device_type": facts.device_type, "version": sparsebench.__version__}
 
 
+def _bos(facts: Facts, key: str) -> dict:
+    """The BOS token under ``key``, only when there is one: cache entries written before it existed stay valid."""
+    return {} if facts.bos_token_id is None else {key: facts.bos_token_id}
+
+
 def identity(of: str, config: Mapping | None = None, facts: Facts = Facts(), read: Mapping | None = None) -> dict:
     """What the case (``of="case"``) or a cached value (``dense``, ``weights``, ``tokens``) depends on; see the module."""
-    bos = {} if facts.bos_token_id is None else {"bos_token_id": facts.bos_token_id}
-    if of == "tokens":  # the key that token caches used from the start spells the BOS token "bos"
-        return {"tokenizer": facts.tokenizer, **(read or {}), **{"bos": value for value in bos.values()}}
+    if of == "tokens":
+        return {"tokenizer": facts.tokenizer, **(read or {}), **_bos(facts, "bos")}
+    if of not in KINDS:
+        raise ValueError(f"identity(of={of!r}): allowed values are {', '.join(KINDS)}")
     if config is None:
         raise ValueError(f"identity(of={of!r}) needs the case's resolved configuration")
     if of == "case":
@@ -109,8 +117,6 @@ def identity(of: str, config: Mapping | None = None, facts: Facts = Facts(), rea
         return {**_defining(Config, config, pruned), "device_type": facts.device_type}
     if of == "weights":
         return {"model": _weights(config), **_allocator(config, facts)}
-    if of == "dense":
-        calibration = _defining(CalibrationConfig, config["calibration"], True)
-        calibration["data"] = (config.get("data") or {}).get(calibration["dataset"])
-        return {"model": _weights(config), "tokenizer": facts.tokenizer, **bos, "calibration": calibration, **_allocator(config, facts)}
-    raise ValueError(f"identity(of={of!r}): allowed values are {', '.join(KINDS)}")
+    calibration = _defining(CalibrationConfig, config["calibration"], True)
+    calibration["data"] = (config.get("data") or {}).get(calibration["dataset"])  # the local copy it reads, if any
+    return {"model": _weights(config), "tokenizer": facts.tokenizer, **_bos(facts, "bos_token_id"), "calibration": calibration, **_allocator(config, facts)}

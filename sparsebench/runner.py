@@ -14,7 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import sparsebench
 from sparsebench import environment, export, lowrank, sparsity, tracking
 from sparsebench.allocation import allocate, with_refinement
 from sparsebench.claims import Busy, Claim, claim_case
