@@ -1,9 +1,9 @@
 """The allocation stage: the allocator's plan for the case, with lazy, cached access to the model.
 
-``allocate(spec, loaded, calibration_ids, dense_key)`` builds the ``AllocationContext`` an
+``allocate(spec, loaded, calibration_ids, facts)`` builds the ``AllocationContext`` an
 allocator's ``plan`` reads (``sparsebench.allocators``): a dense pass over the calibration data and
-a pass over the weights, each run only when asked for and cached on disk under ``dense_key`` (what a
-dense pass depends on: shared by every case of that model), and trial prunes with the case's metric.
+a pass over the weights, each run only when asked for and cached on disk under what it depends on
+(``sparsebench.identity``: shared by every case of that model), and trial prunes with the case's metric.
 It returns an ``AllocationResult``: the ratios and the result document's ``allocation`` section.
 """
 
@@ -17,6 +17,7 @@ from torch import Tensor
 
 from sparsebench.allocators import Allocation
 from sparsebench.disk_cache import cached
+from sparsebench.identity import Facts, identity
 from sparsebench.layers import PrunableLayer, prunable_layers
 from sparsebench.prune import PrunePlan, dense_block_summaries, weight_block_summaries
 from sparsebench.sparsity import target_mean
@@ -38,7 +39,7 @@ class _CaseContext:
     spec: Any  # the CaseSpec
     loaded: Any  # the LoadedModel
     calibration_ids: Tensor | None
-    dense_key: dict
+    facts: Facts  # the device type, tokenizer and BOS token, for the cache keys
     layers: list[PrunableLayer]
     sparsity: float
     block_summaries: list | None = None
@@ -51,7 +52,7 @@ class _CaseContext:
         if not needs <= declared:
             raise RuntimeError(f"allocator {spec.allocator.name!r} asked for {sorted(needs)} of a dense pass but declared only {sorted(declared)} in its reads")
         summaries, shared = cached(
-            spec.cache_dir, "dense", f"summaries-{spec.allocator.name}", self.dense_key,
+            spec.cache_dir, "dense", f"summaries-{spec.allocator.name}", identity("dense", spec.resolved, self.facts),
             lambda: dense_block_summaries(loaded.model, loaded.adapter, self.calibration_ids, needs, summarize, spec.execution(spec.calibration.batch_size)),
             spec.claims.heartbeat_s, spec.claims.stale_after_s,  # cases running at once wait for the one computing it
         )
@@ -59,9 +60,8 @@ class _CaseContext:
 
     def weight_summaries(self, summarize) -> list:
         spec, loaded = self.spec, self.loaded
-        key = {name: value for name, value in self.dense_key.items() if name not in _DATA_KEYS}
         summaries, shared = cached(
-            spec.cache_dir, "dense", f"weight-summaries-{spec.allocator.name}", key,
+            spec.cache_dir, "dense", f"weight-summaries-{spec.allocator.name}", identity("weights", spec.resolved, self.facts),
             lambda: weight_block_summaries(loaded.model, loaded.adapter, summarize, spec.execution(spec.calibration.batch_size)),
             spec.claims.heartbeat_s, spec.claims.stale_after_s,
         )
@@ -82,14 +82,11 @@ class _CaseContext:
         return summaries
 
 
-_DATA_KEYS = ("tokenizer", "bos_token_id", "calibration")  # what a pass over the weights alone does not depend on
-
-
-def allocate(spec, loaded, calibration_ids: Tensor | None, dense_key: dict) -> AllocationResult:
+def allocate(spec, loaded, calibration_ids: Tensor | None, facts: Facts) -> AllocationResult:
     """Each layer's target ratio from the case's allocator, and the document's ``allocation`` section."""
     started = time.perf_counter()
     layers = prunable_layers(loaded.model, loaded.adapter)
-    ctx = _CaseContext(spec, loaded, calibration_ids, dense_key, layers, spec.ratio)
+    ctx = _CaseContext(spec, loaded, calibration_ids, facts, layers, spec.ratio)
     allocation = spec.allocator.plan(ctx)
     if not isinstance(allocation, Allocation):
         raise TypeError(f"allocator {spec.allocator.name!r}: plan returned {type(allocation).__name__}, not an Allocation")

@@ -1,7 +1,7 @@
-"""The configuration schema (structured configs) and its validation into a plain ``CaseSpec``.
+"""The configuration's validation into a plain ``CaseSpec``.
 
-The dataclasses below are registered with Hydra, so a misspelt key fails at composition. The
-values are then checked by ``validate`` before any model is loaded; each problem is one
+The schema's dataclasses (``sparsebench.schema``) are registered with Hydra, so a misspelt key
+fails at composition. The values are then checked by ``validate`` before any model is loaded; each problem is one
 ``ConfigError`` line naming the key and the allowed values. Nothing below the CLI sees Hydra or
 OmegaConf: it gets a ``CaseSpec`` of plain values.
 """
@@ -9,9 +9,9 @@ OmegaConf: it gets a ``CaseSpec`` of plain values.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from sparsebench.allocators import ALLOCATORS, Allocator
 from sparsebench.blockwalk import Execution
@@ -23,186 +23,13 @@ from sparsebench.export import ExportSpec, validate_export
 from sparsebench.evaluate.zeroshot_tasks import TASKS as ZERO_SHOT_TASKS
 from sparsebench.faults import NO_FAULT, FaultSpec, validate_fault
 from sparsebench.finetune import FinetuneSpec, validate_finetune
-from sparsebench.finetune.spec import FinetuneConfig
 from sparsebench.masks import NMPattern, parse_pattern
 from sparsebench.metrics import METRICS, MetricSpec
 from sparsebench.models.adapters import supported_families
 from sparsebench.models.loading import DTYPES
 from sparsebench.models.sources import check_path, parse_pypi
+from sparsebench.schema import Config
 from sparsebench.tracking import LOCAL_TRACKER, TrackerSpec, validate_tracker
-
-# ----------------------------------------------------------------------------- schema (Hydra)
-
-
-@dataclass
-class ModelConfig:
-    path: str = "???"
-    name: Optional[str] = None  # shown in case ids and tables; default: derived from path
-    family: str = "auto"
-    dtype: str = "auto"
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-    # a BOS token starts every calibration and evaluation segment; None: the family's default
-    # (gemma3: true; the others false, the papers' protocol of plain windows of the token stream)
-    bos_per_segment: Optional[bool] = None
-
-
-@dataclass
-class SparsityConfig:
-    ratio: float = 0.5
-    pattern: str = "unstructured"
-
-
-@dataclass
-class CalibrationConfig:
-    dataset: str = "c4"
-    split: str = "train"
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    batch_size: int = 8  # sequences per block forward; changes speed and memory, not results
-
-
-@dataclass
-class PerplexityConfig:
-    datasets: List[str] = field(default_factory=lambda: ["wikitext2"])
-    seqlen: Optional[int] = None  # default: the model's context length, capped at max_seqlen
-    max_seqlen: int = 4096
-    max_segments: Optional[int] = None  # for quick runs; None evaluates every segment
-    batch_size: int = 4
-
-
-@dataclass
-class ZeroShotConfig:
-    tasks: List[str] = field(default_factory=list)  # lm-eval task names; empty: no zero-shot evaluation
-    limit: Optional[int] = None  # the first N documents of each task, for quick runs
-    batch_size: Any = "auto"  # "auto" (lm-eval's detection on a GPU, 8 on a CPU) or an integer
-    max_batch_size: int = 64  # the ceiling of "auto"
-    scoring: str = "token_batches"  # token_batches (batches of a padded-token budget) or hflm (lm-eval's own loop)
-    batch_tokens: Any = "auto"  # token_batches: padded tokens per forward; "auto" (8192 on a GPU, 512 on a CPU) or an integer
-
-
-@dataclass
-class EfficiencyConfig:
-    """Inference speed and memory of the pruned model (``eval=efficiency``, or ``eval.efficiency.enabled=true``)."""
-
-    enabled: bool = False
-    prefill_batch: int = 1
-    prefill_seqlen: int = 2048  # capped at the model's context length
-    decode_batches: List[int] = field(default_factory=lambda: [1, 16])
-    decode_prompt: int = 128  # prompt tokens before greedy decoding
-    decode_tokens: int = 128  # new tokens generated (KV cache)
-    warmup: int = 1  # untimed calls before each measurement
-    repeats: int = 5  # timed calls; the median is reported
-    sparse_kernels: str = "auto"  # auto: the sparse paths of the case's pattern (2:4, unstructured) on a CUDA GPU; off
-    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"])  # eager, static_eager, cuda_graph
-
-
-@dataclass
-class EvalConfig:
-    ppl: PerplexityConfig = field(default_factory=PerplexityConfig)
-    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
-    efficiency: EfficiencyConfig = field(default_factory=EfficiencyConfig)
-
-
-@dataclass
-class DataConfig:
-    """Local copies: ``data.<name>=PATH`` for a corpus (a file, or a folder with one file per split)
-    or a zero-shot task (its evaluated split; see ``sparsebench.evaluate.zeroshot_tasks``)."""
-
-    wikitext2: Optional[str] = None
-    c4: Optional[str] = None
-    ptb: Optional[str] = None
-    boolq: Optional[str] = None
-    rte: Optional[str] = None
-    hellaswag: Optional[str] = None
-    winogrande: Optional[str] = None
-    arc_easy: Optional[str] = None
-    arc_challenge: Optional[str] = None
-    openbookqa: Optional[str] = None
-    piqa: Optional[str] = None
-
-
-@dataclass
-class DecompositionConfig:
-    """The low-rank part of sparse-plus-low-rank metrics (``metric=hassle_free`` sets ``rank: 64``)."""
-
-    rank: Optional[int] = None  # null: no low-rank part (every other metric)
-
-
-# --- tracking and fault injection (issue 5) ---------------------------------------------------
-
-
-@dataclass
-class WandbConfig:
-    mode: str = "online"  # online | offline | disabled
-    project: str = "sparsebench"
-    entity: Optional[str] = None
-    group: Optional[str] = None  # default: experiment_name
-    tags: List[str] = field(default_factory=list)
-    dir: Optional[str] = None  # default: W&B's own (./wandb)
-
-
-@dataclass
-class TrackerConfig:
-    name: str = "local"  # local | wandb
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass
-class DebugConfig:
-    fail_at: Optional[str] = None  # null | load | prune | eval | write
-    fail_mode: str = "raise"  # raise (failed document) | kill (SIGKILL, no document)
-    fail_cases: str = "*"  # glob on the case id
-    delay_s: float = 0.0  # every case waits this long before loading (tests of concurrent launches)
-
-
-@dataclass
-class ClaimsConfig:
-    """Per-case claims that keep two launches on one results folder from running a case twice at once."""
-
-    heartbeat_s: float = 30.0  # how often a running case touches its claim file
-    stale_after_s: float = 300.0  # a claim without a heartbeat for this long is taken over (a dead machine)
-
-
-@dataclass
-class ExportConfig:
-    """``export=none|hf|compressed``: write the pruned model to ``<dir>/<case_id>/`` (see sparsebench/export.py)."""
-
-    format: str = "none"
-    dtype: Optional[str] = None  # null: the case's dtype
-    dir: Optional[str] = None  # null: <results_dir>/models
-
-
-@dataclass
-class PathsConfig:
-    data_dir: str = "../shared/data"  # conf/paths/default.yaml: SPARSEBENCH_DATA, else this
-
-
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
-    metric: Dict[str, Any] = field(default_factory=dict)
-    allocator: Dict[str, Any] = field(default_factory=dict)
-    decomposition: DecompositionConfig = field(default_factory=DecompositionConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # finetune=none|lora (conf/finetune/)
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)  # where local files live (conf/paths/)
-    device: str = "auto"
-    offload: bool = False
-    results_dir: str = "results"
-    cache_dir: str = "~/.cache/sparsebench"
-    rerun: bool = False
-    progress: bool = True
-    experiment_name: str = "adhoc"  # groups the cases of a grid (W&B group, analysis filter)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    debug: DebugConfig = field(default_factory=DebugConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-
 
 def log_root(results_dir: str) -> str:
     """Where Hydra writes a run's logs: ``results_dir``, or a temporary folder if that cannot be written.
@@ -240,10 +67,6 @@ class CalibrationSpec:
     seqlen: int
     seed: int
     batch_size: int
-
-    def key(self, data_path: str | None) -> dict:
-        """What the calibration tokens depend on (not the batch size)."""
-        return {"dataset": self.corpus.name, "split": self.split, "nsamples": self.nsamples, "seqlen": self.seqlen, "seed": self.seed, "data": data_path}
 
 
 @dataclass(frozen=True)
@@ -293,6 +116,11 @@ class CaseSpec:
     efficiency: EfficiencySpec | None = None  # None: no efficiency evaluation
     finetune: FinetuneSpec | None = None  # None: no fine-tuning after pruning
     bos_per_segment: bool | None = None  # None: the family adapter's default
+
+    @property
+    def device_type(self) -> str:
+        """``cpu`` or ``cuda``: in the case id and the cache keys (the device's index is not)."""
+        return self.device.split(":")[0]
 
     @property
     def is_dense(self) -> bool:

@@ -2,9 +2,10 @@
 
 The case id is derived from what defines the case (model, sparsity, metric, allocator,
 calibration, evaluation and the local data it reads), not from how it is run (device batch
-sizes, progress bars, output folder), so re-running the same case finds the same document.
+sizes, progress bars, output folder), so re-running the same case finds the same document:
+``sparsebench.identity`` reads which keys define a case from the schema's field metadata.
 The dense model (``metric=none``) does not depend on sparsity or calibration: one id per model
-and evaluation. See the README for the schema.
+and evaluation. See docs/results.md for the document's keys.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from sparsebench.errors import StoreError
 from sparsebench.files import atomic_write
+from sparsebench.identity import Facts, identity
 
 log = logging.getLogger(__name__)
 
@@ -32,54 +34,11 @@ MIN_FREE_BYTES = 16 * 2**20
 PROBE_BYTES = 64 * 2**10
 
 
-# Keys that were in every document's id before later keys were added: a later key enters the id
-# only when it is set, so the ids of earlier cases stay what they were.
-_FIRST_DATA_KEYS = ("wikitext2", "c4", "ptb")
-
-
-def _defining_eval(evaluation: dict) -> dict:
-    defining = {"ppl": {k: v for k, v in (evaluation.get("ppl") or {}).items() if k != "batch_size"}}
-    zeroshot = evaluation.get("zeroshot") or {}
-    if zeroshot.get("tasks"):
-        # how the forwards are batched and run changes speed, not scores (lm-eval's arithmetic either way)
-        defining["zeroshot"] = {k: v for k, v in zeroshot.items() if k not in ("batch_size", "max_batch_size", "scoring", "batch_tokens")}
-    efficiency = evaluation.get("efficiency") or {}
-    if efficiency.get("enabled"):
-        defining["efficiency"] = efficiency
-    return {**{k: v for k, v in evaluation.items() if k not in ("zeroshot", "efficiency")}, **defining}
-
-
-def model_identity(model: dict) -> dict:
-    """What identifies the model weights of a resolved ``model`` group: in case ids and in the dense-pass cache keys."""
-    return {k: model.get(k) for k in ("path", "family", "dtype", "revision")}
-
-
-def defining_config(config: dict, device_type: str) -> dict:
-    """The parts of a resolved configuration that change a case's numbers (absent groups read as empty)."""
-    model = model_identity(config["model"])
-    if config["model"].get("bos_per_segment") is not None:  # later key: in the id only when set
-        model["bos_per_segment"] = config["model"]["bos_per_segment"]
-    data = {k: v for k, v in (config.get("data") or {}).items() if v is not None or k in _FIRST_DATA_KEYS}
-    evaluation = config.get("eval") or {"ppl": {}}
-    defining = {"model": model, "metric": config["metric"], "eval": _defining_eval(evaluation), "data": data, "device_type": device_type}
-    if config["metric"].get("name") != "none":
-        defining["sparsity"] = config.get("sparsity")
-        defining["allocator"] = config.get("allocator")
-        defining["calibration"] = {k: v for k, v in (config.get("calibration") or {}).items() if k != "batch_size"}
-    if (config.get("decomposition") or {}).get("rank") is not None:
-        defining["decomposition"] = config["decomposition"]
-    if (config.get("export") or {}).get("format", "none") != "none":  # later keys enter the id only when set
-        defining["export"] = {k: v for k, v in config["export"].items() if k != "dir"}
-    from sparsebench.finetune.spec import defining_finetune  # here: reading documents needs no torch
-
-    finetune = defining_finetune(config.get("finetune"))
-    if finetune is not None:  # finetune=none leaves the ids of earlier cases as they were
-        defining["finetune"] = finetune
-    return defining
-
-
 def case_id(config: dict, model_name: str, device_type: str) -> str:
-    digest = hashlib.sha256(json.dumps(defining_config(config, device_type), sort_keys=True, default=str).encode()).hexdigest()[:10]
+    """``<model>_<metric>_<allocator>_<level>[_<finetune>]_<digest>``: the digest hashes what defines the case
+    (``identity("case", ...)``), the readable part is for people."""
+    defining = identity("case", config, Facts(device_type))
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:10]
     metric = config["metric"].get("name", "unknown")
     if metric == "none":
         readable = [model_name, "dense"]

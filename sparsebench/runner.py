@@ -14,7 +14,6 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import sparsebench
 from sparsebench import environment, export, lowrank, sparsity, tracking
 from sparsebench.allocation import allocate, with_refinement
 from sparsebench.claims import Busy, Claim, claim_case
@@ -24,6 +23,7 @@ from sparsebench.data.hub import hub_unreachable
 from sparsebench.data.tokens import calibration_tokens, evaluation_tokens, tokenizer_fingerprint
 from sparsebench.errors import ConfigError, DataError
 from sparsebench.faults import inject
+from sparsebench.identity import Facts
 from sparsebench.evaluate import efficiency, zeroshot
 from sparsebench.finetune.stage import run_finetune
 from sparsebench.evaluate.perplexity import perplexity, segment
@@ -32,7 +32,7 @@ from sparsebench.prune import PrunePlan, PruneReport, prune_model
 from sparsebench.sparsity import LayerSparsity
 from torch import Tensor
 from sparsebench.results import (
-    SCHEMA_VERSION, case_id, document_path, document_problem, model_identity, quarantine, read_document, remove_partials, write_document,
+    SCHEMA_VERSION, case_id, document_path, document_problem, quarantine, read_document, remove_partials, write_document,
 )
 
 log = logging.getLogger(__name__)
@@ -122,29 +122,10 @@ def _calibration_ids(spec: CaseSpec, loaded: LoadedModel, tokens: CaseTokens):
     return ids, StageOutput(timings={"calibration_data_s": seconds}, notes={**notes, "calibration_source": source.describe()})
 
 
-def _dense_work_key(spec: CaseSpec, tokens: CaseTokens) -> dict:
-    """What a dense pass over the calibration data depends on: shared by every case of that model.
-
-    Not the sparsity, metric or pattern: those only act after the dense pass.
-    """
-    calibration = spec.calibration
-    bos = {"bos_token_id": tokens.bos_token_id} if tokens.bos_token_id is not None else {}
-    return {
-        "model": model_identity(spec.resolved["model"]),
-        "tokenizer": tokens.fingerprint,
-        **bos,
-        "calibration": calibration.key(spec.data_paths.get(calibration.corpus.name)),
-        "allocator": spec.allocator.name,
-        "params": spec.allocator_params,
-        "device_type": spec.device.split(":")[0],
-        "version": sparsebench.__version__,
-    }
-
-
 def _prune(spec: CaseSpec, loaded: LoadedModel, calibration_ids, tokens: CaseTokens, facts: dict) -> tuple[PruneReport, StageOutput]:
     """Allocate, then prune; the ``allocation``, ``sparsity`` (and ``decomposition``) sections (``facts``: the dense model's)."""
     parameters = facts["parameters"]
-    allocation = allocate(spec, loaded, calibration_ids, _dense_work_key(spec, tokens))
+    allocation = allocate(spec, loaded, calibration_ids, Facts(spec.device_type, tokens.fingerprint, tokens.bos_token_id))
     started = time.perf_counter()
     plan = PrunePlan(spec.metric, spec.metric_params, allocation.ratios, spec.pattern, spec.allocator.refiner())
     report = prune_model(loaded.model, loaded.adapter, plan, calibration_ids, spec.execution(spec.calibration.batch_size))
@@ -302,7 +283,7 @@ def run_case(spec: CaseSpec) -> dict:
     writing anything. A file at the document's path that is not a valid document is moved to
     ``<results_dir>/corrupt/`` and the case runs again.
     """
-    case = case_id(spec.resolved, spec.model_name, spec.device.split(":")[0])
+    case = case_id(spec.resolved, spec.model_name, spec.device_type)
     path = document_path(spec.results_dir, case)
     existing = read_document(path)
     if existing is not None and existing["status"] == "ok" and not spec.rerun:

@@ -18,7 +18,8 @@ from sparsebench.finetune.lora import adapter_parameters, attach_lora, base_line
 from sparsebench.finetune.loop import TrainSettings, train
 from sparsebench.finetune.spec import FinetuneConfig, validate_finetune
 from sparsebench.models.adapters import adapter_for
-from sparsebench.results import case_id, defining_config
+from sparsebench.identity import Facts, identity
+from sparsebench.results import case_id
 from sparsebench.runner import run_case
 
 RANK, ALPHA = 4, 8.0  # scaling alpha / r = 2
@@ -132,7 +133,7 @@ def test_case_id_has_finetune_only_when_it_fine_tunes(tiny_model_dirs, tmp_path,
     lora = _lora_case(tiny_model_dirs, tmp_path, cache_dir)
     assert case_id(lora, "m", "cpu") != case_id(plain, "m", "cpu")
     how_to_run = _lora_case(tiny_model_dirs, tmp_path, cache_dir, "finetune.gradient_checkpointing=true", "finetune.log_every=1")
-    assert defining_config(how_to_run, "cpu") == defining_config(lora, "cpu")
+    assert identity("case", how_to_run, Facts("cpu")) == identity("case", lora, Facts("cpu"))
 
 
 @pytest.mark.parametrize(

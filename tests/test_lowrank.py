@@ -15,7 +15,8 @@ from sparsebench.models.adapters import adapter_for
 from sparsebench.layers import prunable_layers
 from sparsebench.blockwalk import Execution
 from sparsebench.prune import PrunePlan, prune_model
-from sparsebench.results import case_id, defining_config
+from sparsebench.identity import Facts, identity
+from sparsebench.results import case_id
 from sparsebench.runner import run_case
 from sparsebench.testing.tiny_models import tiny_model
 
@@ -109,7 +110,7 @@ def test_rank_is_validated_and_part_of_the_case(tiny_model_dirs, tmp_path, cache
     wanda = tiny_case_overrides(tiny_model_dirs["llama"], tmp_path, cache_dir, "wanda")
     with pytest.raises(ConfigError, match=r"decomposition.rank=8: metric='wanda' has no low-rank part; metrics that do: hassle_free"):
         validate(compose_config(wanda + ["decomposition.rank=8"]))
-    assert "decomposition" not in defining_config(compose_config(wanda), "cpu")  # other cases keep their ids
+    assert "decomposition" not in identity("case", compose_config(wanda), Facts("cpu"))  # other cases keep their ids
     ids = {case_id(compose_config(base + [f"decomposition.rank={rank}"]), "m", "cpu") for rank in (8, 16)}
     assert len(ids) == 2
 

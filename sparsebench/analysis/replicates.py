@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from sparsebench.results import defining_config
+from sparsebench.identity import identity
 
 DEFAULT_REPLICATE_KEYS = ("calibration.seed",)
 DEFAULT_ALPHA = 0.05
@@ -87,7 +87,7 @@ def replicate_signature(config: dict, replicate_keys: tuple[str, ...], data_cont
     local ``data.<corpus>`` is compared by the content of the files the case read, not by its path: the
     same files in another folder are the same data, and other files at the same path are not.
     """
-    defining = defining_config(config, device_type="")
+    defining = identity("case", config)  # no device type: replicates on any device are one cell
     stripped = copy.deepcopy(defining)
     data = stripped.get("data") or {}
     for corpus, files in (data_content or {}).items():

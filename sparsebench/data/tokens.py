@@ -1,7 +1,7 @@
 """Token tensors for calibration and evaluation, built once and cached on disk.
 
-The cache key covers the tokenizer (a hash of its full definition), the source text's identity
-and every sampling parameter, so a cached tensor is reused only for the same inputs.
+The cache key (``sparsebench.identity``) covers the tokenizer (a hash of its full definition), the
+source text's identity and every sampling parameter, so a cached tensor is reused only for the same inputs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import Tensor
 from sparsebench.data.corpora import TextSource, read_rows
 from sparsebench.disk_cache import cached
 from sparsebench.errors import DataError
+from sparsebench.identity import Facts, identity
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,8 @@ def evaluation_tokens(source: TextSource, tokenizer, cache_dir: Path | None, fin
     """The evaluation split as one token sequence (rows joined with the corpus's joiner); with
     ``bos_token_id``, a BOS the tokenizer put at its start is dropped (each segment gets one)."""
     corpus = source.corpus
-    key = {"tokenizer": fingerprint or tokenizer_fingerprint(tokenizer), "source": source.identity(), "joiner": corpus.eval_joiner, "max_documents": corpus.eval_max_documents}
-    if bos_token_id is not None:  # in the key only when set: earlier cache entries stay valid
-        key["bos"] = bos_token_id
+    read = {"source": source.identity(), "joiner": corpus.eval_joiner, "max_documents": corpus.eval_max_documents}
+    key = identity("tokens", facts=Facts(tokenizer=fingerprint or tokenizer_fingerprint(tokenizer), bos_token_id=bos_token_id), read=read)
 
     def build() -> Tensor:
         rows = read_rows(source)
@@ -73,9 +73,8 @@ def calibration_tokens(
     window of ``seqlen - 1`` tokens drawn the same way from the text without the tokenizer's BOS.
     """
     corpus = source.corpus
-    key = {"tokenizer": fingerprint or tokenizer_fingerprint(tokenizer), "source": source.identity(), "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
-    if bos_token_id is not None:  # in the key only when set: earlier cache entries stay valid
-        key["bos"] = bos_token_id
+    read = {"source": source.identity(), "nsamples": nsamples, "seqlen": seqlen, "seed": seed}
+    key = identity("tokens", facts=Facts(tokenizer=fingerprint or tokenizer_fingerprint(tokenizer), bos_token_id=bos_token_id), read=read)
     window = seqlen - 1 if bos_token_id is not None else seqlen
     length = f"calibration.seqlen={seqlen}" + (" less its BOS token" if bos_token_id is not None else "")
 

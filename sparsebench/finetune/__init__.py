@@ -1,5 +1,5 @@
 """Recovery fine-tuning after pruning (``finetune=lora``): spec, LoRA layers, training loop, case stage."""
 
-from sparsebench.finetune.spec import FinetuneSpec, defining_finetune, validate_finetune
+from sparsebench.finetune.spec import FinetuneSpec, validate_finetune
 
-__all__ = ["FinetuneSpec", "defining_finetune", "validate_finetune"]
+__all__ = ["FinetuneSpec", "validate_finetune"]

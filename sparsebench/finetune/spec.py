@@ -8,51 +8,18 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import asdict, dataclass
-from typing import Any, List, Optional
+from typing import Any
 
 from sparsebench.data.corpora import Corpus, corpus_named
 from sparsebench.errors import ConfigError
 from sparsebench.models.adapters import ADAPTERS
+from sparsebench.schema import FinetuneConfig
 
 METHODS = ("none", "lora")
 SCHEDULES = ("constant", "linear", "cosine")
 AUTOCASTS = ("auto", "none", "bfloat16", "float16")
 SPLITS = ("train", "validation", "test")
 PEFT_VERSION = "0.21.2"
-
-# Keys that say how the training runs, not what it computes: they stay out of the case id.
-HOW_TO_RUN_KEYS = ("gradient_checkpointing", "log_every")
-
-
-@dataclass
-class FinetuneConfig:
-    """The ``finetune`` keys (the Hydra schema; conf/finetune/lora.yaml documents them).
-
-    Read only when ``name`` is ``lora``, so a sweep ``finetune=none,lora finetune.steps=100`` composes.
-    """
-
-    name: str = "none"  # none | lora
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: Optional[List[str]] = None  # None: every pruned linear of the family
-    steps: int = 200
-    learning_rate: float = 1e-4
-    schedule: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    max_grad_norm: Optional[float] = 1.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    seqlen: int = 512
-    seed: int = 0
-    dataset: str = "c4"
-    split: str = "train"
-    autocast: str = "auto"
-    gradient_checkpointing: bool = False
-    merge: bool = False
-    log_every: int = 10
-
 
 
 @dataclass(frozen=True)
@@ -184,10 +151,3 @@ def validate_finetune(config: dict | None, family: str = "auto") -> FinetuneSpec
         merge=_boolean("merge", values["merge"]),
         log_every=_integer("log_every", values["log_every"], 1),
     )
-
-
-def defining_finetune(config: dict | None) -> dict | None:
-    """What of the ``finetune`` keys defines a case (None for ``finetune=none``: old case ids stay)."""
-    if not config or config.get("name", "none") == "none":
-        return None
-    return {key: value for key, value in config.items() if key not in HOW_TO_RUN_KEYS}

@@ -50,7 +50,7 @@ N:M (the paper evaluates 2:4): the n lowest L of every m consecutive inputs of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -59,17 +59,23 @@ from sparsebench.errors import ConfigError
 from sparsebench.masks import SparsityTarget, prune_counts_per_row, select_n_m
 from sparsebench.metrics import register_metric
 from sparsebench.metrics.wanda import wanda_scores
+from sparsebench.schema import run_only
 from sparsebench.stats import INPUT_SQ_NORMS, LayerStats
 
 
 SCORES = ("contribution", "obs_rank1")
 
 
+# the two keys change speed only, yet the case ids of the release that added them hash them (the
+# metric group is hashed whole): they stay in the id so that a re-launch finds those documents
+_IN_EARLIER_IDS = "hashed into the case ids of the release that added it; kept so a re-launch finds those documents"
+
+
 @dataclass
 class SwiftPruneParams:
     score: str = "contribution"
-    ewma_alpha: float = 0.125
-    refine_passes: int = 4
+    ewma_alpha: float = field(default=0.125, metadata=run_only(hashed=_IN_EARLIER_IDS))
+    refine_passes: int = field(default=4, metadata=run_only(hashed=_IN_EARLIER_IDS))
 
     def check(self, key: str) -> None:
         if self.score not in SCORES:
