@@ -48,6 +48,7 @@ class Measure:
     # or None for the dense row's range in the same column. Cells then read within or beyond noise.
     interval: Callable[[dict, str], tuple[float, float] | None] | None = None
     noise_reference: Callable[[str], float | None] | None = None
+    column_problem: Callable[[str, str, str], str | None] | None = None  # (method, sparsity label, column) -> why that cell cannot exist
 
     def lower_is_better_for(self, column: str) -> bool:
         return self.lower_is_better if self.column_lower_is_better is None else self.column_lower_is_better(column)
@@ -166,6 +167,21 @@ def _efficiency_gap(document: dict, column: str) -> str | None:
     return f"skipped: {skipped}" if skipped and ("speedup" in column or column.endswith(SPEEDUP) or "(" in column) else None
 
 
+def _efficiency_column_problem(method: str, sparsity: str, column: str) -> str | None:
+    """A speedup column that cannot exist for a row: the dense model has no sparse path, and each path has its patterns."""
+    if not column.endswith(f" {SPEEDUP}"):
+        return None
+    if method == DENSE:
+        return "the dense model has no sparse path"
+    from sparsebench.kernels.paths import PATHS
+
+    path = PATHS.get(column.split(" ", 1)[0])
+    pattern = "unstructured" if sparsity.endswith("%") else sparsity
+    if path is not None and pattern not in path.patterns:
+        return f"the {path.name} path serves {', '.join(path.patterns)} sparsity, not {pattern}"
+    return None
+
+
 def _efficiency_noise_reference(column: str) -> float | None:
     """What a cell's range is compared with: 1.0 for a speedup (the dense-stored speed), else the dense row's range."""
     return 1.0 if column.endswith(SPEEDUP) else None
@@ -177,6 +193,7 @@ EFFICIENCY = Measure(
     "bold: the best pruned value", False, _efficiency_columns, _efficiency_value,
     sorted_columns=False, shows_mean=False, column_lower_is_better=lambda column: column in ("export MB", "export / dense", "peak MB"),
     explain=_efficiency_gap, interval=_efficiency_range, noise_reference=_efficiency_noise_reference,
+    column_problem=_efficiency_column_problem,
 )
 MEASURES = {measure.name: measure for measure in (PERPLEXITY, PRUNE_TIME, ZEROSHOT, EFFICIENCY)}
 
@@ -345,6 +362,12 @@ def _table(
             problem = None if sparsity.endswith("%") else combination_problem(metric, allocator, sparsity)
             if problem:
                 inapplicable.update({(method, column): problem for column in columns if column[0] == sparsity})
+    if measure.column_problem is not None:
+        for method in methods:
+            for column in columns:
+                problem = measure.column_problem(method, column[0], column[1])
+                if problem and (method, column) not in values:
+                    inapplicable.setdefault((method, column), problem)
     missing = []
     for method in methods:
         for column in columns:
