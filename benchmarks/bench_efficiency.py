@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.cuda_graphs import graphed
 from sparsebench.kernels.paths import PATHS, converter, swapped
 
@@ -242,7 +243,7 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
     only = tuple(path for path in paths_of(sparsity) if path in args.e2e_paths)
-    result = evaluate_efficiency(model, linears, spec, "cuda", pattern, torch.float16, 4096, progress=False, only_paths=only)
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only)
     result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started})
     _print_end_to_end(result)
     return result
@@ -310,7 +311,6 @@ def gpu(args) -> None:
 def perplexity_through_paths(args) -> None:
     from transformers import AutoModelForCausalLM
 
-    from sparsebench.blockwalk import Execution
     from sparsebench.evaluate.perplexity import perplexity
     from sparsebench.models.adapters import adapter_for
 

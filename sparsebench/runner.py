@@ -238,8 +238,7 @@ def _efficiency(spec: CaseSpec, loaded: LoadedModel) -> StageOutput:
     started = time.perf_counter()
     zeroshot.place(loaded.model, spec.device, spec.offload)
     result = efficiency.evaluate_efficiency(
-        loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.device, spec.pattern, loaded.dtype,
-        loaded.context_length, spec.progress,
+        loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.execution(1), spec.pattern, loaded.context_length
     )
     return StageOutput({"metrics": {"efficiency": result}}, {"eval_efficiency_s": time.perf_counter() - started})
 
@@ -256,7 +255,7 @@ def _finetune(spec: CaseSpec, loaded: LoadedModel, tokens: CaseTokens, report: P
     finetune = spec.finetune
     source, notes = _training_source(spec, finetune.corpus, finetune.split, "finetune")
     started = time.perf_counter()
-    outcome = run_finetune(finetune, loaded.model, loaded.tokenizer, loaded.adapter, source, spec.device, spec.cache_dir, tokens.fingerprint, spec.progress)
+    outcome = run_finetune(finetune, loaded, source, spec.execution(finetune.batch_size), spec.cache_dir, tokens.fingerprint)
     sections: dict = {"finetune": outcome.section}
     layers = None
     if report is not None:  # the evaluated weights: recount (checked against the targets again by run_case)

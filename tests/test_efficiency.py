@@ -80,7 +80,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
     spec = validate_efficiency({"enabled": True, "prefill_batch": 1, "prefill_seqlen": 512, "decode_batches": [1], "decode_prompt": 8,
                                 "decode_tokens": 3, "warmup": 0, "repeats": 1, "sparse_kernels": "auto"})
     linears = [m for name, m in model.named_modules() if name.endswith("proj")]
-    result = evaluate_efficiency(model, linears, spec, "cpu", None, torch.float32, 256, progress=False)
+    result = evaluate_efficiency(model, linears, spec, Execution("cpu"), None, 256)
     assert result["runs"]["dense_stored"]["modes"]["eager"]["prefill"]["seqlen"] == 256  # capped at the model's context
     assert [skip["why"] for skip in result["skipped"] if skip["what"] == "sparse kernels"] == [
         "the sparse kernels (cuSPARSELt 2:4, the Triton bitmask kernel) need a CUDA GPU; this case ran on the CPU"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.cuda_graphs import StaticDecoder
 from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
 from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped
@@ -123,7 +124,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
 def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     model, linears = _sparse_model("2:4")
     spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph"))
-    result = evaluate_efficiency(model, linears, spec, "cuda", NMPattern(2, 4), torch.float16, 256, progress=False)
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256)
     assert result["skipped"] == [], result["skipped"]
     assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured"}
     for run in result["runs"].values():

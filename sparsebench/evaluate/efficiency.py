@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from sparsebench.blockwalk import Execution
 from sparsebench.errors import ConfigError
 from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.measure import PeakMemory, conditions, timed
@@ -223,13 +224,16 @@ def _path_run(model, linears, path, spec, device, context, memory, progress) -> 
 
 
 def evaluate_efficiency(
-    model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, device: str, pattern, dtype: torch.dtype, context: int | None,
-    progress: bool = True, only_paths: tuple[str, ...] | None = None,
+    model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, execution: Execution, pattern, context: int | None,
+    only_paths: tuple[str, ...] | None = None,
 ) -> dict:
-    """The result document's ``metrics.efficiency`` section for a model already on ``device``.
+    """The result document's ``metrics.efficiency`` section for a model already on ``execution.device``, in the
+    dtype of its parameters.
 
     ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
     """
+    device, progress = execution.device, execution.progress
+    dtype = next(model.parameters()).dtype
     memory = PeakMemory(device)
     skipped = []
     if memory.reason_unavailable is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,10 @@ from sparsebench.finetune.loop import TrainSettings, resolve_autocast, train
 from sparsebench.finetune.spec import FinetuneSpec
 from sparsebench.models.adapters import FamilyAdapter
 from sparsebench.sparsity import count_zeros
+
+if TYPE_CHECKING:
+    from sparsebench.blockwalk import Execution
+    from sparsebench.models.loading import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +62,10 @@ def settings_of(spec: FinetuneSpec, autocast: str) -> TrainSettings:
     )
 
 
-def run_finetune(
-    spec: FinetuneSpec,
-    model: nn.Module,
-    tokenizer,
-    adapter: FamilyAdapter,
-    source: TextSource,
-    device: str,
-    cache_dir,
-    fingerprint: str | None,
-    progress: bool = True,
-) -> FinetuneOutcome:
-    """Fine-tune ``model`` in place with LoRA; returns the document section and the zeros after."""
+def run_finetune(spec: FinetuneSpec, loaded: LoadedModel, source: TextSource, execution: Execution, cache_dir, fingerprint: str | None) -> FinetuneOutcome:
+    """Fine-tune ``loaded.model`` in place with LoRA on ``execution.device``; returns the document section and the zeros after."""
+    model, tokenizer, adapter = loaded.model, loaded.tokenizer, loaded.adapter
+    device, progress = execution.device, execution.progress
     started = time.perf_counter()
     tokens = calibration_tokens(source, tokenizer, spec.sequences, spec.seqlen, spec.seed, cache_dir, fingerprint)
     data_s = time.perf_counter() - started
