@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.cuda_graphs import graphed
 from sparsebench.kernels.paths import PATHS, converter, swapped
+from sparsebench.sparse_layout import is_2of4
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
 LLAMA2_7B_LINEARS = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
@@ -320,8 +321,7 @@ def perplexity_through_paths(args) -> None:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16).cuda().eval()
         adapter = adapter_for("auto", model.config.model_type)
         linears = [linear for block in adapter.get_blocks(model) for linear in adapter.get_linears(block).values()]
-        is_2of4 = all(int(linear.weight.reshape(linear.weight.shape[0], -1, 4).ne(0).sum(-1).max()) <= 2 for linear in linears)
-        sparsity = "2:4" if is_2of4 else "unstructured"
+        sparsity = "2:4" if all(is_2of4(linear.weight) for linear in linears) else "unstructured"
         zeros = sum(int((linear.weight == 0).sum()) for linear in linears) / sum(linear.weight.numel() for linear in linears)
         dense = perplexity(model, adapter, segments, Execution("cuda", batch_size=4)).ppl
         row = {"model": str(folder), "sparsity": sparsity, "zeros": zeros, "segments": list(segments.shape), "ppl_dense_stored": dense, "paths": {}}

@@ -29,6 +29,8 @@ from sparsebench.finetune.stage import run_finetune
 from sparsebench.evaluate.perplexity import perplexity, segment
 from sparsebench.models.loading import LoadedModel, load_model
 from sparsebench.prune import PrunePlan, PruneReport, prune_model
+from sparsebench.masks import NMPattern
+from sparsebench.sparse_layout import is_2of4
 from sparsebench.sparsity import LayerSparsity
 from torch import Tensor
 from sparsebench.results import (
@@ -237,9 +239,11 @@ def _export(spec: CaseSpec, loaded: LoadedModel, case: str, dense_parameters: in
 def _efficiency(spec: CaseSpec, loaded: LoadedModel) -> StageOutput:
     started = time.perf_counter()
     zeroshot.place(loaded.model, spec.device, spec.offload)
-    result = efficiency.evaluate_efficiency(
-        loaded.model, list(_pruned_linears(loaded).values()), spec.efficiency, spec.execution(1), spec.pattern, loaded.context_length
-    )
+    linears = list(_pruned_linears(loaded).values())
+    pattern = spec.pattern
+    if spec.is_dense and linears and all(is_2of4(linear.weight) for linear in linears):  # a 2:4 export loaded back: its 2:4 paths
+        pattern = NMPattern(2, 4)
+    result = efficiency.evaluate_efficiency(loaded.model, linears, spec.efficiency, spec.execution(1), pattern, loaded.context_length)
     return StageOutput({"metrics": {"efficiency": result}}, {"eval_efficiency_s": time.perf_counter() - started})
 
 

@@ -90,6 +90,12 @@ def keep_24(weight: torch.Tensor) -> torch.Tensor:
     return keep.reshape(rows, cols)
 
 
+def is_2of4(weight: torch.Tensor) -> bool:
+    """Whether a 2-D ``weight`` is 2:4 sparse: at most two non-zeros in every group of four consecutive inputs."""
+    rows, cols = weight.shape
+    return cols % 4 == 0 and int(weight.detach().reshape(rows, -1, 4).ne(0).sum(dim=-1).max()) <= 2
+
+
 def pack_24(weight: torch.Tensor) -> Bitmask24:
     """A 2:4 ``weight`` in the ``sparse-24-bitmask`` layout; raises if a group has more than two non-zeros."""
     if weight.dim() != 2:

@@ -40,6 +40,7 @@ def _check_evaluated(pruned: dict, evaluated: dict) -> None:
     assert measured["zeros"] == pruned["sparsity"]["zeros"] and measured["achieved"] == pruned["sparsity"]["achieved"] >= 0.5
     assert {name: layer["zeros"] for name, layer in measured["per_layer"].items()} == {name: layer["zeros"] for name, layer in pruned["sparsity"]["per_layer"].items()}
     assert evaluated["metrics"]["zeroshot"]["piqa"]["acc"] >= 0 and evaluated["metrics"]["efficiency"]["runs"]["dense_stored"]["modes"]["eager"]["prefill"]["tokens_per_s"] > 0
+    assert evaluated["metrics"]["efficiency"]["pattern"] == "2:4"  # the loaded weights' pattern: their 2:4 paths are the ones timed
     assert evaluated["finetune"]["steps"] == 2 and evaluated["metrics"]["ppl"]["wikitext2"]["ppl"] > 1
 
 

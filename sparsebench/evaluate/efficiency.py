@@ -242,6 +242,7 @@ def evaluate_efficiency(
         "device": device,
         "gpu": torch.cuda.get_device_name(device) if device.startswith("cuda") else None,
         "dtype": str(dtype).removeprefix("torch."),
+        "pattern": pattern_name(pattern),  # whose sparse paths are measured
         "cpu_threads": torch.get_num_threads(),
         "warmup": spec.warmup,
         "repeats": spec.repeats,

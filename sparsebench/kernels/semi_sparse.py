@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsebench.sparse_layout import is_2of4
+
 log = logging.getLogger(__name__)
 
 DTYPES = (torch.float16, torch.bfloat16)
@@ -48,8 +50,7 @@ def semi_sparse_problem(linear: nn.Linear) -> str | None:
     out_features, in_features = weight.shape
     if out_features % WEIGHT_MULTIPLE or in_features % WEIGHT_MULTIPLE:
         return f"cuSPARSELt needs both weight dimensions to be multiples of {WEIGHT_MULTIPLE}; this weight is {out_features} x {in_features}"
-    kept = weight.detach().reshape(out_features, -1, 4).ne(0).sum(dim=-1)
-    if int(kept.max()) > 2:
+    if not is_2of4(weight):
         return "the weight is not 2:4 sparse (a group of four consecutive inputs has more than two non-zeros)"
     if weight.device.type != "cuda":
         return f"cuSPARSELt needs the weight on a CUDA GPU (it is on {weight.device.type})"
