@@ -379,7 +379,7 @@ def _outer_bytes(folder: str, layers: int) -> int:
     """Bytes of the tensors outside the blocks in a written safetensors file (embeddings, final norm, head) and its header."""
     from safetensors import safe_open
 
-    path = Path(folder) / "model.safetensors"
+    (path,) = Path(folder).glob("*.safetensors")  # model.safetensors (hf) or sparsebench_model.safetensors (compact)
     inside = 0
     with safe_open(str(path), "pt") as stored:
         for key in stored.keys():

@@ -14,6 +14,7 @@ only to that older stack; ``sparsebench.export.load_export`` reads it too.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,6 +23,8 @@ from pathlib import Path
 from sparsebench.errors import ModelLoadError
 from sparsebench.export import DENSE, HF_WEIGHTS_FILE, SECTION, WEIGHTS_FILE, read_export
 from sparsebench.files import share_folder
+
+log = logging.getLogger(__name__)
 
 VERSION = "0.13.0"
 STRUCTURES = {"sparse-bitmask": "unstructured", "sparse-24-bitmask": "2:4"}
@@ -65,4 +68,8 @@ def to_compressed_tensors_013(folder: str | Path, out: str | Path) -> Path:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    log.warning(
+        "%s is in compressed-tensors %s's layout: only that release (and vLLM <= 0.18.1 for 2:4) reads it right; current "
+        "compressed-tensors with transformers 5 loads it without an error but with its pruned weights freshly initialised", out, VERSION,
+    )
     return out
