@@ -76,6 +76,7 @@ def time_methods(model, adapter, ids, methods: list[str], sparsity: float, devic
     from sparsebench.layers import prunable_layers
     from sparsebench.blockwalk import Execution
     from sparsebench.prune import PrunePlan, dense_block_summaries, prune_model, weight_block_summaries
+    from sparsebench.trials import BlockTrials
 
     original = {name: p.detach().cpu() for name, p in model.named_parameters() if p.dim() == 2 and "embed" not in name and "lm_head" not in name}
     layers = prunable_layers(model, adapter)
@@ -95,6 +96,9 @@ def time_methods(model, adapter, ids, methods: list[str], sparsity: float, devic
                 weight_passes[self.kind] = weight_block_summaries(model, adapter, summarize, Execution(device))
             return weight_passes[self.kind]
 
+        def trials(self):
+            return BlockTrials(model, adapter, PrunePlan(self.metric, self.metric_params, {}, None), ids, Execution(device, False, batch_size))
+
     for text in methods:
         metric_name, allocator_name, keys = parse_method(text)
         for name, parameter in model.named_parameters():
@@ -107,6 +111,7 @@ def time_methods(model, adapter, ids, methods: list[str], sparsity: float, devic
         allocator = allocator_class(params, metric, metric_params)
         started = time.perf_counter()
         context = Context(params.get("layerwise", allocator_name))
+        context.metric, context.metric_params = metric, metric_params
         ratios = allocator.plan(context).ratios
         reused = context.reused
         _synchronize(device)
@@ -147,7 +152,7 @@ def main() -> None:
         model, seconds = _timed(lambda: _llama(layers, 4096, 11008, 32, device, torch.float16), device)
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; LLaMA-2-7B shapes, {layers} blocks, built in {seconds:.1f} s")
     else:
-        device, nsamples, seqlen, layers = "cpu", args.nsamples or 4, 128, args.layers or 2
+        device, nsamples, seqlen, layers = "cpu", args.nsamples or 8, 128, args.layers or 2  # 8: NeuroAL's default samples
         model = _llama(layers, 256, 512, 4, device, torch.float32)
     ids = torch.randint(0, 32000, (nsamples, seqlen), generator=torch.Generator().manual_seed(0))
     print(f"sparsity {args.sparsity}, calibration {nsamples} x {seqlen} random tokens", flush=True)
