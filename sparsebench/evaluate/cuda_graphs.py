@@ -49,8 +49,10 @@ class StaticDecoder:
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=prompt_ids.device)
         self.generated: list[torch.Tensor] = []
         self.prefill()  # the cache allocates its tensors on first use, before any capture
-        self.graph = graphed(self._forward_step) if graph else None  # warm-up steps advance the cache; prefill() rewinds it
+        self.graph = graphed(self._forward_step) if graph else None
         self._step = self.graph.replay if graph else self._forward_step
+        if graph:  # the warm-up steps before the capture advanced the cache and the token: rewind
+            self.prefill()
 
     @torch.inference_mode()
     def _forward_step(self) -> None:

@@ -10,6 +10,15 @@ reaches them through cuSPARSELt with three private operators, the same ones its
   returns the fastest one's id;
 - ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
 
+The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is. Handing on the
+transposed view of ``W @ x.T`` instead (what this module did first) made a whole LLaMA block 2.9x slower
+at 2,048 tokens on an H100 while its linears were 1.4x faster (docs/data/efficiency_gpu, the H100 run
+of 2026-12-05): the attention's query, key and value then have a strided last dimension, which
+FlashAttention refuses, so ``scaled_dot_product_attention`` fell back to a slower kernel. Two ways to a
+contiguous output: ``transpose_result=True`` (cuSPARSELt writes ``[tokens, out]`` itself) or a copy of
+the transposed view (one pass over the output); ``fused_transpose`` picks, and the algorithm search is
+done for the form used.
+
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
 algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
 outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
@@ -38,7 +47,8 @@ DTYPES = (torch.float16, torch.bfloat16)
 WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
 TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
 
-# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
+FUSED_TRANSPOSE = False  # the default output form (see the module's docstring); benchmarks/bench_efficiency.py times both
+# (out_features, in_features, dtype, padded token count, fused_transpose) -> cuSPARSELt algorithm id; shared by every linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
 
 
@@ -63,28 +73,30 @@ def semi_sparse_problem(linear: nn.Linear) -> str | None:
 class SemiSparseLinear(nn.Module):
     """``y = x @ W.T + b`` for a 2:4 weight, through ``torch._cslt_sparse_mm`` with a searched algorithm id."""
 
-    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype):
+    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype,
+                 fused_transpose: bool = FUSED_TRANSPOSE):
         super().__init__()
         self.out_features, self.in_features, self.dtype = out_features, in_features, dtype
+        self.fused_transpose = fused_transpose
         self.register_buffer("packed", packed)
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> SemiSparseLinear:
+    def from_linear(cls, linear: nn.Linear, fused_transpose: bool = FUSED_TRANSPOSE) -> SemiSparseLinear:
         """Compress ``linear``'s 2:4 weight once; raises ValueError naming why it cannot."""
         problem = semi_sparse_problem(linear)
         if problem is not None:
             raise ValueError(problem)
         weight = linear.weight.detach()
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(torch._cslt_compress(weight.contiguous()), weight.shape[0], weight.shape[1], bias, weight.dtype)
+        return cls(torch._cslt_compress(weight.contiguous()), weight.shape[0], weight.shape[1], bias, weight.dtype, fused_transpose)
 
     def weight_bytes(self) -> int:
         """Bytes the layer keeps on the GPU: the packed weight (kept values and metadata) and the bias."""
         return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
 
     def _algorithm(self, rows_t: torch.Tensor) -> int:
-        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
+        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1], self.fused_transpose)
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
             if torch.cuda.is_current_stream_capturing():
@@ -92,7 +104,7 @@ class SemiSparseLinear(nn.Module):
                     f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
                     "run the same shapes once before capturing a CUDA graph (the search cannot be captured)"
                 )
-            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t))
+            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t, transpose_result=self.fused_transpose))
             _ALGORITHM_IDS[key] = alg_id
             log.debug("cuSPARSELt algorithm %d for %s", alg_id, key)
         return alg_id
@@ -104,11 +116,15 @@ class SemiSparseLinear(nn.Module):
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
         rows_t = rows.t()  # [in, tokens], column-major
-        product = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=self._algorithm(rows_t))  # W @ x.T: [out, tokens]
-        out = product[:, :tokens].t()
+        alg_id = self._algorithm(rows_t)
+        if self.fused_transpose:  # (W @ x.T).T written by cuSPARSELt: [tokens, out], contiguous
+            out = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=alg_id, transpose_result=True)[:tokens]
+        else:  # W @ x.T: [out, tokens], then one copy into [tokens, out]
+            out = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=alg_id)[:, :tokens].t().contiguous()
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4, "
+                f"fused_transpose={self.fused_transpose}")
