@@ -235,15 +235,17 @@ def gemv24_matmul(x2d: Tensor, packed: Bitmask24, bias: Tensor | None = None, la
     Made for T in 1..16 (one token on CUDA cores, 2 to 16 on the tensor cores in one tile); more tokens
     run as tiles of 16, each decoding the weight again.
     """
-    _check(x2d, packed, bias)
     rows, cols = packed.shape
     tokens = x2d.shape[0]
     launch = launch or default_launch(tokens, rows, cols)
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
         raise ValueError(f"{tokens} tokens run on the tensor cores: the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
+    _check(x2d, packed, bias)
     if tokens == 0:
         return x2d.new_empty(0, rows)
     x2d = x2d.contiguous()
+    if x2d.data_ptr() % 8:  # the one-token kernel reads x as 8-byte words
+        x2d = x2d.clone(memory_format=torch.contiguous_format)
     n_bytes = cols // 8
     bytes_per_split = -(-n_bytes // launch.splits)
     splits = -(-n_bytes // bytes_per_split)
