@@ -9,8 +9,9 @@ magnitude (honest for time and memory, never for quality), sparse paths against 
 
 1. per linear: each 7B linear shape at 1, 16, 2,048 and 8,192 tokens, for each path (``cusparselt``:
    cuSPARSELt called directly; ``cusparselt_other_output_form``: the same with the other way to a contiguous
-   output, ``fused_transpose`` flipped; ``semi_structured``: torch.sparse's tensor subclass; ``bitmask``: the Triton
-   kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
+   output, ``fused_transpose`` flipped; ``semi_structured``: torch.sparse's tensor subclass; ``cusparselt_gemv24``: the
+   sparse-24-bitmask Triton kernel up to 16 tokens, cuSPARSELt above; ``gemv24``: that kernel at every token
+   count; ``bitmask``: the Triton kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
    and the output's relative difference from the dense product;
 2. per block: one decoder block (attention, MLP, norms) at 1, 16 and 2,048 tokens, dense and sparse, eager
    and as a graph, beside the sum of its seven linears: the share of a block's time the linears take;
@@ -74,7 +75,7 @@ OTHER_TRANSPOSE = "cusparselt_other_output_form"  # cuSPARSELt with the output f
 
 
 def paths_of(sparsity: str) -> list[str]:
-    return ["cusparselt", OTHER_TRANSPOSE, "semi_structured"] if sparsity == "2:4" else ["bitmask"]
+    return ["cusparselt", OTHER_TRANSPOSE, "semi_structured", "cusparselt_gemv24", "gemv24"] if sparsity == "2:4" else ["bitmask"]
 
 
 def _event_median(call, calls: int, repeats: int) -> tuple[float, list[float]]:
@@ -405,7 +406,7 @@ def main() -> None:
     g.add_argument("--layers", type=int, default=32, help="blocks of the 7B-shaped model for the whole-model figures (of 32)")
     g.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"], help="2:4 and/or unstructured ratios such as 0.5 0.6 0.7 0.8")
     g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"])
-    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model")
+    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask)")
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--e2e-repeats", type=int, default=5)
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")

@@ -94,7 +94,7 @@ def test_the_unstructured_path_is_wired_to_bitmask_linear(monkeypatch):
     stand_in.BitmaskLinear = _StandIn
     monkeypatch.setitem(sys.modules, "sparsebench.kernels.bitmask_linear", stand_in)
     assert [path.name for path in paths_for("unstructured")] == ["bitmask"]
-    assert [path.name for path in paths_for("2:4")] == ["cusparselt", "semi_structured"] and paths_for("4:8") == []
+    assert [path.name for path in paths_for("2:4")] == ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] and paths_for("4:8") == []
     model = tiny_model("llama")
     linears = _linears(model)
     run, skipped = _path_run(model, linears, PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)

@@ -95,9 +95,9 @@ def test_every_sparse_path_gives_the_dense_stored_logits(pattern):
         assert torch.equal(model(input_ids=ids).logits, dense)  # put back
 
 
-@pytest.mark.parametrize("path_name", [None, "cusparselt"])
+@pytest.mark.parametrize("path_name", [None, "cusparselt", "cusparselt_gemv24"])
 def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
-    """Dense-stored in float32 (so HF's generate, another attention path, picks the same tokens); cuSPARSELt in float16."""
+    """Dense-stored in float32 (so HF's generate, another attention path, picks the same tokens); the sparse paths in float16."""
     model, linears = _sparse_model("2:4", torch.float32 if path_name is None else torch.float16)
     prompt = torch.randint(0, 320, (3, 9), device="cuda", generator=torch.Generator(device="cuda").manual_seed(2))
 
@@ -128,7 +128,7 @@ def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph"))
     result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256)
     assert result["skipped"] == [], result["skipped"]
-    assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured"}
+    assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"}
     for run in result["runs"].values():
         assert set(run["modes"]) == {"eager", "static_eager", "cuda_graph"}
         assert all(decode["tokens_per_s"] > 0 for mode in run["modes"].values() for decode in mode["decode"].values())

@@ -6,7 +6,10 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
 - ``semi_structured``: 2:4 through PyTorch's tensor subclass ``torch.sparse.to_sparse_semi_structured`` under an
   ``nn.Linear`` (cuSPARSELt too, but with the default algorithm id and the subclass's host work on every call);
 - ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout, a Triton kernel
-  (``sparsebench.kernels.bitmask_linear``).
+  (``sparsebench.kernels.bitmask_linear``);
+- ``cusparselt_gemv24``: 2:4, both cuSPARSELt's packed weight and the ``sparse-24-bitmask`` layout held, the
+  kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
+- ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count.
 
 ``swapped(model, linears, path)`` replaces the modules and parks the dense linears on the CPU, so the GPU holds
 only what the path stores, then puts everything back.
@@ -20,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+
+GEMV24_MAX_TOKENS = 16  # cusparselt_gemv24: calls of at most this many tokens go through gemv24, more through cuSPARSELt
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,12 @@ PATHS = {
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
         SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
                    "sparsebench.kernels.bitmask_linear", "BitmaskLinear.from_linear"),
+        SparsePath("cusparselt_gemv24", f"2:4, both forms held: <= {GEMV24_MAX_TOKENS} tokens through the Triton kernel on the sparse-24-bitmask "
+                   f"layout (gemv24), more through cuSPARSELt called directly; weights in memory count both (about 0.56 + 0.58 of dense)",
+                   ("2:4",), "sparsebench.kernels.paths", "TokenCountLinear.from_linear"),
+        SparsePath("gemv24", "2:4, the Triton kernel on the sparse-24-bitmask layout at every token count (made for 1-16; more tokens "
+                   "run as tiles of 16, each decoding the weight again: slow prefill)", ("2:4",), "sparsebench.kernels.gemv24",
+                   "Gemv24Linear.any_tokens"),
     )
 }
 
@@ -55,6 +67,32 @@ def converter(path: SparsePath):
     for part in path.converter.split("."):
         target = getattr(target, part)
     return target
+
+
+class TokenCountLinear(nn.Module):
+    """A 2:4 linear holding both ``SemiSparseLinear`` (cuSPARSELt) and ``Gemv24Linear`` (the sparse-24-bitmask kernel):
+    a call of at most ``GEMV24_MAX_TOKENS`` tokens goes to gemv24, a longer one to cuSPARSELt."""
+
+    def __init__(self, decode: nn.Module, prefill: nn.Module) -> None:
+        super().__init__()
+        self.decode, self.prefill = decode, prefill
+        self.in_features, self.out_features = prefill.in_features, prefill.out_features
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> TokenCountLinear:
+        """Both packed forms of ``linear``'s 2:4 weight; raises ValueError naming why either cannot be built."""
+        from sparsebench.kernels.gemv24 import Gemv24Linear
+        from sparsebench.kernels.semi_sparse import SemiSparseLinear
+
+        return cls(Gemv24Linear.from_linear(linear, max_tokens=GEMV24_MAX_TOKENS), SemiSparseLinear.from_linear(linear))
+
+    def weight_bytes(self) -> int:
+        """Both forms' bytes (values, bitmask, cuSPARSELt's packed weight and each one's bias copy)."""
+        return self.decode.weight_bytes() + self.prefill.weight_bytes()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // self.in_features
+        return self.decode(x) if tokens <= GEMV24_MAX_TOKENS else self.prefill(x)
 
 
 def semi_structured_linear(linear: nn.Linear) -> nn.Linear:
