@@ -20,6 +20,14 @@ Seen on an H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0): ``_cslt_sparse_mm_search
 instruction that poisons the CUDA context). So the token count is padded to a multiple of 16 and the
 product is the plain ``W @ x.T`` form searched in /work/shared/docs/sparse-kernels.md (16 to 8,192 tokens);
 a bias is added afterwards.
+
+For ``torch.compile`` the product is the custom operator ``sparsebench::cusparselt_mm`` (``torch.library``,
+opaque to the compiler, with a fake implementation that gives its shape): the padding, transposes and bias
+around it stay ordinary operators that the compiler may fuse. The algorithm id is an argument of the operator,
+looked up before it: a search cannot run while the compiler traces, so tracing a shape with no searched id
+raises (run it eagerly first), as capturing one does. Eagerly the module calls the same function directly:
+the operator's dispatch costs about 10 us of host time a call (measured on this project's CPU), which would
+change what the eager modes measure.
 """
 
 from __future__ import annotations
@@ -40,6 +48,19 @@ TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (tor
 
 # (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
+
+
+def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    """``W @ rows.T`` (``[out_features, tokens]``, contiguous) for the packed 2:4 weight ``W`` and ``rows [tokens, in]``, with cuSPARSELt algorithm ``alg_id``."""
+    return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id)
+
+
+cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=())
+
+
+@cusparselt_mm.register_fake
+def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    return rows.new_empty(out_features, rows.shape[0])
 
 
 def semi_sparse_problem(linear: nn.Linear) -> str | None:
@@ -87,10 +108,12 @@ class SemiSparseLinear(nn.Module):
         key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
-            if torch.cuda.is_current_stream_capturing():
+            tracing = torch.compiler.is_compiling()
+            if tracing or torch.cuda.is_current_stream_capturing():
+                before = "torch.compile traces the model" if tracing else "capturing a CUDA graph"
                 raise RuntimeError(
                     f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
-                    "run the same shapes once before capturing a CUDA graph (the search cannot be captured)"
+                    f"run the same shapes once eagerly before {before} (the search can be neither traced nor captured)"
                 )
             alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t))
             _ALGORITHM_IDS[key] = alg_id
@@ -103,8 +126,9 @@ class SemiSparseLinear(nn.Module):
         padding = (-tokens) % TOKEN_MULTIPLE
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
-        rows_t = rows.t()  # [in, tokens], column-major
-        product = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=self._algorithm(rows_t))  # W @ x.T: [out, tokens]
+        alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
+        multiply = torch.ops.sparsebench.cusparselt_mm.default if torch.compiler.is_compiling() else cusparselt_product
+        product = multiply(self.packed, rows, alg_id, self.out_features)  # W @ x.T: [out, tokens]
         out = product[:, :tokens].t()
         if self.bias is not None:
             out = out + self.bias
