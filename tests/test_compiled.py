@@ -141,3 +141,21 @@ def test_the_mode_is_a_configured_value_and_is_skipped_with_its_reason_on_the_cp
     measured, skipped = measure_modes(tiny_model("llama"), spec, "cpu", 64, PeakMemory("cpu"), False, "dense_stored")
     assert set(measured) == {"eager"}
     assert skipped == [{"what": "dense_stored: mode compiled_graph", "why": "CUDA graphs need a CUDA GPU; this case ran on the CPU"}]
+
+
+def test_what_the_mode_runs_compiles_exactly_the_counted_times():
+    from sparsebench.evaluate.efficiency import (COMPILATIONS_PER_DECODE_BATCH, COMPILATIONS_PER_PREFILL, EfficiencySpec, _run_shapes,
+                                                 prefill, static_decode)
+    from sparsebench.evaluate.measure import PeakMemory
+
+    model, memory = tiny_model("llama"), PeakMemory("cpu")
+    spec = EfficiencySpec(1, 16, (1, 2), 8, 6, 1, 2, "auto", ("compiled_graph",))
+    shapes = COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)
+    counters.clear()
+    with compiled_forward(model, shapes=shapes, backend="eager"):
+        _run_shapes(model, spec, 16, "cpu")
+        assert counters["stats"]["unique_graphs"] == shapes
+        prefill(model, 1, 16, "cpu", 1, 2, memory)  # the timed calls (graph=False: the same calls a graph would capture)
+        for batch in spec.decode_batches:
+            static_decode(model, batch, 8, 6, "cpu", 1, 2, memory, graph=False)
+    assert counters["stats"]["unique_graphs"] == shapes

@@ -17,8 +17,9 @@ attention passes ``self.layer_idx`` to the cache (``cache.layers[layer_idx].upda
 layer guards on its own index and recompiles (checked with transformers 5.25 and torch 2.13: six layers hit
 the recompile limit of 8 with ``last reason: self._modules['self_attn'].layer_idx == 0``). Marking the index
 dynamic does not help, since indexing a Python list by it specialises it again. The whole-model forward is
-traced once per input shape, whatever the number of layers: with ``dynamic=False`` one compilation per
-prefill shape and two per decode batch (the prompt on the static cache, then the one-token step).
+traced once per input shape and cache state, whatever the number of layers: with ``dynamic=False`` one
+compilation per prefill shape and three per decode batch (the prompt on a fresh ``StaticCache``, whose first
+update allocates its tensors; the prompt on the rewound cache; the one-token step).
 
 Failing loudly: ``fullgraph=True`` makes a graph break an error, and within ``compiled_forward`` Dynamo's
 ``fail_on_recompile_limit_hit`` is on with ``recompile_limit`` set to the number of shapes the caller will

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 SPARSE_KERNEL_MODES = ("auto", "off")
 MODES = ("eager", "static_eager", "cuda_graph", "compiled_graph")
 GRAPH_MODES = ("cuda_graph", "compiled_graph")  # replayed as CUDA graphs
+COMPILATIONS_PER_PREFILL, COMPILATIONS_PER_DECODE_BATCH = 1, 3  # see _run_shapes
 SPARSE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 DENSE_PATH = "dense_stored"
 HEADLINE_PATHS = ("cusparselt", "bitmask")  # the paths a table's "speedup" columns show (the labelled semi_structured row is not one)
@@ -159,13 +160,20 @@ def check_lengths(spec: EfficiencySpec, context: int | None) -> None:
 
 
 def _run_shapes(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str) -> None:
-    """One untimed call of every shape the modes run: the prefill, and per decode batch a static-cache prompt and its steps."""
+    """One untimed call of everything the modes run: the prefill; per decode batch the prompt on a fresh static cache (which
+    allocates its tensors), the steps, and the prompt on the rewound cache (as each timed repeat starts).
+
+    The token ids are made outside inference mode, as ``prefill`` and ``static_decode`` make them: a compiled forward
+    guards on it (an inference tensor would be another compilation).
+    """
     ids = _token_ids(model.config.vocab_size, spec.prefill_batch, seqlen, device)
+    prompts = [_token_ids(model.config.vocab_size, batch, spec.decode_prompt, device, seed=1) for batch in spec.decode_batches]
     with torch.inference_mode():
         model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        for batch in spec.decode_batches:
-            decoder = StaticDecoder(model, _token_ids(model.config.vocab_size, batch, spec.decode_prompt, device, seed=1), spec.decode_tokens - 1, graph=False)
+        for prompt in prompts:
+            decoder = StaticDecoder(model, prompt, spec.decode_tokens - 1, graph=False)
             decoder.decode()
+            decoder.prefill()
             del decoder
 
 
@@ -173,9 +181,9 @@ def _run_shapes(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str
 def _compiled_mode(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str):
     """``model.forward`` compiled for ``compiled_graph``: every shape runs once eagerly first (cuSPARSELt searches its
     algorithm ids, which cannot happen while the compiler traces), then once compiled (all compilation done before
-    any capture), at most one compilation per shape."""
+    any capture), at most one compilation per input shape and cache state."""
     _run_shapes(model, spec, seqlen, device)
-    with compiled_forward(model, shapes=1 + 2 * len(spec.decode_batches)):
+    with compiled_forward(model, shapes=COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)):
         _run_shapes(model, spec, seqlen, device)
         yield
 
