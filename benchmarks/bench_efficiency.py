@@ -104,12 +104,12 @@ def _eager_and_graph(fn, calls: int, repeats: int) -> dict:
     return row
 
 
-def _compiled_graph(block, fn, calls: int, repeats: int) -> dict:
-    """``fn`` with ``block``'s forward compiled (``sparsebench.evaluate.compiled``, one shape) and ``calls`` calls replayed as one CUDA graph."""
+def _compiled_graph(block, call, calls: int, repeats: int) -> dict:
+    """``call(compiled block)`` (``sparsebench.evaluate.compiled``, one shape), ``calls`` calls replayed as one CUDA graph."""
     try:
-        with compiled_forward(block, shapes=1):
-            fn()  # compiled before the capture; the graph replays inside, while the compiled kernels live
-            graph = graphed(lambda: [fn() for _ in range(calls)])
+        with compiled_forward(block, shapes=1) as compiled:
+            call(compiled)  # compiled before the capture; the graph replays inside, while the compiled kernels live
+            graph = graphed(lambda: [call(compiled) for _ in range(calls)])
             replayed, replayed_all = _event_median(graph.replay, 1, repeats)
             del graph
     except RuntimeError as error:  # reported, not hidden
@@ -216,8 +216,8 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], c
         position_embeddings = model.model.rotary_emb(hidden, torch.arange(tokens, device="cuda").unsqueeze(0))
         calls = 20 if tokens <= 16 else 5
 
-        def forward():
-            return block(hidden, attention_mask=None, position_embeddings=position_embeddings)
+        def forward(run=block):
+            return run(hidden, attention_mask=None, position_embeddings=position_embeddings)
 
         def timing():  # eager first: cuSPARSELt searches its algorithm ids there, before any capture or tracing
             row = _eager_and_graph(forward, calls, repeats)

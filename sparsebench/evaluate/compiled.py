@@ -6,8 +6,8 @@ with ``torch.compile`` and replays CUDA graphs). Compiling both the dense-stored
 capturing the compiled forward in the same CUDA graphs as the ``cuda_graph`` mode (``graphed``,
 ``StaticDecoder``), measures what sparsity buys once that fixed overhead is fused.
 
-What is compiled: the whole model's forward, ``model.forward = torch.compile(model.forward, fullgraph=True,
-dynamic=False)`` with the default mode (not ``"reduce-overhead"``: the CUDA graphs are captured by
+What is compiled: the whole model's forward, ``torch.compile(model, fullgraph=True, dynamic=False)`` with the
+default mode (not ``"reduce-overhead"``: the CUDA graphs are captured by
 ``sparsebench.evaluate.cuda_graphs``, so the compiler must not capture its own). The decoder layers are unrolled
 into one graph, as vLLM compiles one graph for the whole model. The sparse linears are opaque custom operators
 (``sparsebench::cusparselt_mm``, ``sparsebench::bitmask_matmul``); everything around them is fused by Inductor.
@@ -17,19 +17,20 @@ attention passes ``self.layer_idx`` to the cache (``cache.layers[layer_idx].upda
 layer guards on its own index and recompiles (checked with transformers 5.25 and torch 2.13: six layers hit
 the recompile limit of 8 with ``last reason: self._modules['self_attn'].layer_idx == 0``). Marking the index
 dynamic does not help, since indexing a Python list by it specialises it again. The whole-model forward is
-traced once per input shape and cache state, whatever the number of layers: with ``dynamic=False`` one
-compilation per prefill shape and three per decode batch (the prompt on a fresh ``StaticCache``, whose first
-update allocates its tensors; the prompt on the rewound cache; the one-token step).
+traced once per input shape, whatever the number of layers: with ``dynamic=False`` one compilation for the
+prefill and one per decode batch for the one-token step. The decode prompt, untimed, runs eagerly on the same
+``StaticCache`` (``StaticDecoder(step_model=...)``): compiled, a fresh cache and a rewound one would be two more
+compilations per batch (the cache's lazy allocation is guarded on), for nothing that is timed.
 
 Failing loudly: ``fullgraph=True`` makes a graph break an error, and within ``compiled_forward`` Dynamo's
 ``fail_on_recompile_limit_hit`` is on with ``recompile_limit`` set to the number of shapes the caller will
-run, so an unexpected recompilation raises instead of running eagerly. Dynamo's caches are reset on entry
-and exit (``torch._dynamo.reset``, process-wide), and ``model.forward`` is the class's again on exit.
+run, so an unexpected recompilation raises instead of running eagerly. The model object is never changed
+(the compiled callable wraps it); Dynamo's caches are reset on entry and exit (``torch._dynamo.reset``,
+process-wide), so compiled code of one path never counts against, or runs for, another.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 from contextlib import contextmanager
@@ -60,29 +61,26 @@ def compile_problem(device: str) -> str | None:
 
 @contextmanager
 def compiled_forward(model: nn.Module, shapes: int, backend: str = "inductor"):
-    """``model.forward`` compiled (whole model, ``fullgraph=True``, ``dynamic=False``) while inside; at most ``shapes`` compilations.
+    """A callable computing ``model(...)`` through ``torch.compile(model, fullgraph=True, dynamic=False)`` while inside;
+    at most ``shapes`` compilations. The model object itself is not changed.
 
     ``backend``: Dynamo's backend (``"inductor"`` for measurements; tests may count graphs with a lighter one).
     """
     if shapes < 1:
         raise ValueError(f"compiled_forward: shapes={shapes} must be >= 1 (one compilation per input shape)")
-    if "forward" in vars(model):
-        raise RuntimeError("compiled_forward: model.forward is already replaced on this instance (compiled twice?)")
     torch._dynamo.reset()
     with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, recompile_limit=shapes):
-        compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, backend=backend)
+        compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=backend)
 
-        @functools.wraps(compiled)
         def forward(*args, **kwargs):
             try:
                 return compiled(*args, **kwargs)
             except torch._dynamo.exc.FailOnRecompileLimitHit as error:  # an Exception, not a RuntimeError: say what it means here
                 raise RuntimeError(f"torch.compile needed more than {shapes} compilations (one per input shape expected): {error}") from error
 
-        model.forward = forward
-        log.info("model forward compiled with %s (fullgraph, static shapes, at most %d compilations)", backend, shapes)
+        log.info("model compiled with %s (fullgraph, static shapes, at most %d compilations)", backend, shapes)
         try:
-            yield model
+            yield forward
         finally:
-            del model.forward
+            del compiled, forward
             torch._dynamo.reset()
