@@ -288,10 +288,10 @@ def _print_end_to_end(result: dict) -> None:
         for mode, entry in by_mode.items():
             measured = runs[path]["modes"][mode]
             if "prefill" in entry:
-                print(f"[e2e] {sparsity} {path} {mode:12s} prefill 1x2048: dense {dense[mode]['prefill']['tokens_per_s']:.0f} tok/s, sparse "
+                print(f"[e2e] {sparsity} {path} {mode:14s} prefill 1x2048: dense {dense[mode]['prefill']['tokens_per_s']:.0f} tok/s, sparse "
                       f"{measured['prefill']['tokens_per_s']:.0f} tok/s, speedup {entry['prefill']:.2f}x", flush=True)
             for batch, ratio in entry["decode"].items():
-                print(f"[e2e] {sparsity} {path} {mode:12s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
+                print(f"[e2e] {sparsity} {path} {mode:14s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
                       f"{measured['decode'][batch]['tokens_per_s']:.1f} tok/s, speedup {ratio:.2f}x" if ratio else f"[e2e] {path} {mode} decode {batch}: no rate", flush=True)
     for path, run in runs.items():
         modes = run["modes"]
@@ -303,18 +303,22 @@ def _print_end_to_end(result: dict) -> None:
             for batch in modes["cuda_graph"]["decode"]:
                 eager, graph = modes["eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
                 print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: {eager * 1e3:.2f} ms a token eager (generate), {graph * 1e3:.2f} ms a step as a graph", flush=True)
-        if "static_eager" in modes and "cuda_graph" in modes:
-            for batch in modes["cuda_graph"]["decode"]:
-                eager, graph = modes["static_eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
-                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: step {eager * 1e3:.2f} ms eager, {graph * 1e3:.2f} ms as a graph: "
-                      f"{(eager - graph) * 1e3:.2f} ms of launch gaps and host work per step ({(eager - graph) / eager:.0%})", flush=True)
+        _print_step_saving(f"{sparsity} {path}", modes, ("static_eager", "eager"), ("cuda_graph", "as a graph"), "of launch gaps and host work")
         if "cuda_graph" in modes and "compiled_graph" in modes:
             graph, compiled = modes["cuda_graph"]["prefill"]["seconds_median"], modes["compiled_graph"]["prefill"]["seconds_median"]
             print(f"[e2e] {sparsity} {path} prefill: {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed", flush=True)
-            for batch in modes["compiled_graph"]["decode"]:
-                graph, compiled = modes["cuda_graph"]["decode"][batch]["seconds_per_token"], modes["compiled_graph"]["decode"][batch]["seconds_per_token"]
-                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: step {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed: "
-                      f"{(graph - compiled) * 1e3:.2f} ms per step saved by fusing ({(graph - compiled) / graph:.0%})", flush=True)
+        _print_step_saving(f"{sparsity} {path}", modes, ("cuda_graph", "as a graph"), ("compiled_graph", "compiled and graphed"), "saved by fusing")
+
+
+def _print_step_saving(label: str, modes: dict, slower: tuple[str, str], faster: tuple[str, str], what: str) -> None:
+    """Per decode batch, a step's time in mode ``slower`` against ``faster`` (each ``(mode, how it is described)``) and the difference."""
+    (slow_mode, slow_words), (fast_mode, fast_words) = slower, faster
+    if slow_mode not in modes or fast_mode not in modes:
+        return
+    for batch in modes[fast_mode]["decode"]:
+        slow, fast = modes[slow_mode]["decode"][batch]["seconds_per_token"], modes[fast_mode]["decode"][batch]["seconds_per_token"]
+        print(f"[e2e] {label} decode batch {batch:>2s}: step {slow * 1e3:.2f} ms {slow_words}, {fast * 1e3:.2f} ms {fast_words}: "
+              f"{(slow - fast) * 1e3:.2f} ms {what} per step ({(slow - fast) / slow:.0%})", flush=True)
 
 
 def gpu(args) -> None:

@@ -14,8 +14,9 @@ into one graph, as vLLM compiles one graph for the whole model. The sparse linea
 
 Why not one compiled layer reused by every layer: Dynamo specialises integer attributes of modules, and HF's
 attention passes ``self.layer_idx`` to the cache (``cache.layers[layer_idx].update``), so with a KV cache each
-layer guards on its own index and recompiles (checked with transformers 5.25 and torch 2.13: six layers hit
-the recompile limit of 8 with ``last reason: self._modules['self_attn'].layer_idx == 0``). Marking the index
+layer guards on its own index and recompiles (checked with transformers 5.25 and torch 2.13: each layer of a
+six-layer model compiled on its own hit the recompile limit of 8 within its first static-cache calls, ``last
+reason: self._modules['self_attn'].layer_idx == 0``). Marking the index
 dynamic does not help, since indexing a Python list by it specialises it again. The whole-model forward is
 traced once per input shape, whatever the number of layers: with ``dynamic=False`` one compilation for the
 prefill and one per decode batch for the one-token step. The decode prompt, untimed, runs eagerly on the same

@@ -25,7 +25,10 @@ For ``torch.compile`` the product is the custom operator ``sparsebench::cusparse
 opaque to the compiler, with a fake implementation that gives its shape): the padding, transposes and bias
 around it stay ordinary operators that the compiler may fuse. The algorithm id is an argument of the operator,
 looked up before it: a search cannot run while the compiler traces, so tracing a shape with no searched id
-raises (run it eagerly first), as capturing one does. Eagerly the module calls the same function directly:
+raises (run it eagerly first), as capturing one does. ``out_features`` is an argument because the packed buffer
+does not carry the weight's shape. Inductor passes a custom operator its inputs with the strides traced (torch
+2.13's ``custom_op_default_layout_constraint`` is ``needs_exact_strides``), so the product sees the operand
+layout that its algorithm id was searched for. Eagerly the module calls the same function directly:
 the operator's dispatch costs about 10 us of host time a call (measured on this project's CPU), which would
 change what the eager modes measure.
 """
