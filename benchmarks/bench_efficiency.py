@@ -14,10 +14,12 @@ magnitude (honest for time and memory, never for quality), sparse paths against 
    count; ``bitmask``: the Triton kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
    and the output's relative difference from the dense product;
 2. per block: one decoder block (attention, MLP, norms) at 1, 16 and 2,048 tokens, dense and sparse, eager
-   and as a graph, beside the sum of its seven linears: the share of a block's time the linears take;
+   and as a graph (with ``--modes ... compiled_graph``: also compiled by ``torch.compile``, then graphed), beside
+   the sum of its seven linears: the share of a block's time the linears take;
 3. whole model (``--layers`` of 32 blocks) through the case stage itself (``evaluate_efficiency``) in the
-   modes eager, static_eager and cuda_graph: prefill 1 x 2,048 and greedy decode at batch 1 and 16; weights in memory;
-   then what an eager decode step spends between kernels (static_eager against cuda_graph: launch gaps).
+   modes of ``--modes`` (eager, static_eager, cuda_graph, compiled_graph): prefill 1 x 2,048 and greedy decode at
+   batch 1 and 16; weights in memory; then what an eager decode step spends between kernels (static_eager against
+   cuda_graph: launch gaps) and what compiling saves (cuda_graph against compiled_graph: the fused small operators).
 
 ``ppl`` loads each exported (``export=hf``) pruned model in fp16 and computes the project's perplexity on the given
 token segments stored dense and through each sparse path of its pattern (2:4 if every pruned linear is 2:4, else
@@ -42,7 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.blockwalk import Execution
+from sparsebench.evaluate.compiled import compiled_forward
 from sparsebench.evaluate.cuda_graphs import graphed
+from sparsebench.evaluate.efficiency import MODES
 from sparsebench.kernels.paths import PATHS, converter, swapped
 from sparsebench.sparse_layout import is_2of4
 
@@ -104,6 +108,19 @@ def _eager_and_graph(fn, calls: int, repeats: int) -> dict:
     except RuntimeError as error:  # reported, not hidden
         row["graph_error"] = f"{type(error).__name__}: {str(error)[:300]}"
     return row
+
+
+def _compiled_graph(block, call, calls: int, repeats: int) -> dict:
+    """``call(compiled block)`` (``sparsebench.evaluate.compiled``, one shape), ``calls`` calls replayed as one CUDA graph."""
+    try:
+        with compiled_forward(block, shapes=1) as compiled:
+            call(compiled)  # compiled before the capture; the graph replays inside, while the compiled kernels live
+            graph = graphed(lambda: [call(compiled) for _ in range(calls)])
+            replayed, replayed_all = _event_median(graph.replay, 1, repeats)
+            del graph
+    except RuntimeError as error:  # reported, not hidden
+        return {"compiled_graph_error": f"{type(error).__name__}: {str(error)[:300]}"}
+    return {"compiled_graph_ms": replayed / calls * 1e3, "compiled_graph_all_ms": [t / calls * 1e3 for t in replayed_all]}
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -198,8 +215,9 @@ def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict]) -> list[dict]:
-    """One decoder block at 1, 16 and 2,048 tokens (no KV cache), dense and through each path, beside its seven linears' sum."""
+def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], compiled: bool) -> list[dict]:
+    """One decoder block at 1, 16 and 2,048 tokens (no KV cache), dense and through each path, beside its seven linears' sum;
+    ``compiled``: also the block compiled and graphed."""
     block = model.model.layers[0]
     linears = _block_linears(model)[:7]
     rows = []
@@ -208,16 +226,20 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict]) -
         position_embeddings = model.model.rotary_emb(hidden, torch.arange(tokens, device="cuda").unsqueeze(0))
         calls = 20 if tokens <= 16 else 5
 
-        def forward():
-            return block(hidden, attention_mask=None, position_embeddings=position_embeddings)
+        def forward(run=block):
+            return run(hidden, attention_mask=None, position_embeddings=position_embeddings)
 
-        timings = {"dense_stored": _eager_and_graph(forward, calls, repeats)}
+        def timing():  # eager first: cuSPARSELt searches its algorithm ids there, before any capture or tracing
+            row = _eager_and_graph(forward, calls, repeats)
+            return {**row, **_compiled_graph(block, forward, calls, repeats)} if compiled else row
+
+        timings = {"dense_stored": timing()}
         for path in paths_of(sparsity):
             convert, reason = _converter_or_reason(path)
             if reason:
                 continue
             with swapped(block, linears, convert):
-                timings[path] = _eager_and_graph(forward, calls, repeats)
+                timings[path] = timing()
         for path, timing in timings.items():
             linear_sum = _linears_sum(per_linear_rows, sparsity, tokens, path)
             row = {"sparsity": sparsity, "tokens": tokens, "path": path, **timing, "linears_graph_ms_sum": linear_sum}
@@ -225,11 +247,19 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict]) -
                 row["linears_share_of_block"] = linear_sum / timing["graph_ms"]
             rows.append(row)
             share = f", its 7 linears {linear_sum:.4f} ms = {row['linears_share_of_block']:.0%} of the graphed block" if "linears_share_of_block" in row else ""
-            print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: eager {timing['eager_ms']:.4f} ms, graph {timing.get('graph_ms', float('nan')):.4f} ms{share}", flush=True)
+            compiled_figure = f", compiled+graph {timing['compiled_graph_ms']:.4f} ms" if "compiled_graph_ms" in timing else ""
+            print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: eager {timing['eager_ms']:.4f} ms, graph {timing.get('graph_ms', float('nan')):.4f} ms"
+                  f"{compiled_figure}{share}", flush=True)
+            for failed in ("graph_error", "compiled_graph_error"):
+                if failed in timing:
+                    print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: {failed} {timing[failed]}", flush=True)
         dense = timings["dense_stored"]
         for path in timings:
             if path != "dense_stored" and "graph_ms" in timings[path] and "graph_ms" in dense:
-                print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: speedup eager {dense['eager_ms'] / timings[path]['eager_ms']:.2f}x, graph {dense['graph_ms'] / timings[path]['graph_ms']:.2f}x", flush=True)
+                compiled_ratio = (f", compiled+graph {dense['compiled_graph_ms'] / timings[path]['compiled_graph_ms']:.2f}x"
+                                  if "compiled_graph_ms" in timings[path] and "compiled_graph_ms" in dense else "")
+                print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: speedup eager {dense['eager_ms'] / timings[path]['eager_ms']:.2f}x, "
+                      f"graph {dense['graph_ms'] / timings[path]['graph_ms']:.2f}x{compiled_ratio}", flush=True)
     return rows
 
 
@@ -268,10 +298,10 @@ def _print_end_to_end(result: dict) -> None:
         for mode, entry in by_mode.items():
             measured = runs[path]["modes"][mode]
             if "prefill" in entry:
-                print(f"[e2e] {sparsity} {path} {mode:12s} prefill 1x2048: dense {dense[mode]['prefill']['tokens_per_s']:.0f} tok/s, sparse "
+                print(f"[e2e] {sparsity} {path} {mode:14s} prefill 1x2048: dense {dense[mode]['prefill']['tokens_per_s']:.0f} tok/s, sparse "
                       f"{measured['prefill']['tokens_per_s']:.0f} tok/s, speedup {entry['prefill']:.2f}x", flush=True)
             for batch, ratio in entry["decode"].items():
-                print(f"[e2e] {sparsity} {path} {mode:12s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
+                print(f"[e2e] {sparsity} {path} {mode:14s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
                       f"{measured['decode'][batch]['tokens_per_s']:.1f} tok/s, speedup {ratio:.2f}x" if ratio else f"[e2e] {path} {mode} decode {batch}: no rate", flush=True)
     for path, run in runs.items():
         modes = run["modes"]
@@ -283,11 +313,22 @@ def _print_end_to_end(result: dict) -> None:
             for batch in modes["cuda_graph"]["decode"]:
                 eager, graph = modes["eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
                 print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: {eager * 1e3:.2f} ms a token eager (generate), {graph * 1e3:.2f} ms a step as a graph", flush=True)
-        if "static_eager" in modes and "cuda_graph" in modes:
-            for batch in modes["cuda_graph"]["decode"]:
-                eager, graph = modes["static_eager"]["decode"][batch]["seconds_per_token"], modes["cuda_graph"]["decode"][batch]["seconds_per_token"]
-                print(f"[e2e] {sparsity} {path} decode batch {batch:>2s}: step {eager * 1e3:.2f} ms eager, {graph * 1e3:.2f} ms as a graph: "
-                      f"{(eager - graph) * 1e3:.2f} ms of launch gaps and host work per step ({(eager - graph) / eager:.0%})", flush=True)
+        _print_step_saving(f"{sparsity} {path}", modes, ("static_eager", "eager"), ("cuda_graph", "as a graph"), "of launch gaps and host work")
+        if "cuda_graph" in modes and "compiled_graph" in modes:
+            graph, compiled = modes["cuda_graph"]["prefill"]["seconds_median"], modes["compiled_graph"]["prefill"]["seconds_median"]
+            print(f"[e2e] {sparsity} {path} prefill: {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed", flush=True)
+        _print_step_saving(f"{sparsity} {path}", modes, ("cuda_graph", "as a graph"), ("compiled_graph", "compiled and graphed"), "saved by fusing")
+
+
+def _print_step_saving(label: str, modes: dict, slower: tuple[str, str], faster: tuple[str, str], what: str) -> None:
+    """Per decode batch, a step's time in mode ``slower`` against ``faster`` (each ``(mode, how it is described)``) and the difference."""
+    (slow_mode, slow_words), (fast_mode, fast_words) = slower, faster
+    if slow_mode not in modes or fast_mode not in modes:
+        return
+    for batch in modes[fast_mode]["decode"]:
+        slow, fast = modes[slow_mode]["decode"][batch]["seconds_per_token"], modes[fast_mode]["decode"][batch]["seconds_per_token"]
+        print(f"[e2e] {label} decode batch {batch:>2s}: step {slow * 1e3:.2f} ms {slow_words}, {fast * 1e3:.2f} ms {fast_words}: "
+              f"{(slow - fast) * 1e3:.2f} ms {what} per step ({(slow - fast) / slow:.0%})", flush=True)
 
 
 def gpu(args) -> None:
@@ -310,7 +351,7 @@ def gpu(args) -> None:
     figures["per_block"], figures["end_to_end"] = [], []
     for sparsity in args.sparsity:
         _reprune(model, linears, sparsity)
-        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"])
+        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes)
         save()
         figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
         save()
@@ -405,7 +446,8 @@ def main() -> None:
     g = sub.add_parser("gpu")
     g.add_argument("--layers", type=int, default=32, help="blocks of the 7B-shaped model for the whole-model figures (of 32)")
     g.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"], help="2:4 and/or unstructured ratios such as 0.5 0.6 0.7 0.8")
-    g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"])
+    g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"], choices=MODES,
+                   help="whole-model modes; compiled_graph also adds the compiled block to the per-block figures")
     g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask)")
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--e2e-repeats", type=int, default=5)

@@ -107,7 +107,7 @@ class EfficiencyConfig:
     warmup: int = field(default=1, metadata=defining())  # untimed calls before each measurement
     repeats: int = field(default=5, metadata=defining())  # timed calls; the median is reported
     sparse_kernels: str = field(default="auto", metadata=defining())  # auto: the sparse paths of the case's pattern on a CUDA GPU; off
-    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"], metadata=defining())  # eager, static_eager, cuda_graph
+    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"], metadata=defining())  # eager, static_eager, cuda_graph, compiled_graph
 
 
 @dataclass

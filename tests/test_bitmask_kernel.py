@@ -48,6 +48,13 @@ def test_cases_cover_the_shapes_they_name(interpreted):
     assert interpreted["BitmaskLinear [2, 3, 300]"]["out_shape"] == [2, 3, 40]
 
 
+def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interpreted):
+    compiled = interpreted["BitmaskLinear compiled"]
+    assert compiled["graphs"] == 1 and compiled["out_shape"] == [2, 3, 40]
+    assert "sparsebench.bitmask_matmul.default" in compiled["ops"]
+    assert compiled["equal_to_eager"]
+
+
 def test_chunk_offsets_index_the_first_kept_weight_of_every_1024_columns():
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(7, 2100, generator=g)

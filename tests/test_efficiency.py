@@ -95,7 +95,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
         (["eval=efficiency", "eval.efficiency.decode_tokens=1"], r"eval.efficiency.decode_tokens=1"),
         (["eval=efficiency", "eval.efficiency.sparse_kernels=yes"], r"eval.efficiency.sparse_kernels='yes': allowed values are auto, off"),
         (["eval=efficiency", "eval.efficiency.decode_batches=[]"], r"eval.efficiency.decode_batches"),
-        (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph"),
+        (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph, compiled_graph"),
     ],
 )
 def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override, message):

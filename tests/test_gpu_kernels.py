@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.blockwalk import Execution
-from sparsebench.evaluate.cuda_graphs import StaticDecoder
+from sparsebench.evaluate.compiled import compiled_forward
+from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
 from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped
 from sparsebench.kernels.semi_sparse import SemiSparseLinear
@@ -123,15 +124,60 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
     assert torch.equal(graphed, eager) and torch.equal(again, eager)
 
 
+@pytest.mark.parametrize("path_name", [None, "cusparselt", "bitmask"])
+def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
+    """The compiled forward replayed as CUDA graphs: prefill logits within rounding of the eager ones; greedy tokens equal to
+    the compiled forward's run without graphs (the same kernels) and, dense-stored in float32, to the eager tokens (fused
+    float16 kernels round differently from HF's, which may flip a near tie of a random model)."""
+    if path_name == "bitmask" and not _bitmask_module():
+        pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
+    model, linears = _sparse_model("unstructured" if path_name == "bitmask" else "2:4", torch.float32 if path_name is None else torch.float16)
+    ids = torch.randint(0, 320, (2, 32), device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
+    prompt = ids[:, :9].clone()
+    captured = {}
+
+    def forward(run):
+        captured["logits"] = run(input_ids=ids, use_cache=False, logits_to_keep=1).logits
+
+    def run():
+        with torch.inference_mode():
+            forward(model)  # eager: cuSPARSELt searches its algorithm ids here, before tracing
+            eager_logits = captured["logits"].clone()
+            eager = StaticDecoder(model, prompt, 10, graph=False)
+            eager.decode(keep=True)
+            with compiled_forward(model, shapes=2) as compiled:  # the prefill; the one-token step (prompts run eagerly)
+                forward(compiled)
+                graph = graphed(lambda: forward(compiled))
+                graph.replay()
+                graph_logits = captured["logits"].clone()
+                plain = StaticDecoder(model, prompt, 10, graph=False, step_model=compiled)
+                plain.decode(keep=True)
+                replayed = StaticDecoder(model, prompt, 10, graph=True, step_model=compiled)
+                replayed.prefill()  # the capture's warm-up steps advanced the cache
+                replayed.decode(keep=True)
+        return eager_logits, graph_logits, eager.tokens(), plain.tokens(), replayed.tokens()
+
+    if path_name is None:
+        eager_logits, graph_logits, eager, plain, replayed = run()
+    else:
+        with swapped(model, linears, converter(PATHS[path_name])):
+            eager_logits, graph_logits, eager, plain, replayed = run()
+    assert _relative(graph_logits, eager_logits) < (1e-5 if path_name is None else 3e-3)
+    assert torch.equal(replayed, plain)
+    if path_name is None:
+        assert torch.equal(replayed, eager)
+
+
 def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     model, linears = _sparse_model("2:4")
-    spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph"))
+    spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph", "compiled_graph"))
     result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256)
     assert result["skipped"] == [], result["skipped"]
     assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"}
     for run in result["runs"].values():
-        assert set(run["modes"]) == {"eager", "static_eager", "cuda_graph"}
+        assert set(run["modes"]) == {"eager", "static_eager", "cuda_graph", "compiled_graph"}
         assert all(decode["tokens_per_s"] > 0 for mode in run["modes"].values() for decode in mode["decode"].values())
     assert set(result["speedup"]["cusparselt"]["cuda_graph"]) == {"prefill", "decode"}
+    assert set(result["speedup"]["cusparselt"]["compiled_graph"]) == {"prefill", "decode"}
     assert result["weight_memory_vs_dense"]["cusparselt"] < 1.0
     assert result["conditions"]["before"]["gpu"] == torch.cuda.get_device_name()

@@ -38,10 +38,12 @@ def graphed(fn) -> torch.cuda.CUDAGraph:
 class StaticDecoder:
     """Greedy decoding of ``batch`` prompts of ``prompt`` tokens with a static KV cache of ``prompt + steps + 1`` positions."""
 
-    def __init__(self, model: nn.Module, prompt_ids: torch.Tensor, steps: int, graph: bool):
+    def __init__(self, model: nn.Module, prompt_ids: torch.Tensor, steps: int, graph: bool, step_model=None):
+        """``step_model``: what runs the one-token steps (a compiled ``model``, ``sparsebench.evaluate.compiled``); the prompt always runs ``model``."""
         from transformers import StaticCache
 
         self.model, self.prompt_ids, self.steps = model, prompt_ids, steps
+        self.step_model = model if step_model is None else step_model
         # transformers 5.2x renamed the cache argument (``past_key_values`` stays as a deprecated alias)
         self.cache_argument = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
         batch, prompt = prompt_ids.shape
@@ -56,7 +58,7 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def _forward_step(self) -> None:
-        logits = self.model(input_ids=self.token, use_cache=True, **{self.cache_argument: self.cache}).logits
+        logits = self.step_model(input_ids=self.token, use_cache=True, **{self.cache_argument: self.cache}).logits
         self.token.copy_(logits[:, -1].argmax(dim=-1, keepdim=True))
 
     @torch.inference_mode()

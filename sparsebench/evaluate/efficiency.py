@@ -10,7 +10,9 @@ Measured on the model in memory, with random token ids (speed does not depend on
 - modes (``eval.efficiency.modes``): ``eager`` (HF's forward and ``generate``, one kernel launch at a time);
   ``static_eager`` (decode only: our greedy loop on HF's ``StaticCache``, eager); ``cuda_graph`` (prefill as
   one CUDA graph per shape; decode as that static-cache loop with one step captured once and replayed per
-  step, the way serving engines decode). See ``sparsebench.evaluate.cuda_graphs``.
+  step, the way serving engines decode). See ``sparsebench.evaluate.cuda_graphs``; ``compiled_graph`` (the
+  whole model's forward compiled by ``torch.compile``, which fuses the small operators around the linears, then
+  the same graphs as ``cuda_graph``: what a server-like stack gets; see ``sparsebench.evaluate.compiled``).
 
 Prefill: one forward of ``prefill_batch`` x ``prefill_seqlen`` tokens (no KV cache kept, last-position
 logits only), tokens/s = batch x seqlen / time. Decode, eager: greedy ``generate`` from a
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +39,7 @@ from tqdm import tqdm
 
 from sparsebench.blockwalk import Execution
 from sparsebench.errors import ConfigError
+from sparsebench.evaluate.compiled import compile_problem, compiled_forward
 from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.measure import PeakMemory, conditions, timed
 from sparsebench.kernels.paths import converter, paths_for, swapped, weight_bytes_in_memory
@@ -43,7 +47,9 @@ from sparsebench.kernels.paths import converter, paths_for, swapped, weight_byte
 log = logging.getLogger(__name__)
 
 SPARSE_KERNEL_MODES = ("auto", "off")
-MODES = ("eager", "static_eager", "cuda_graph")
+MODES = ("eager", "static_eager", "cuda_graph", "compiled_graph")
+GRAPH_MODES = ("cuda_graph", "compiled_graph")  # replayed as CUDA graphs
+COMPILATIONS_PER_PREFILL, COMPILATIONS_PER_DECODE_BATCH = 1, 1  # the prefill; the one-token step (the prompt runs eagerly)
 SPARSE_KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 DENSE_PATH = "dense_stored"
 HEADLINE_PATHS = ("cusparselt", "bitmask")  # the paths a table's "speedup" columns show (the labelled semi_structured row is not one)
@@ -96,12 +102,15 @@ def _token_ids(vocab_size: int, batch: int, length: int, device: str, seed: int 
     return torch.randint(0, vocab_size, (batch, length), generator=generator).to(device)
 
 
-def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool = False) -> dict:
-    """One forward of ``batch`` x ``seqlen`` tokens, eager or replayed as one CUDA graph of this shape."""
+def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool = False,
+            compiled=None) -> dict:
+    """One forward of ``batch`` x ``seqlen`` tokens, eager or replayed as one CUDA graph of this shape; through ``compiled``
+    (the model compiled, ``sparsebench.evaluate.compiled``) if given."""
     ids = _token_ids(model.config.vocab_size, batch, seqlen, device)
+    run = model if compiled is None else compiled
 
     def forward():
-        return model(input_ids=ids, use_cache=False, logits_to_keep=1)
+        return run(input_ids=ids, use_cache=False, logits_to_keep=1)
 
     call = forward
     if graph:
@@ -134,12 +143,14 @@ def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: s
     }
 
 
-def static_decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool) -> dict:
-    """``new_tokens - 1`` greedy steps on a static KV cache after an untimed prefill; one graph per step if ``graph``."""
+def static_decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool,
+                  compiled=None) -> dict:
+    """``new_tokens - 1`` greedy steps on a static KV cache after an untimed prefill; one graph per step if ``graph``; the
+    steps through ``compiled`` (the model compiled) if given."""
     ids = _token_ids(model.config.vocab_size, batch, prompt, device, seed=1)
     steps = new_tokens - 1
     with torch.inference_mode():
-        decoder = StaticDecoder(model, ids, steps, graph)
+        decoder = StaticDecoder(model, ids, steps, graph, step_model=compiled)
     result = timed(decoder.decode, device, warmup, repeats, memory, setup=decoder.prefill)
     del decoder
     return {"batch": batch, "prompt": prompt, "new_tokens": new_tokens, "steps": steps,
@@ -153,27 +164,62 @@ def check_lengths(spec: EfficiencySpec, context: int | None) -> None:
         raise ConfigError(f"eval.efficiency: decode_prompt + decode_tokens = {decode_total} is longer than the model's context ({context})")
 
 
+def _run_shapes(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str, compiled=None) -> None:
+    """One untimed call of every shape the modes time: the prefill, and per decode batch the steps after an (eager) prompt.
+
+    The token ids are made outside inference mode, as ``prefill`` and ``static_decode`` make them: a compiled forward
+    guards on it (an inference tensor would be another compilation).
+    """
+    ids = _token_ids(model.config.vocab_size, spec.prefill_batch, seqlen, device)
+    prompts = [_token_ids(model.config.vocab_size, batch, spec.decode_prompt, device, seed=1) for batch in spec.decode_batches]
+    with torch.inference_mode():
+        (model if compiled is None else compiled)(input_ids=ids, use_cache=False, logits_to_keep=1)
+        for prompt in prompts:
+            decoder = StaticDecoder(model, prompt, spec.decode_tokens - 1, graph=False, step_model=compiled)
+            decoder.decode()
+            del decoder
+
+
+@contextmanager
+def _compiled_mode(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str):
+    """The model compiled for ``compiled_graph`` (yields the compiled callable): every shape runs once eagerly first
+    (cuSPARSELt searches its algorithm ids, which cannot happen while the compiler traces), then once compiled (all
+    compilation done before any capture), at most one compilation per timed shape."""
+    _run_shapes(model, spec, seqlen, device)
+    with compiled_forward(model, shapes=COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)) as compiled:
+        _run_shapes(model, spec, seqlen, device, compiled)
+        yield compiled
+
+
+def _mode_problem(mode: str, device: str) -> str | None:
+    if mode in GRAPH_MODES and not device.startswith("cuda"):
+        return "CUDA graphs need a CUDA GPU; this case ran on the CPU"
+    return compile_problem(device) if mode == "compiled_graph" else None
+
+
 def measure_modes(model: nn.Module, spec: EfficiencySpec, device: str, context: int | None, memory: PeakMemory, progress: bool, desc: str) -> tuple[dict, list]:
     """Prefill and decode of the model as it is now, in each mode of ``spec.modes``: ``(modes, skipped)``."""
     seqlen = min(spec.prefill_seqlen, context) if context else spec.prefill_seqlen
     check_lengths(spec, context)
     measured, skipped = {}, []
     for mode in spec.modes:
-        if mode == "cuda_graph" and not device.startswith("cuda"):
-            skipped.append({"what": f"{desc}: mode cuda_graph", "why": "CUDA graphs need a CUDA GPU; this case ran on the CPU"})
+        problem = _mode_problem(mode, device)
+        if problem is not None:
+            skipped.append({"what": f"{desc}: mode {mode}", "why": problem})
             continue
-        graph = mode == "cuda_graph"
+        graph = mode in GRAPH_MODES
         result: dict = {"decode": {}}
         try:
-            for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
-                if batch is None:
-                    if mode != "static_eager":  # prefill has no cache: static_eager is eager there
-                        result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory, graph)
-                elif mode == "eager":
-                    result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory)
-                else:
-                    result["decode"][str(batch)] = static_decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory, graph)
-        except RuntimeError as error:  # a capture or a kernel that refuses: reported, never a number
+            with _compiled_mode(model, spec, seqlen, device) if mode == "compiled_graph" else nullcontext() as compiled:
+                for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
+                    if batch is None:
+                        if mode != "static_eager":  # prefill has no cache: static_eager is eager there
+                            result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory, graph, compiled)
+                    elif mode == "eager":
+                        result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory)
+                    else:
+                        result["decode"][str(batch)] = static_decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory, graph, compiled)
+        except RuntimeError as error:  # a capture, a compilation or a kernel that refuses: reported, never a number
             skipped.append({"what": f"{desc}: mode {mode}", "why": f"{type(error).__name__}: {str(error)[:400]}"})
             continue
         finally:

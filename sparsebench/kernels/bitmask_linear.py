@@ -34,6 +34,11 @@ bits; it adds 4 bytes per 1,024 weights, counted in ``weight_bytes``.
 
 Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported) runs the kernel on CPU
 tensors; tests/test_bitmask_kernel.py uses it there. Everywhere else the tensors must be on CUDA.
+
+For ``torch.compile`` the product is the custom operator ``sparsebench::bitmask_matmul`` (``torch.library``,
+opaque to the compiler, with a fake implementation giving ``[T, out]`` in x's dtype), so the compiler neither
+traces the launch logic nor the kernel; eagerly ``BitmaskLinear`` calls ``bitmask_matmul`` directly (the
+operator's dispatch would add host time to what the eager modes measure; see ``semi_sparse``).
 """
 
 from __future__ import annotations
@@ -298,6 +303,28 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     return total.to(x2d.dtype)
 
 
+def _bitmask_op_product(x2d: Tensor, values: Tensor, bitmask: Tensor, row_offsets: Tensor, offsets: Tensor, bias: Tensor | None,
+                        in_features: int, launch: list[int] | None) -> Tensor:
+    """``bitmask_matmul`` with plain arguments (``launch``: block_rows, block_bytes, warps, splits, prefetch; None: the default)."""
+    packed = Bitmask((bitmask.shape[0], in_features), values, bitmask, row_offsets)
+    chosen = None if launch is None else Launch(*launch[:4], prefetch=bool(launch[4]))
+    return bitmask_matmul(x2d, packed, offsets, bias, chosen)
+
+
+bitmask_matmul_op = torch.library.custom_op("sparsebench::bitmask_matmul", _bitmask_op_product, mutates_args=())
+
+
+@bitmask_matmul_op.register_fake
+def _bitmask_matmul_shape(x2d: Tensor, values: Tensor, bitmask: Tensor, row_offsets: Tensor, offsets: Tensor, bias: Tensor | None,
+                          in_features: int, launch: list[int] | None) -> Tensor:
+    return x2d.new_empty(x2d.shape[0], bitmask.shape[0])
+
+
+def launch_arguments(launch: Launch | None) -> list[int] | None:
+    """``launch`` as the operator's integer list (None stays None)."""
+    return None if launch is None else [launch.block_rows, launch.block_bytes, launch.warps, launch.splits, int(launch.prefetch)]
+
+
 class BitmaskLinear(nn.Module):
     """A drop-in for a pruned ``nn.Linear`` that keeps only the ``sparse-bitmask`` layout (no dense copy) and multiplies with ``bitmask_matmul``."""
 
@@ -331,7 +358,12 @@ class BitmaskLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"BitmaskLinear expects inputs [..., {self.in_features}], got {tuple(x.shape)}")
-        y = bitmask_matmul(x.reshape(-1, self.in_features), self.packed(), self.chunk_offsets, self.bias, self.launch)
+        rows = x.reshape(-1, self.in_features)
+        if torch.compiler.is_compiling():
+            y = torch.ops.sparsebench.bitmask_matmul.default(rows, self.values, self.bitmask, self.row_offsets, self.chunk_offsets, self.bias,
+                                                             self.in_features, launch_arguments(self.launch))
+        else:
+            y = bitmask_matmul(rows, self.packed(), self.chunk_offsets, self.bias, self.launch)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

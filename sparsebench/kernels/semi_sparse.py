@@ -29,6 +29,17 @@ Seen on an H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0): ``_cslt_sparse_mm_search
 instruction that poisons the CUDA context). So the token count is padded to a multiple of 16 and the
 product is the plain ``W @ x.T`` form searched in /work/shared/docs/sparse-kernels.md (16 to 8,192 tokens);
 a bias is added afterwards.
+
+For ``torch.compile`` the product is the custom operator ``sparsebench::cusparselt_mm`` (``torch.library``,
+opaque to the compiler, with a fake implementation that gives its shape): the padding, transposes and bias
+around it stay ordinary operators that the compiler may fuse. The algorithm id is an argument of the operator,
+looked up before it: a search cannot run while the compiler traces, so tracing a shape with no searched id
+raises (run it eagerly first), as capturing one does. ``out_features`` is an argument because the packed buffer
+does not carry the weight's shape. Inductor passes a custom operator its inputs with the strides traced (torch
+2.13's ``custom_op_default_layout_constraint`` is ``needs_exact_strides``), so the product sees the operand
+layout that its algorithm id was searched for. Eagerly the module calls the same function directly:
+the operator's dispatch costs about 10 us of host time a call (measured on this project's CPU), which would
+change what the eager modes measure.
 """
 
 from __future__ import annotations
@@ -50,6 +61,24 @@ TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (tor
 FUSED_TRANSPOSE = False  # the default output form (see the module's docstring); benchmarks/bench_efficiency.py times both
 # (out_features, in_features, dtype, padded token count, fused_transpose) -> cuSPARSELt algorithm id; shared by every linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
+
+
+def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int, fused_transpose: bool) -> torch.Tensor:
+    """``rows @ W.T`` (``[tokens, out_features]``, contiguous) for the packed 2:4 weight ``W`` and ``rows [tokens, in]``, with cuSPARSELt algorithm ``alg_id``.
+
+    ``fused_transpose``: cuSPARSELt writes the transposed product itself; otherwise ``W @ rows.T`` is copied into place.
+    """
+    if fused_transpose:
+        return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id, transpose_result=True)
+    return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id).t().contiguous()
+
+
+cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=())
+
+
+@cusparselt_mm.register_fake
+def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int, fused_transpose: bool) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], out_features)
 
 
 def semi_sparse_problem(linear: nn.Linear) -> str | None:
@@ -99,10 +128,12 @@ class SemiSparseLinear(nn.Module):
         key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1], self.fused_transpose)
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
-            if torch.cuda.is_current_stream_capturing():
+            tracing = torch.compiler.is_compiling()
+            if tracing or torch.cuda.is_current_stream_capturing():
+                before = "torch.compile traces the model" if tracing else "capturing a CUDA graph"
                 raise RuntimeError(
                     f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
-                    "run the same shapes once before capturing a CUDA graph (the search cannot be captured)"
+                    f"run the same shapes once eagerly before {before} (the search can be neither traced nor captured)"
                 )
             alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t, transpose_result=self.fused_transpose))
             _ALGORITHM_IDS[key] = alg_id
@@ -115,12 +146,9 @@ class SemiSparseLinear(nn.Module):
         padding = (-tokens) % TOKEN_MULTIPLE
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
-        rows_t = rows.t()  # [in, tokens], column-major
-        alg_id = self._algorithm(rows_t)
-        if self.fused_transpose:  # (W @ x.T).T written by cuSPARSELt: [tokens, out], contiguous
-            out = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=alg_id, transpose_result=True)[:tokens]
-        else:  # W @ x.T: [out, tokens], then one copy into [tokens, out]
-            out = torch._cslt_sparse_mm(self.packed, rows_t, alg_id=alg_id)[:, :tokens].t().contiguous()
+        alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
+        multiply = torch.ops.sparsebench.cusparselt_mm.default if torch.compiler.is_compiling() else cusparselt_product
+        out = multiply(self.packed, rows, alg_id, self.out_features, self.fused_transpose)[:tokens]  # [tokens, out], contiguous
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
