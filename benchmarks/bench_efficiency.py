@@ -8,8 +8,7 @@
 magnitude (honest for time and memory, never for quality), sparse paths against the same weights stored dense:
 
 1. per linear: each 7B linear shape at 1, 16, 2,048 and 8,192 tokens, for each path (``cusparselt``:
-   cuSPARSELt called directly; ``cusparselt_other_output_form``: the same with the other way to a contiguous
-   output, ``fused_transpose`` flipped; ``semi_structured``: torch.sparse's tensor subclass; ``cusparselt_gemv24``: the
+   cuSPARSELt called directly; ``semi_structured``: torch.sparse's tensor subclass; ``cusparselt_gemv24``: the
    sparse-24-bitmask Triton kernel up to 16 tokens, cuSPARSELt above; ``gemv24``: that kernel at every token
    count; ``bitmask``: the Triton kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
    and the output's relative difference from the dense product;
@@ -33,7 +32,6 @@ the per-block bytes to 32 blocks against the dense fp16 checkpoint (parameters x
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import tempfile
@@ -75,11 +73,8 @@ def prune(weight: torch.Tensor, sparsity: str) -> torch.Tensor:
     return prune_2of4(weight) if sparsity == "2:4" else prune_unstructured(weight, float(sparsity))
 
 
-OTHER_TRANSPOSE = "cusparselt_other_output_form"  # cuSPARSELt with the output form SemiSparseLinear does not use by default
-
-
 def paths_of(sparsity: str) -> list[str]:
-    return ["cusparselt", OTHER_TRANSPOSE, "semi_structured", "cusparselt_gemv24", "gemv24"] if sparsity == "2:4" else ["bitmask"]
+    return ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] if sparsity == "2:4" else ["bitmask"]
 
 
 def _event_median(call, calls: int, repeats: int) -> tuple[float, list[float]]:
@@ -129,10 +124,6 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _converter_or_reason(name: str):
     try:
-        if name == OTHER_TRANSPOSE:  # per linear and per block only: which output form is faster (sparsebench/kernels/semi_sparse.py)
-            from sparsebench.kernels.semi_sparse import FUSED_TRANSPOSE, SemiSparseLinear
-
-            return functools.partial(SemiSparseLinear.from_linear, fused_transpose=not FUSED_TRANSPOSE), None
         return converter(PATHS[name]), None
     except (ImportError, AttributeError) as error:
         return None, f"{PATHS[name].module} is not available here: {type(error).__name__}: {error}"

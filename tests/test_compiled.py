@@ -79,9 +79,8 @@ def test_inductor_gives_the_eager_logits_and_tokens():
 def test_fake_implementations_give_the_output_shapes():
     with FakeTensorMode():
         rows = torch.empty(32, 256, dtype=torch.float16)
-        for fused_transpose in (False, True):
-            product = torch.ops.sparsebench.cusparselt_mm.default(torch.empty(50000, dtype=torch.float16), rows, 3, 128, fused_transpose)
-            assert product.shape == (32, 128) and product.dtype == torch.float16 and product.is_contiguous()
+        product = torch.ops.sparsebench.cusparselt_mm.default(torch.empty(50000, dtype=torch.float16), rows, 3, 128)
+        assert product.shape == (32, 128) and product.dtype == torch.float16 and product.is_contiguous()
         x = torch.empty(5, 300, dtype=torch.bfloat16)
         out = torch.ops.sparsebench.bitmask_matmul.default(
             x, torch.empty(1000, dtype=torch.bfloat16), torch.empty(40, 38, dtype=torch.uint8), torch.empty(41, dtype=torch.int64),
@@ -99,7 +98,7 @@ class _Traced(Exception):
 
 
 def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(monkeypatch):
-    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {(32, 64, torch.float16, 16, semi_sparse.FUSED_TRANSPOSE): 7})
+    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {(32, 64, torch.float16, 16): 7})
     graphs = []
 
     def backend(gm, example_inputs):
@@ -113,7 +112,7 @@ def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(m
     with pytest.raises(_Traced):
         torch.compile(_semi_sparse(), fullgraph=True, dynamic=False, backend=backend)(torch.zeros(1, 5, 64, dtype=torch.float16))
     calls = [node for node in graphs[0].graph.nodes if node.target is torch.ops.sparsebench.cusparselt_mm.default]
-    assert len(calls) == 1 and calls[0].args[2:] == (7, 32, semi_sparse.FUSED_TRANSPOSE)  # the searched id for 16 padded tokens, out_features
+    assert len(calls) == 1 and calls[0].args[2:] == (7, 32)  # the searched id for 16 padded tokens, out_features
 
 
 def test_semi_sparse_tracing_a_shape_without_a_searched_algorithm_raises(monkeypatch):

@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 
-GEMV24_MAX_TOKENS = 16  # cusparselt_gemv24: calls of at most this many tokens go through gemv24, more through cuSPARSELt
+# cusparselt_gemv24: calls of at most this many tokens go through gemv24, more through cuSPARSELt. Measured on an H100
+# (benchmarks/bench_gemv24.py, docs/efficiency.md): graphed, gemv24 is 1.34-1.88x of cuSPARSELt at 1 token and
+# 0.27-0.68x at 2-16 tokens (its tensor-core loop), so only one token goes to it.
+GEMV24_MAX_TOKENS = 1
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ PATHS = {
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
         SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
                    "sparsebench.kernels.bitmask_linear", "BitmaskLinear.from_linear"),
-        SparsePath("cusparselt_gemv24", f"2:4, both forms held: <= {GEMV24_MAX_TOKENS} tokens through the Triton kernel on the sparse-24-bitmask "
+        SparsePath("cusparselt_gemv24", f"2:4, both forms held: calls of <= {GEMV24_MAX_TOKENS} token(s) through the Triton kernel on the sparse-24-bitmask "
                    f"layout (gemv24), more through cuSPARSELt called directly; weights in memory count both (about 0.56 + 0.58 of dense)",
                    ("2:4",), "sparsebench.kernels.paths", "TokenCountLinear.from_linear"),
         SparsePath("gemv24", "2:4, the Triton kernel on the sparse-24-bitmask layout at every token count (made for 1-16; more tokens "

@@ -10,14 +10,14 @@ reaches them through cuSPARSELt with three private operators, the same ones its
   returns the fastest one's id;
 - ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
 
-The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is. Handing on the
-transposed view of ``W @ x.T`` instead (what this module did first) made a whole LLaMA block 2.9x slower
-at 2,048 tokens on an H100 while its linears were 1.4x faster (docs/data/efficiency_gpu, the H100 run
-of 2026-12-05): the attention's query, key and value then have a strided last dimension, which
-FlashAttention refuses, so ``scaled_dot_product_attention`` fell back to a slower kernel. Two ways to a
-contiguous output: ``transpose_result=True`` (cuSPARSELt writes ``[tokens, out]`` itself) or a copy of
-the transposed view (one pass over the output); ``fused_transpose`` picks, and the algorithm search is
-done for the form used.
+The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is: one copy of the
+transposed ``W @ x.T``. Handing on the transposed view instead (what this module did first) made a whole
+LLaMA block 2.9x slower at 2,048 tokens on an H100 while its linears were 1.4x faster (docs/data/efficiency_gpu,
+the H100 run of 2026-12-05): the attention's query, key and value then have a strided last dimension, which
+FlashAttention refuses, so ``scaled_dot_product_attention`` fell back to a slower kernel. cuSPARSELt can write
+the transposed product itself (``transpose_result=True``), but its search for that form failed on an H100
+(torch 2.11.0+cu130, cuSPARSELt 0.8.0) at 16 tokens with "internal error" in ``cusparseLtMatmulSearch``, then an
+illegal instruction that poisons the CUDA context, so that form is not used.
 
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
 algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
@@ -58,18 +58,15 @@ DTYPES = (torch.float16, torch.bfloat16)
 WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
 TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
 
-FUSED_TRANSPOSE = False  # the default output form (see the module's docstring); benchmarks/bench_efficiency.py times both
-# (out_features, in_features, dtype, padded token count, fused_transpose) -> cuSPARSELt algorithm id; shared by every linear of that shape
+# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
 
 
-def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int, fused_transpose: bool) -> torch.Tensor:
+def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
     """``rows @ W.T`` (``[tokens, out_features]``, contiguous) for the packed 2:4 weight ``W`` and ``rows [tokens, in]``, with cuSPARSELt algorithm ``alg_id``.
 
-    ``fused_transpose``: cuSPARSELt writes the transposed product itself; otherwise ``W @ rows.T`` is copied into place.
+    cuSPARSELt computes ``W @ rows.T``; one copy puts it into ``[tokens, out]`` (see the module's docstring).
     """
-    if fused_transpose:
-        return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id, transpose_result=True)
     return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id).t().contiguous()
 
 
@@ -77,7 +74,7 @@ cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt
 
 
 @cusparselt_mm.register_fake
-def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int, fused_transpose: bool) -> torch.Tensor:
+def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
     return rows.new_empty(rows.shape[0], out_features)
 
 
@@ -102,30 +99,28 @@ def semi_sparse_problem(linear: nn.Linear) -> str | None:
 class SemiSparseLinear(nn.Module):
     """``y = x @ W.T + b`` for a 2:4 weight, through ``torch._cslt_sparse_mm`` with a searched algorithm id."""
 
-    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype,
-                 fused_transpose: bool = FUSED_TRANSPOSE):
+    def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
         self.out_features, self.in_features, self.dtype = out_features, in_features, dtype
-        self.fused_transpose = fused_transpose
         self.register_buffer("packed", packed)
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, fused_transpose: bool = FUSED_TRANSPOSE) -> SemiSparseLinear:
+    def from_linear(cls, linear: nn.Linear) -> SemiSparseLinear:
         """Compress ``linear``'s 2:4 weight once; raises ValueError naming why it cannot."""
         problem = semi_sparse_problem(linear)
         if problem is not None:
             raise ValueError(problem)
         weight = linear.weight.detach()
         bias = None if linear.bias is None else linear.bias.detach().clone()
-        return cls(torch._cslt_compress(weight.contiguous()), weight.shape[0], weight.shape[1], bias, weight.dtype, fused_transpose)
+        return cls(torch._cslt_compress(weight.contiguous()), weight.shape[0], weight.shape[1], bias, weight.dtype)
 
     def weight_bytes(self) -> int:
         """Bytes the layer keeps on the GPU: the packed weight (kept values and metadata) and the bias."""
         return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
 
     def _algorithm(self, rows_t: torch.Tensor) -> int:
-        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1], self.fused_transpose)
+        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
             tracing = torch.compiler.is_compiling()
@@ -135,7 +130,7 @@ class SemiSparseLinear(nn.Module):
                     f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
                     f"run the same shapes once eagerly before {before} (the search can be neither traced nor captured)"
                 )
-            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t, transpose_result=self.fused_transpose))
+            alg_id = int(torch._cslt_sparse_mm_search(self.packed, rows_t))
             _ALGORITHM_IDS[key] = alg_id
             log.debug("cuSPARSELt algorithm %d for %s", alg_id, key)
         return alg_id
@@ -148,11 +143,10 @@ class SemiSparseLinear(nn.Module):
             rows = F.pad(rows, (0, 0, 0, padding))
         alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
         multiply = torch.ops.sparsebench.cusparselt_mm.default if torch.compiler.is_compiling() else cusparselt_product
-        out = multiply(self.packed, rows, alg_id, self.out_features, self.fused_transpose)[:tokens]  # [tokens, out], contiguous
+        out = multiply(self.packed, rows, alg_id, self.out_features)[:tokens]  # [tokens, out], contiguous
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4, "
-                f"fused_transpose={self.fused_transpose}")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4"
