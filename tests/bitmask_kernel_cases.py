@@ -28,13 +28,14 @@ ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-7}
 # (8 * block_bytes columns) nor of 8; 1,100 columns span two index chunks (138 bytes), so two
 # splits start the second on chunk_offsets[:, 1]; 65 tokens take two token tiles of 64.
 # The one-token "chunks" kernel (1,024 columns a step): 2,100 columns end in a partial chunk and a
-# partial byte, 2,048 fill two chunks exactly, odd row counts leave the last two-row program one row
+# partial byte, 2,048 fill two chunks exactly (no bounds masks), odd row counts leave the last two-row program one row
 CHUNKS_ONE_ROW, CHUNKS_TWO_ROWS = Launch(1, 128, warps=1), Launch(2, 128, warps=1)
 CASES = [
     ("chunks 50% T=1 one row", 7, 2100, 1, 0.5, CHUNKS_ONE_ROW, torch.float16, False),
     ("chunks 70% T=1 two rows", 9, 2100, 1, 0.7, CHUNKS_TWO_ROWS, torch.float16, True),
     ("chunks 80% T=1 whole chunks", 5, 2048, 1, 0.8, CHUNKS_TWO_ROWS, torch.float16, False),
     ("chunks 70% T=1 two splits", 5, 2100, 1, 0.7, Launch(2, 128, warps=1, splits=2), torch.float16, True),
+    ("chunks 70% T=1 whole chunks two splits", 3, 2048, 1, 0.7, Launch(2, 128, warps=1, splits=2), torch.float16, True),
     ("chunks 60% T=1 bfloat16", 6, 1030, 1, 0.6, CHUNKS_TWO_ROWS, torch.bfloat16, True),
     ("50% T=1", 12, 300, 1, 0.5, Launch(1, 16, warps=1, one_token="bytes"), torch.float16, False),
     ("70% T=1 default launch", 12, 300, 1, 0.7, None, torch.float16, False),

@@ -29,6 +29,7 @@ from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = ["chunks 50% T=1 one row", "chunks 70% T=1 two rows", "chunks 80% T=1 whole chunks", "chunks 70% T=1 two splits",
+            "chunks 70% T=1 whole chunks two splits",
             "chunks 60% T=1 bfloat16", "empty and full rows chunks T=1", "50% T=1", "70% T=1 default launch", "80% T=1", "70% T=1 two splits", "70% T=5 two splits", "50% T=64",
             "80% T=65", "60% T=1 bfloat16", "empty and full rows T=1", "empty and full rows T=5", "BitmaskLinear [2, 3, 300]"]
 

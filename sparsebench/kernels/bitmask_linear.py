@@ -26,10 +26,11 @@ add, the step one shift-add), and a float32 FMA with the input at column ``8 * b
 its byte's eight inputs as one 16-byte vector and splits it in registers). The two rows of a program
 share the inputs' loads and their conversion to float32.
 
-Cost, from the sm_90 machine code (benchmarks/bitmask_kernel_sass.py, Triton 3.6): 13.6 instructions per
-weight in the main loop for two rows a program, 14.8 for one, against 15.8 for the first kernel
-(``one_token="bytes"``: one byte a thread, ``block_bytes`` bytes a step, a running 64-bit pointer); none
-goes through shared memory. About 10 of them are per bit and do not depend on the layout of the work:
+Cost, from the sm_90 machine code (benchmarks/bitmask_kernel_sass.py, Triton 3.6): 12.1 instructions per
+weight in the main loop for two rows a program when ``in_features`` is a multiple of 1,024 (no bounds
+masks: 4,096 in LLaMA-2-7B), 13.4 otherwise (11,008), 12.8 and 14.8 for one row, against 15.8 for the
+first kernel (``one_token="bytes"``: one byte a thread, ``block_bytes`` bytes a step, a running 64-bit
+pointer); none goes through shared memory. About 10 of them are per bit and do not depend on the layout of the work:
 the bit test (2), the step (1), the 64-bit address (2), the zeroed predicated load (2), the two
 conversions to float32 (1.5 with the second row sharing the input's) and the FMA. The same gathers bound
 the kernel from the other side (an estimate, not measured): one 16-bit load a weight, each touching two
@@ -185,12 +186,26 @@ def _chunk_starts(m0, m1, m2, m3, base):
 
 
 @triton.jit
-def _chunk_masks(mask_row, byte, n_bytes):
-    """The chunk's mask bytes, lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` (int32)."""
-    m0 = tl.load(mask_row + byte, mask=byte < n_bytes, other=0).to(tl.int32)
-    m1 = tl.load(mask_row + byte + 32, mask=byte + 32 < n_bytes, other=0).to(tl.int32)
-    m2 = tl.load(mask_row + byte + 64, mask=byte + 64 < n_bytes, other=0).to(tl.int32)
-    m3 = tl.load(mask_row + byte + 96, mask=byte + 96 < n_bytes, other=0).to(tl.int32)
+def _chunk_base(offsets_ptr, row, chunk, n_index, EVEN: tl.constexpr):
+    """``chunk_offsets[row, chunk]``; a chunk past the row's end (the last split's) gets 0 and has no bits set."""
+    if EVEN:
+        return tl.load(offsets_ptr + row * n_index + chunk)
+    return tl.load(offsets_ptr + row * n_index + chunk, mask=chunk < n_index, other=0)
+
+
+@triton.jit
+def _chunk_masks(mask_row, byte, n_bytes, EVEN: tl.constexpr):
+    """The chunk's mask bytes, lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` (int32); ``EVEN``: all inside the row."""
+    if EVEN:
+        m0 = tl.load(mask_row + byte).to(tl.int32)
+        m1 = tl.load(mask_row + byte + 32).to(tl.int32)
+        m2 = tl.load(mask_row + byte + 64).to(tl.int32)
+        m3 = tl.load(mask_row + byte + 96).to(tl.int32)
+    else:
+        m0 = tl.load(mask_row + byte, mask=byte < n_bytes, other=0).to(tl.int32)
+        m1 = tl.load(mask_row + byte + 32, mask=byte + 32 < n_bytes, other=0).to(tl.int32)
+        m2 = tl.load(mask_row + byte + 64, mask=byte + 64 < n_bytes, other=0).to(tl.int32)
+        m3 = tl.load(mask_row + byte + 96, mask=byte + 96 < n_bytes, other=0).to(tl.int32)
     return m0, m1, m2, m3
 
 
@@ -209,20 +224,26 @@ def _byte_products(acc, start, mask_byte, x_bits, values_ptr):
 
 
 @triton.jit
-def _group_inputs(x_ptr, byte, cols, BLOCK: tl.constexpr):
-    """The eight inputs (float32) of each lane's mask byte: one 16-byte load, split in registers."""
+def _group_inputs(x_ptr, byte, cols, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+    """The eight inputs (float32) of each lane's mask byte: one 16-byte load, split in registers; ``EVEN``: all inside x."""
     column = byte[:, None] * 8 + tl.arange(0, 8)[None, :]
-    return _eight_columns(tl.load(x_ptr + column, mask=column < cols, other=0.0).to(tl.float32), BLOCK)
+    if EVEN:
+        xs = tl.load(x_ptr + column)
+    else:
+        xs = tl.load(x_ptr + column, mask=column < cols, other=0.0)
+    return _eight_columns(xs.to(tl.float32), BLOCK)
 
 
 @triton.jit
 def _chunk_kernel(
     x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
     rows, cols, n_bytes, n_index, stride_out_split,
-    HAS_BIAS: tl.constexpr, TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, CHUNKS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, CHUNKS: tl.constexpr, EVEN: tl.constexpr,
 ):
     """One token: one warp walks one (or two) rows a chunk of 1,024 columns at a time, lane ``i`` taking mask bytes
-    ``i``, ``32 + i``, ``64 + i``, ``96 + i`` of the chunk; each chunk starts at its ``chunk_offsets`` entry."""
+    ``i``, ``32 + i``, ``64 + i``, ``96 + i`` of the chunk; each chunk starts at its ``chunk_offsets`` entry.
+    ``EVEN``: every chunk of every split lies inside the row (``cols`` a multiple of 1,024 and the splits
+    covering exactly the row's chunks), so no load is bounds-masked (about 1.3 instructions a weight fewer)."""
     row = tl.program_id(0) * (2 if TWO_ROWS else 1)
     split = tl.program_id(1)
     lane = tl.arange(0, 32)
@@ -230,32 +251,30 @@ def _chunk_kernel(
     acc = tl.zeros((32,), dtype=tl.float32)
     if TWO_ROWS:
         row_b_ok = row + 1 < rows
-        row_b = tl.minimum(row + 1, rows - 1)  # a missing second row reads the first's bytes, all masked off
+        row_b = tl.minimum(row + 1, rows - 1)  # a missing second row repeats the first, and is not stored
         mask_row_b = bitmask_ptr + row_b.to(tl.int64) * n_bytes
-        bytes_b = tl.where(row_b_ok, n_bytes, 0)
         acc_b = tl.zeros((32,), dtype=tl.float32)
     for step in range(CHUNKS):  # chunks a split; the last split may run past the row: its bytes are masked off
         chunk = split * CHUNKS + step
         byte = chunk * INDEX_BYTES + lane
-        inside = chunk < n_index
-        m0, m1, m2, m3 = _chunk_masks(mask_row, byte, n_bytes)
-        s0, s1, s2, s3 = _chunk_starts(m0, m1, m2, m3, tl.load(offsets_ptr + row * n_index + chunk, mask=inside, other=0))
+        m0, m1, m2, m3 = _chunk_masks(mask_row, byte, n_bytes, EVEN)
+        s0, s1, s2, s3 = _chunk_starts(m0, m1, m2, m3, _chunk_base(offsets_ptr, row, chunk, n_index, EVEN))
         if TWO_ROWS:
-            n0, n1, n2, n3 = _chunk_masks(mask_row_b, byte, bytes_b)
-            t0, t1, t2, t3 = _chunk_starts(n0, n1, n2, n3, tl.load(offsets_ptr + row_b * n_index + chunk, mask=inside, other=0))
-        x_bits = _group_inputs(x_ptr, byte, cols, 32)
+            n0, n1, n2, n3 = _chunk_masks(mask_row_b, byte, n_bytes, EVEN)
+            t0, t1, t2, t3 = _chunk_starts(n0, n1, n2, n3, _chunk_base(offsets_ptr, row_b, chunk, n_index, EVEN))
+        x_bits = _group_inputs(x_ptr, byte, cols, 32, EVEN)
         acc = _byte_products(acc, s0, m0, x_bits, values_ptr)
         if TWO_ROWS:
             acc_b = _byte_products(acc_b, t0, n0, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 32, cols, 32)
+        x_bits = _group_inputs(x_ptr, byte + 32, cols, 32, EVEN)
         acc = _byte_products(acc, s1, m1, x_bits, values_ptr)
         if TWO_ROWS:
             acc_b = _byte_products(acc_b, t1, n1, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 64, cols, 32)
+        x_bits = _group_inputs(x_ptr, byte + 64, cols, 32, EVEN)
         acc = _byte_products(acc, s2, m2, x_bits, values_ptr)
         if TWO_ROWS:
             acc_b = _byte_products(acc_b, t2, n2, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 96, cols, 32)
+        x_bits = _group_inputs(x_ptr, byte + 96, cols, 32, EVEN)
         acc = _byte_products(acc, s3, m3, x_bits, values_ptr)
         if TWO_ROWS:
             acc_b = _byte_products(acc_b, t3, n3, x_bits, values_ptr)
@@ -426,7 +445,8 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
         _chunk_kernel[(triton.cdiv(rows, launch.block_rows), splits)](
             *common, rows, cols, n_bytes, offsets.shape[1], stride_split,
             HAS_BIAS=fused_bias, TWO_ROWS=launch.block_rows == 2, INDEX_BYTES=INDEX_BYTES,
-            CHUNKS=triton.cdiv(bytes_per_split, INDEX_BYTES), num_warps=1,
+            CHUNKS=triton.cdiv(bytes_per_split, INDEX_BYTES), EVEN=n_bytes % INDEX_BYTES == 0 and splits * bytes_per_split == n_bytes
+            and cols == 8 * n_bytes, num_warps=1,
         )
     elif tokens == 1:
         _one_token_kernel[(rows, splits)](
