@@ -38,8 +38,10 @@ TOKENS = {**POINTERS, **dict.fromkeys(["tokens", "rows", "cols", "n_bytes", "n_i
 MULTIPLES_OF_16 = {"x_ptr", "values_ptr", "bitmask_ptr", "offsets_ptr", "bias_ptr", "out_ptr", "rows", "cols", "n_bytes",
                    "stride_x", "stride_out_token", "bytes_per_split"}
 # (one-token kernel, tokens a program, block_rows, block_bytes, warps, prefetch); "chunks" walks 1,024 columns a
-# step, "chunks-even" without bounds masks (in_features a multiple of 1,024: 4,096 yes, 11,008 no)
-SHAPES = [("chunks-even", 1, 2, 128, 1, False), ("chunks-even", 1, 1, 128, 1, False), ("chunks", 1, 2, 128, 1, False), ("chunks", 1, 1, 128, 1, False),
+# step without bounds masks (one split: every chunk but a partial last one), "chunks-masked" with them (several
+# splits that do not cover the row's chunks exactly)
+SHAPES = [("chunks", 1, 2, 128, 1, False), ("chunks", 1, 1, 128, 1, False), ("chunks-masked", 1, 2, 128, 1, False),
+          ("chunks-masked", 1, 1, 128, 1, False),
           ("bytes", 1, 1, 32, 1, False), ("bytes", 1, 1, 32, 1, True), ("bytes", 1, 1, 64, 2, True), ("bytes", 1, 1, 128, 4, True),
           ("bytes", 16, 16, 32, 4, False), ("bytes", 16, 16, 32, 4, True), ("bytes", 16, 32, 32, 4, True), ("bytes", 64, 32, 32, 4, True)]
 
@@ -53,7 +55,7 @@ def compile_sm90(one_token: str, tokens: int, block_rows: int, block_bytes: int,
     if tokens == 1 and one_token.startswith("chunks"):  # four chunks a split, as at 4,096 columns
         function, signature = kernels._chunk_kernel, CHUNKS
         constants = {"HAS_BIAS": False, "TWO_ROWS": block_rows == 2, "INDEX_BYTES": kernels.INDEX_BYTES, "CHUNKS": 4,
-                     "EVEN": one_token == "chunks-even"}
+                     "MASKED": one_token == "chunks-masked", "MASKED_TAIL": False}
     elif tokens == 1:
         function, signature = kernels._one_token_kernel, ONE_TOKEN
     else:
@@ -103,7 +105,7 @@ def main() -> None:
                "shared_memory_round_trips": {name: counts[name] for name in ("STS", "LDS", "BAR")},
                "top_opcodes": dict(counts.most_common(8))}
         rows.append(row)
-        print(f"{kernel:11s} T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
+        print(f"{kernel:13s} T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
               f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
               f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
     print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))

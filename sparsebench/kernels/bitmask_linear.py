@@ -27,17 +27,18 @@ its byte's eight inputs as one 16-byte vector and splits it in registers). The t
 share the inputs' loads and their conversion to float32.
 
 Cost, from the sm_90 machine code (benchmarks/bitmask_kernel_sass.py, Triton 3.6): 12.1 instructions per
-weight in the main loop for two rows a program when ``in_features`` is a multiple of 1,024 (no bounds
-masks: 4,096 in LLaMA-2-7B), 13.4 otherwise (11,008), 12.8 and 14.8 for one row, against 15.8 for the
-first kernel (``one_token="bytes"``: one byte a thread, ``block_bytes`` bytes a step, a running 64-bit
-pointer); none goes through shared memory. About 10 of them are per bit and do not depend on the layout of the work:
-the bit test (2), the step (1), the 64-bit address (2), the zeroed predicated load (2), the two
-conversions to float32 (1.5 with the second row sharing the input's) and the FMA. The same gathers bound
-the kernel from the other side (an estimate, not measured): one 16-bit load a weight, each touching two
-or three cache lines per warp, at about one line a cycle on an SM's L1 comes to roughly as many cycles
-as the instructions take to issue. Fewer instructions a weight needs values that a warp loads in
-vectors and expands in registers or shared memory, which Triton's per-element gathers do not give. The first kernel stays selectable until a GPU sweep
-(benchmarks/bench_bitmask_kernel.py --sweep) has timed both.
+weight in the main loop for two rows a program, 12.8 for one, against 15.8 for the first kernel
+(``one_token="bytes"``: one byte a thread, ``block_bytes`` bytes a step, a running 64-bit pointer);
+none goes through shared memory. The loop's loads are not bounds-masked: with one split only a last,
+partial chunk is (after the loop; 11,008 columns have one), with several splits that do not cover the
+row's chunks exactly every chunk is (13.4 and 14.8). About 10 instructions a weight are per bit: the
+bit test (2), the step (1), the 64-bit address (2), the zeroed predicated load (2), the two conversions
+to float32 (1.5 with the second row sharing the input's) and the FMA. The same gathers bound the kernel
+from the other side (an estimate, not measured): one 16-bit load a weight, each touching two or three
+cache lines per warp, at about one line a cycle on an SM's L1 comes to roughly as many cycles as the
+instructions take to issue. Fewer instructions a weight needs values that a warp loads in vectors and
+expands in registers or shared memory, which Triton's per-element gathers do not give. The first
+kernel stays selectable until a GPU sweep (benchmarks/bench_bitmask_kernel.py --sweep) has timed both.
 
 ``_one_token_kernel`` (``one_token="bytes"``): one program per output row, one mask byte per thread, so
 that every tensor of the kernel is 1-D in one layout (a 2-D tile of rows x bytes makes Triton move
@@ -186,26 +187,26 @@ def _chunk_starts(m0, m1, m2, m3, base):
 
 
 @triton.jit
-def _chunk_base(offsets_ptr, row, chunk, n_index, EVEN: tl.constexpr):
-    """``chunk_offsets[row, chunk]``; a chunk past the row's end (the last split's) gets 0 and has no bits set."""
-    if EVEN:
-        return tl.load(offsets_ptr + row * n_index + chunk)
-    return tl.load(offsets_ptr + row * n_index + chunk, mask=chunk < n_index, other=0)
+def _chunk_base(offsets_ptr, row, chunk, n_index, MASKED: tl.constexpr):
+    """``chunk_offsets[row, chunk]``; ``MASKED``: a chunk past the row's end (the last split's) gets 0 and has no bits set."""
+    if MASKED:
+        return tl.load(offsets_ptr + row * n_index + chunk, mask=chunk < n_index, other=0)
+    return tl.load(offsets_ptr + row * n_index + chunk)
 
 
 @triton.jit
-def _chunk_masks(mask_row, byte, n_bytes, EVEN: tl.constexpr):
-    """The chunk's mask bytes, lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` (int32); ``EVEN``: all inside the row."""
-    if EVEN:
-        m0 = tl.load(mask_row + byte).to(tl.int32)
-        m1 = tl.load(mask_row + byte + 32).to(tl.int32)
-        m2 = tl.load(mask_row + byte + 64).to(tl.int32)
-        m3 = tl.load(mask_row + byte + 96).to(tl.int32)
-    else:
+def _chunk_masks(mask_row, byte, n_bytes, MASKED: tl.constexpr):
+    """The chunk's mask bytes, lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` (int32); ``MASKED``: zero past the row."""
+    if MASKED:
         m0 = tl.load(mask_row + byte, mask=byte < n_bytes, other=0).to(tl.int32)
         m1 = tl.load(mask_row + byte + 32, mask=byte + 32 < n_bytes, other=0).to(tl.int32)
         m2 = tl.load(mask_row + byte + 64, mask=byte + 64 < n_bytes, other=0).to(tl.int32)
         m3 = tl.load(mask_row + byte + 96, mask=byte + 96 < n_bytes, other=0).to(tl.int32)
+    else:
+        m0 = tl.load(mask_row + byte).to(tl.int32)
+        m1 = tl.load(mask_row + byte + 32).to(tl.int32)
+        m2 = tl.load(mask_row + byte + 64).to(tl.int32)
+        m3 = tl.load(mask_row + byte + 96).to(tl.int32)
     return m0, m1, m2, m3
 
 
@@ -224,60 +225,71 @@ def _byte_products(acc, start, mask_byte, x_bits, values_ptr):
 
 
 @triton.jit
-def _group_inputs(x_ptr, byte, cols, BLOCK: tl.constexpr, EVEN: tl.constexpr):
-    """The eight inputs (float32) of each lane's mask byte: one 16-byte load, split in registers; ``EVEN``: all inside x."""
+def _group_inputs(x_ptr, byte, cols, MASKED: tl.constexpr):
+    """The eight inputs (float32) of each of 32 lanes' mask byte: one 16-byte load, split in registers; ``MASKED``: zero past x."""
     column = byte[:, None] * 8 + tl.arange(0, 8)[None, :]
-    if EVEN:
-        xs = tl.load(x_ptr + column)
-    else:
+    if MASKED:
         xs = tl.load(x_ptr + column, mask=column < cols, other=0.0)
-    return _eight_columns(xs.to(tl.float32), BLOCK)
+    else:
+        xs = tl.load(x_ptr + column)
+    return _eight_columns(xs.to(tl.float32), 32)
+
+
+@triton.jit
+def _chunk_step(acc, acc_b, chunk, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b, cols, n_bytes, n_index,
+                TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, MASKED: tl.constexpr):
+    """Add one chunk's products of row ``row`` to ``acc`` (and of ``row_b`` to ``acc_b``); ``MASKED``: bounds-mask the loads."""
+    byte = chunk * INDEX_BYTES + tl.arange(0, 32)
+    m0, m1, m2, m3 = _chunk_masks(mask_row, byte, n_bytes, MASKED)
+    s0, s1, s2, s3 = _chunk_starts(m0, m1, m2, m3, _chunk_base(offsets_ptr, row, chunk, n_index, MASKED))
+    if TWO_ROWS:
+        n0, n1, n2, n3 = _chunk_masks(mask_row_b, byte, n_bytes, MASKED)
+        t0, t1, t2, t3 = _chunk_starts(n0, n1, n2, n3, _chunk_base(offsets_ptr, row_b, chunk, n_index, MASKED))
+    x_bits = _group_inputs(x_ptr, byte, cols, MASKED)
+    acc = _byte_products(acc, s0, m0, x_bits, values_ptr)
+    if TWO_ROWS:
+        acc_b = _byte_products(acc_b, t0, n0, x_bits, values_ptr)
+    x_bits = _group_inputs(x_ptr, byte + 32, cols, MASKED)
+    acc = _byte_products(acc, s1, m1, x_bits, values_ptr)
+    if TWO_ROWS:
+        acc_b = _byte_products(acc_b, t1, n1, x_bits, values_ptr)
+    x_bits = _group_inputs(x_ptr, byte + 64, cols, MASKED)
+    acc = _byte_products(acc, s2, m2, x_bits, values_ptr)
+    if TWO_ROWS:
+        acc_b = _byte_products(acc_b, t2, n2, x_bits, values_ptr)
+    x_bits = _group_inputs(x_ptr, byte + 96, cols, MASKED)
+    acc = _byte_products(acc, s3, m3, x_bits, values_ptr)
+    if TWO_ROWS:
+        acc_b = _byte_products(acc_b, t3, n3, x_bits, values_ptr)
+    return acc, acc_b
 
 
 @triton.jit
 def _chunk_kernel(
     x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
     rows, cols, n_bytes, n_index, stride_out_split,
-    HAS_BIAS: tl.constexpr, TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, CHUNKS: tl.constexpr, EVEN: tl.constexpr,
+    HAS_BIAS: tl.constexpr, TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, CHUNKS: tl.constexpr,
+    MASKED: tl.constexpr, MASKED_TAIL: tl.constexpr,
 ):
     """One token: one warp walks one (or two) rows a chunk of 1,024 columns at a time, lane ``i`` taking mask bytes
     ``i``, ``32 + i``, ``64 + i``, ``96 + i`` of the chunk; each chunk starts at its ``chunk_offsets`` entry.
-    ``EVEN``: every chunk of every split lies inside the row (``cols`` a multiple of 1,024 and the splits
-    covering exactly the row's chunks), so no load is bounds-masked (about 1.3 instructions a weight fewer)."""
+
+    ``CHUNKS`` chunks a split. ``MASKED``: bounds-mask every chunk's loads (several splits that do not
+    cover the row's chunks exactly); ``MASKED_TAIL``: only the last chunk's (one split, ``cols`` not a
+    multiple of 1,024). The unmasked chunks cost about 1.3 instructions a weight fewer."""
     row = tl.program_id(0) * (2 if TWO_ROWS else 1)
     split = tl.program_id(1)
-    lane = tl.arange(0, 32)
     mask_row = bitmask_ptr + row.to(tl.int64) * n_bytes
     acc = tl.zeros((32,), dtype=tl.float32)
-    if TWO_ROWS:
-        row_b_ok = row + 1 < rows
-        row_b = tl.minimum(row + 1, rows - 1)  # a missing second row repeats the first, and is not stored
-        mask_row_b = bitmask_ptr + row_b.to(tl.int64) * n_bytes
-        acc_b = tl.zeros((32,), dtype=tl.float32)
-    for step in range(CHUNKS):  # chunks a split; the last split may run past the row: its bytes are masked off
-        chunk = split * CHUNKS + step
-        byte = chunk * INDEX_BYTES + lane
-        m0, m1, m2, m3 = _chunk_masks(mask_row, byte, n_bytes, EVEN)
-        s0, s1, s2, s3 = _chunk_starts(m0, m1, m2, m3, _chunk_base(offsets_ptr, row, chunk, n_index, EVEN))
-        if TWO_ROWS:
-            n0, n1, n2, n3 = _chunk_masks(mask_row_b, byte, n_bytes, EVEN)
-            t0, t1, t2, t3 = _chunk_starts(n0, n1, n2, n3, _chunk_base(offsets_ptr, row_b, chunk, n_index, EVEN))
-        x_bits = _group_inputs(x_ptr, byte, cols, 32, EVEN)
-        acc = _byte_products(acc, s0, m0, x_bits, values_ptr)
-        if TWO_ROWS:
-            acc_b = _byte_products(acc_b, t0, n0, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 32, cols, 32, EVEN)
-        acc = _byte_products(acc, s1, m1, x_bits, values_ptr)
-        if TWO_ROWS:
-            acc_b = _byte_products(acc_b, t1, n1, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 64, cols, 32, EVEN)
-        acc = _byte_products(acc, s2, m2, x_bits, values_ptr)
-        if TWO_ROWS:
-            acc_b = _byte_products(acc_b, t2, n2, x_bits, values_ptr)
-        x_bits = _group_inputs(x_ptr, byte + 96, cols, 32, EVEN)
-        acc = _byte_products(acc, s3, m3, x_bits, values_ptr)
-        if TWO_ROWS:
-            acc_b = _byte_products(acc_b, t3, n3, x_bits, values_ptr)
+    acc_b = tl.zeros((32,), dtype=tl.float32)  # the second row's; unused for one row
+    row_b = tl.minimum(row + 1, rows - 1)  # a missing second row repeats the first, and is not stored
+    mask_row_b = bitmask_ptr + row_b.to(tl.int64) * n_bytes
+    for step in range(CHUNKS - MASKED_TAIL):
+        acc, acc_b = _chunk_step(acc, acc_b, split * CHUNKS + step, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b,
+                                 cols, n_bytes, n_index, TWO_ROWS, INDEX_BYTES, MASKED)
+    if MASKED_TAIL:
+        acc, acc_b = _chunk_step(acc, acc_b, split * CHUNKS + CHUNKS - 1, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b,
+                                 cols, n_bytes, n_index, TWO_ROWS, INDEX_BYTES, True)
     result = tl.sum(acc, 0)
     if HAS_BIAS:
         result += tl.load(bias_ptr + row).to(tl.float32)
@@ -286,7 +298,7 @@ def _chunk_kernel(
         result_b = tl.sum(acc_b, 0)
         if HAS_BIAS:
             result_b += tl.load(bias_ptr + row_b).to(tl.float32)
-        tl.store(out_ptr + split * stride_out_split + row_b, result_b.to(out_ptr.dtype.element_ty), mask=row_b_ok)
+        tl.store(out_ptr + split * stride_out_split + row_b, result_b.to(out_ptr.dtype.element_ty), mask=row + 1 < rows)
 
 
 @triton.jit
@@ -442,11 +454,13 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     steps = triton.cdiv(bytes_per_split, launch.block_bytes)
     common = (x2d, packed.values, packed.bitmask, offsets, bias if fused_bias else x2d, out)
     if tokens == 1 and launch.one_token == "chunks":
+        # every split a whole number of chunks inside the row: no bounds masks; else only the one split's last chunk
+        whole_chunks = cols % (8 * INDEX_BYTES) == 0 and splits * bytes_per_split == n_bytes
         _chunk_kernel[(triton.cdiv(rows, launch.block_rows), splits)](
             *common, rows, cols, n_bytes, offsets.shape[1], stride_split,
             HAS_BIAS=fused_bias, TWO_ROWS=launch.block_rows == 2, INDEX_BYTES=INDEX_BYTES,
-            CHUNKS=triton.cdiv(bytes_per_split, INDEX_BYTES), EVEN=n_bytes % INDEX_BYTES == 0 and splits * bytes_per_split == n_bytes
-            and cols == 8 * n_bytes, num_warps=1,
+            CHUNKS=triton.cdiv(bytes_per_split, INDEX_BYTES), MASKED=splits > 1 and not whole_chunks,
+            MASKED_TAIL=splits == 1 and not whole_chunks, num_warps=1,
         )
     elif tokens == 1:
         _one_token_kernel[(rows, splits)](
