@@ -196,7 +196,7 @@ def _chunk_base(offsets_ptr, row, chunk, n_index, MASKED: tl.constexpr):
 
 @triton.jit
 def _chunk_masks(mask_row, byte, n_bytes, MASKED: tl.constexpr):
-    """The chunk's mask bytes, lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` (int32); ``MASKED``: zero past the row."""
+    """The chunk's mask bytes (int32), lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i``, ``96 + i``; ``MASKED``: zero past the row."""
     if MASKED:
         m0 = tl.load(mask_row + byte, mask=byte < n_bytes, other=0).to(tl.int32)
         m1 = tl.load(mask_row + byte + 32, mask=byte + 32 < n_bytes, other=0).to(tl.int32)
@@ -431,7 +431,8 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     if tokens == 1 and launch.one_token == "chunks" and (launch.block_rows > 2 or launch.block_bytes != INDEX_BYTES
                                                          or launch.warps != 1 or launch.prefetch):
         raise ValueError(f"one token on the 'chunks' kernel runs one warp of one or two rows, {INDEX_BYTES} mask bytes a step, "
-                         f"no prefetch: the launch needs block_rows in (1, 2), block_bytes={INDEX_BYTES}, warps=1, prefetch=False, got {launch}")
+                         f"no prefetch: the launch needs block_rows in (1, 2), block_bytes={INDEX_BYTES}, warps=1, "
+                         f"prefetch=False, got {launch}")
     if tokens == 1 and launch.one_token == "bytes" and launch.block_rows != 1:
         raise ValueError(f"one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1, got {launch}")
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
