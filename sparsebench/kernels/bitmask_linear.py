@@ -240,27 +240,16 @@ def _chunk_step(acc, acc_b, chunk, x_ptr, values_ptr, offsets_ptr, mask_row, mas
                 TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, MASKED: tl.constexpr):
     """Add one chunk's products of row ``row`` to ``acc`` (and of ``row_b`` to ``acc_b``); ``MASKED``: bounds-mask the loads."""
     byte = chunk * INDEX_BYTES + tl.arange(0, 32)
-    m0, m1, m2, m3 = _chunk_masks(mask_row, byte, n_bytes, MASKED)
-    s0, s1, s2, s3 = _chunk_starts(m0, m1, m2, m3, _chunk_base(offsets_ptr, row, chunk, n_index, MASKED))
+    masks = _chunk_masks(mask_row, byte, n_bytes, MASKED)
+    starts = _chunk_starts(*masks, _chunk_base(offsets_ptr, row, chunk, n_index, MASKED))
     if TWO_ROWS:
-        n0, n1, n2, n3 = _chunk_masks(mask_row_b, byte, n_bytes, MASKED)
-        t0, t1, t2, t3 = _chunk_starts(n0, n1, n2, n3, _chunk_base(offsets_ptr, row_b, chunk, n_index, MASKED))
-    x_bits = _group_inputs(x_ptr, byte, cols, MASKED)
-    acc = _byte_products(acc, s0, m0, x_bits, values_ptr)
-    if TWO_ROWS:
-        acc_b = _byte_products(acc_b, t0, n0, x_bits, values_ptr)
-    x_bits = _group_inputs(x_ptr, byte + 32, cols, MASKED)
-    acc = _byte_products(acc, s1, m1, x_bits, values_ptr)
-    if TWO_ROWS:
-        acc_b = _byte_products(acc_b, t1, n1, x_bits, values_ptr)
-    x_bits = _group_inputs(x_ptr, byte + 64, cols, MASKED)
-    acc = _byte_products(acc, s2, m2, x_bits, values_ptr)
-    if TWO_ROWS:
-        acc_b = _byte_products(acc_b, t2, n2, x_bits, values_ptr)
-    x_bits = _group_inputs(x_ptr, byte + 96, cols, MASKED)
-    acc = _byte_products(acc, s3, m3, x_bits, values_ptr)
-    if TWO_ROWS:
-        acc_b = _byte_products(acc_b, t3, n3, x_bits, values_ptr)
+        masks_b = _chunk_masks(mask_row_b, byte, n_bytes, MASKED)
+        starts_b = _chunk_starts(*masks_b, _chunk_base(offsets_ptr, row_b, chunk, n_index, MASKED))
+    for group in tl.static_range(4):  # the lanes' bytes group, 32 * group + lane
+        x_bits = _group_inputs(x_ptr, byte + 32 * group, cols, MASKED)
+        acc = _byte_products(acc, starts[group], masks[group], x_bits, values_ptr)
+        if TWO_ROWS:
+            acc_b = _byte_products(acc_b, starts_b[group], masks_b[group], x_bits, values_ptr)
     return acc, acc_b
 
 
