@@ -61,9 +61,9 @@ def test_cases_cover_the_shapes_they_name(interpreted):
     assert interpreted["BitmaskLinear [2, 3, 300]"]["out_shape"] == [2, 3, 40]
 
 
-@pytest.mark.parametrize("rows, cols", [(4096, 4096), (11008, 4096), (4096, 11008), (12, 300)])
-def test_one_token_defaults_to_the_chunks_kernel_and_several_to_the_tensor_cores(rows, cols):
-    assert default_launch(1, rows, cols) == Launch(block_rows=2, block_bytes=INDEX_BYTES, warps=1, one_token="chunks")
+@pytest.mark.parametrize("rows, cols, rows_per_program", [(4096, 4096, 1), (11008, 4096, 2), (4096, 11008, 1), (12, 300, 1)])
+def test_one_token_defaults_to_the_chunks_kernel_and_several_to_the_tensor_cores(rows, cols, rows_per_program):
+    assert default_launch(1, rows, cols) == Launch(block_rows=rows_per_program, block_bytes=INDEX_BYTES, warps=1, one_token="chunks")
     assert default_launch(16, rows, cols).block_rows >= 16
 
 

@@ -120,13 +120,15 @@ def default_launch(tokens: int, rows: int, cols: int) -> Launch:
 
     A first choice, not yet timed on a GPU (benchmarks/bench_bitmask_kernel.py --sweep times it against
     the alternatives): of the shapes tried, the ones whose main loop has the fewest instructions per
-    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: the ``chunks`` kernel,
-    two rows a one-warp program (the rows share the inputs' conversion to float32). Several: 32 rows a
+    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: the ``chunks`` kernel, a
+    one-warp program of two rows (they share the inputs' conversion to float32: 12.1 instructions a weight
+    against 12.8), or of one row below 8,192 rows, so that a 4,096-row weight still gives each of 132
+    multiprocessors about 31 warps (64 registers a thread allow 32). Several: 32 rows a
     program with the mask prefetched, the input dimension split in four (fewer than 8,192 rows) or two,
     so that a 132-multiprocessor GPU gets several programs each.
     """
     if tokens == 1:
-        return Launch(block_rows=2, block_bytes=INDEX_BYTES, warps=1)
+        return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
     return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
 
 
