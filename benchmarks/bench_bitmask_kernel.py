@@ -16,9 +16,12 @@ It prints, per case: the dense and sparse time, the ratio dense / sparse (above 
 the bytes of the layout over the dense fp16 bytes (``BitmaskLinear.weight_bytes``: values, bitmask,
 row offsets and the kernel's chunk offsets), the effective bandwidth of each (weight bytes read
 over time) and the ratio the bytes alone would give at dense's bandwidth (``1 / bytes ratio``),
-and the largest difference to ``F.linear`` on one copy. ``--sweep`` first times each launch of
-``LAUNCHES`` at 70 % for the ``--sweep-tokens`` (1 and 16) and reports both the default launch
-(``default_launch``) and the fastest for those.
+and the largest difference to ``F.linear`` on one copy. At one token it also times the first
+one-token kernel in its former default launch (``PREVIOUS_ONE_TOKEN``: ``one_token="bytes"``, one
+row a warp, 32 mask bytes a step) beside the default (``default_launch``: the ``chunks`` kernel) and
+prints, per shape and sparsity, dense / chunks, dense / bytes and bytes / chunks (above 1: the new
+kernel is faster). ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
+``--sweep-tokens`` (1 and 16) and reports both the default launch and the fastest for those.
 The last line is one JSON object with every figure.
 """
 
@@ -37,11 +40,14 @@ import triton
 from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, default_launch
 
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
+# the one-token default before the chunks kernel (sparsebench 2026-12-05: one row a warp, 32 mask bytes a step)
+PREVIOUS_ONE_TOKEN = Launch(1, 32, 1, one_token="bytes")
 # candidates of --sweep: one token (one row per program, 32 * warps mask bytes a step, one a thread),
 # several tokens (tensor cores: block_rows >= 16)
 LAUNCHES = {
-    "one": [Launch(1, 32, 1), Launch(1, 32, 1, prefetch=True), Launch(1, 64, 2, prefetch=True), Launch(1, 128, 4, prefetch=True),
-            Launch(1, 64, 1, prefetch=True), Launch(1, 32, 1, splits=2, prefetch=True), Launch(1, 32, 1, splits=4, prefetch=True)],
+    "one": [Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
+            Launch(1, 32, 1, one_token="bytes"), Launch(1, 32, 1, prefetch=True, one_token="bytes"),
+            Launch(1, 64, 2, prefetch=True, one_token="bytes"), Launch(1, 32, 1, splits=2, prefetch=True, one_token="bytes")],
     "several": [Launch(16, 32, 4), Launch(16, 32, 4, prefetch=True), Launch(32, 32, 4, prefetch=True),
                 Launch(16, 32, 4, splits=2, prefetch=True), Launch(16, 32, 4, splits=4, prefetch=True)],
 }
@@ -108,7 +114,29 @@ def _linear(weight: torch.Tensor) -> torch.nn.Linear:
 
 def _launch_json(launch: Launch) -> dict:
     return {"block_rows": launch.block_rows, "block_bytes": launch.block_bytes, "warps": launch.warps,
-            "splits": launch.splits, "prefetch": launch.prefetch}
+            "splits": launch.splits, "prefetch": launch.prefetch, "one_token": launch.one_token}
+
+
+def _launch_label(launch: Launch) -> str:
+    kernel = f"/{launch.one_token}" if launch.block_rows <= 2 else ""
+    return f"{launch.block_rows}x{launch.block_bytes}/w{launch.warps}/s{launch.splits}{'/p' if launch.prefetch else ''}{kernel}"
+
+
+def one_token_ratios(results: list[dict]) -> list[dict]:
+    """Per shape and sparsity at one token: dense / chunks (the default), dense / bytes (the previous default), bytes / chunks."""
+    rows = []
+    for name, shape in SHAPES.items():
+        for sparsity in sorted({row["sparsity"] for row in results}):
+            timed = {row["launch_label"]: row for row in results
+                     if row["linear"] == name and row["sparsity"] == sparsity and row["tokens"] == 1}
+            if "default" not in timed or "previous (bytes)" not in timed:
+                continue
+            chunks, previous = timed["default"], timed["previous (bytes)"]
+            rows.append({"linear": name, "shape": list(shape), "sparsity": sparsity, "dense_us": chunks["dense_us"],
+                         "chunks_us": chunks["sparse_us"], "bytes_us": previous["sparse_us"],
+                         "dense_over_chunks": chunks["dense_over_sparse"], "dense_over_bytes": previous["dense_over_sparse"],
+                         "bytes_over_chunks": previous["sparse_us"] / chunks["sparse_us"]})
+    return rows
 
 
 @torch.inference_mode()
@@ -133,6 +161,8 @@ def measure(name: str, shape: tuple[int, int], sparsities: list[float], token_co
             _module_calls(modules, x, None)  # the default launch (an earlier capture may have set another)
             difference = float((modules[0](x) - F.linear(x, first_dense)).abs().max())
             launches = {"default": default_launch(tokens, rows, cols)}
+            if tokens == 1:
+                launches["previous (bytes)"] = PREVIOUS_ONE_TOKEN
             if (shape, tokens) in best:
                 launches["best of sweep"] = best[(shape, tokens)]
             for label, launch in launches.items():
@@ -144,7 +174,7 @@ def measure(name: str, shape: tuple[int, int], sparsities: list[float], token_co
                        "dense_gb_s": dense_bytes / dense_s[tokens] / 1e9, "sparse_gb_s": sparse_bytes / seconds / 1e9,
                        "max_abs_difference": difference}
                 results.append(row)
-                print(f"{name:13s} {rows:5d}x{cols:<5d} {sparsity:4.0%} T={tokens:<3d} {label:13s} dense {row['dense_us']:7.1f} us "
+                print(f"{name:13s} {rows:5d}x{cols:<5d} {sparsity:4.0%} T={tokens:<3d} {label:16s} dense {row['dense_us']:7.1f} us "
                       f"sparse {row['sparse_us']:7.1f} us  dense/sparse {row['dense_over_sparse']:5.2f}x  bytes {row['bytes_ratio']:.3f} "
                       f"(floor {row['byte_floor_ratio']:.2f}x)  GB/s dense {row['dense_gb_s']:6.0f} sparse {row['sparse_gb_s']:6.0f}  "
                       f"max|diff| {difference:.1e}", flush=True)
@@ -180,12 +210,16 @@ def main() -> None:
                 sweeps.append({"linear": name, "tokens": tokens, "candidates": [
                     {"launch": _launch_json(entry["launch"]), "sparse_us": entry["seconds"] * 1e6} for entry in timed]})
                 print(f"sweep {name} T={tokens}: " + ", ".join(
-                    f"{entry['launch'].block_rows}x{entry['launch'].block_bytes}/w{entry['launch'].warps}/s{entry['launch'].splits}"
-                    f"{'/p' if entry['launch'].prefetch else ''} {entry['seconds'] * 1e6:.1f}us" for entry in timed), flush=True)
+                    f"{_launch_label(entry['launch'])} {entry['seconds'] * 1e6:.1f}us" for entry in timed), flush=True)
     results = []
     for name, shape in SHAPES.items():
         results += measure(name, shape, args.sparsities, args.tokens, stream_bytes, args.repeats, best)
-    line = json.dumps({"device": device, "sweeps": sweeps, "per_linear": results})
+    ratios = one_token_ratios(results)
+    for row in ratios:
+        print(f"one token {row['linear']:13s} {row['sparsity']:4.0%}: dense {row['dense_us']:6.1f} us, chunks {row['chunks_us']:6.1f} us, "
+              f"bytes {row['bytes_us']:6.1f} us; dense/chunks {row['dense_over_chunks']:4.2f}x, dense/bytes {row['dense_over_bytes']:4.2f}x, "
+              f"bytes/chunks {row['bytes_over_chunks']:4.2f}x", flush=True)
+    line = json.dumps({"device": device, "sweeps": sweeps, "per_linear": results, "one_token": ratios})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             handle.write(line + "\n")

@@ -2,7 +2,8 @@
 
     PYTHONPATH=$PWD python benchmarks/bitmask_kernel_sass.py
 
-Compiles ``_one_token_kernel`` and ``_tokens_kernel`` (sparsebench/kernels/bitmask_linear.py) for
+Compiles the one-token kernels ``_chunk_kernel`` (``Launch.one_token="chunks"``, the default) and
+``_one_token_kernel`` (``"bytes"``, the first one) and ``_tokens_kernel`` (sparsebench/kernels/bitmask_linear.py) for
 compute capability 9.0 (H100, H200) with Triton's own ptxas, disassembles them with the cuobjdump that
 Triton ships, finds the main loop (the longest backward branch) and divides its instruction count by
 the weights one thread covers in one step (``block_rows * block_bytes * 8 / (32 * warps)``).
@@ -30,23 +31,32 @@ from sparsebench.kernels import bitmask_linear as kernels
 
 POINTERS = {"x_ptr": "*fp16", "values_ptr": "*fp16", "bitmask_ptr": "*u8", "offsets_ptr": "*i32", "bias_ptr": "*fp16", "out_ptr": "*fp16"}
 ONE_TOKEN = {**POINTERS, **dict.fromkeys(["cols", "n_bytes", "n_index", "stride_out_split", "bytes_per_split"], "i32")}
+CHUNKS = {**POINTERS, **dict.fromkeys(["rows", "cols", "n_bytes", "n_index", "stride_out_split"], "i32")}
 TOKENS = {**POINTERS, **dict.fromkeys(["tokens", "rows", "cols", "n_bytes", "n_index", "stride_x", "stride_out_token",
                                        "stride_out_split", "bytes_per_split"], "i32")}
 # arguments Triton sees as multiples of 16 at LLaMA-2-7B's shapes (pointers from torch, 4096 / 11008 columns)
 MULTIPLES_OF_16 = {"x_ptr", "values_ptr", "bitmask_ptr", "offsets_ptr", "bias_ptr", "out_ptr", "rows", "cols", "n_bytes",
                    "stride_x", "stride_out_token", "bytes_per_split"}
-# (tokens a program, block_rows, block_bytes, warps, prefetch)
-SHAPES = [(1, 1, 32, 1, False), (1, 1, 32, 1, True), (1, 1, 64, 2, True), (1, 1, 128, 4, True),
-          (16, 16, 32, 4, False), (16, 16, 32, 4, True), (16, 32, 32, 4, True), (64, 32, 32, 4, True)]
+# (one-token kernel, tokens a program, block_rows, block_bytes, warps, prefetch); "chunks" walks 1,024 columns a
+# step without bounds masks (one split: every chunk but a partial last one), "chunks-masked" with them (several
+# splits that do not cover the row's chunks exactly)
+SHAPES = [("chunks", 1, 2, 128, 1, False), ("chunks", 1, 1, 128, 1, False), ("chunks-masked", 1, 2, 128, 1, False),
+          ("chunks-masked", 1, 1, 128, 1, False),
+          ("bytes", 1, 1, 32, 1, False), ("bytes", 1, 1, 32, 1, True), ("bytes", 1, 1, 64, 2, True), ("bytes", 1, 1, 128, 4, True),
+          ("bytes", 16, 16, 32, 4, False), ("bytes", 16, 16, 32, 4, True), ("bytes", 16, 32, 32, 4, True), ("bytes", 64, 32, 32, 4, True)]
 
 
 def _cuobjdump() -> str:
     return str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
 
 
-def compile_sm90(tokens: int, block_rows: int, block_bytes: int, warps: int, prefetch: bool):
+def compile_sm90(one_token: str, tokens: int, block_rows: int, block_bytes: int, warps: int, prefetch: bool):
     constants = {"HAS_BIAS": False, "BLOCK_BYTES": block_bytes, "INDEX_BYTES": kernels.INDEX_BYTES, "STEPS": 4, "PREFETCH": prefetch}
-    if tokens == 1:
+    if tokens == 1 and one_token.startswith("chunks"):  # four chunks a split, as at 4,096 columns
+        function, signature = kernels._chunk_kernel, CHUNKS
+        constants = {"HAS_BIAS": False, "TWO_ROWS": block_rows == 2, "INDEX_BYTES": kernels.INDEX_BYTES, "CHUNKS": 4,
+                     "MASKED": one_token == "chunks-masked", "MASKED_TAIL": False}
+    elif tokens == 1:
         function, signature = kernels._one_token_kernel, ONE_TOKEN
     else:
         function, signature = kernels._tokens_kernel, TOKENS
@@ -85,16 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args()
     rows = []
-    for tokens, block_rows, block_bytes, warps, prefetch in SHAPES:
-        loop, registers = main_loop(compile_sm90(tokens, block_rows, block_bytes, warps, prefetch).asm["cubin"])
+    for one_token, tokens, block_rows, block_bytes, warps, prefetch in SHAPES:
+        loop, registers = main_loop(compile_sm90(one_token, tokens, block_rows, block_bytes, warps, prefetch).asm["cubin"])
         weights_per_thread = block_rows * block_bytes * 8 / (32 * warps)
         counts = collections.Counter(opcode(instruction) for instruction in loop)
-        row = {"tokens_per_program": tokens, "block_rows": block_rows, "block_bytes": block_bytes, "warps": warps, "prefetch": prefetch,
+        kernel = one_token if tokens == 1 else "tokens"
+        row = {"kernel": kernel, "tokens_per_program": tokens, "block_rows": block_rows, "block_bytes": block_bytes, "warps": warps, "prefetch": prefetch,
                "loop_instructions": len(loop), "instructions_per_weight": len(loop) / weights_per_thread, "registers": registers,
                "shared_memory_round_trips": {name: counts[name] for name in ("STS", "LDS", "BAR")},
                "top_opcodes": dict(counts.most_common(8))}
         rows.append(row)
-        print(f"T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
+        print(f"{kernel:13s} T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
               f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
               f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
     print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))

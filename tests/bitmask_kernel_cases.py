@@ -28,18 +28,27 @@ ROUNDING = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-7}
 
 # (name, rows, cols, tokens, sparsity, launch, dtype, bias): in_features not a multiple of a chunk
 # (8 * block_bytes columns) nor of 8; 1,100 columns span two index chunks (138 bytes), so two
-# splits start the second on chunk_offsets[:, 1]; 65 tokens take two token tiles of 64
+# splits start the second on chunk_offsets[:, 1]; 65 tokens take two token tiles of 64.
+# The one-token "chunks" kernel (1,024 columns a step): 2,100 columns end in a partial chunk and a
+# partial byte, 2,048 fill two chunks exactly (no bounds masks), odd row counts leave the last two-row program one row
+CHUNKS_ONE_ROW, CHUNKS_TWO_ROWS = Launch(1, 128, warps=1), Launch(2, 128, warps=1)
 CASES = [
-    ("50% T=1", 12, 300, 1, 0.5, Launch(1, 16, warps=1), torch.float16, False),
+    ("chunks 50% T=1 one row", 7, 2100, 1, 0.5, CHUNKS_ONE_ROW, torch.float16, False),
+    ("chunks 70% T=1 two rows", 9, 2100, 1, 0.7, CHUNKS_TWO_ROWS, torch.float16, True),
+    ("chunks 80% T=1 whole chunks", 5, 2048, 1, 0.8, CHUNKS_TWO_ROWS, torch.float16, False),
+    ("chunks 70% T=1 two splits", 5, 2100, 1, 0.7, Launch(2, 128, warps=1, splits=2), torch.float16, True),
+    ("chunks 70% T=1 whole chunks two splits", 3, 2048, 1, 0.7, Launch(2, 128, warps=1, splits=2), torch.float16, True),
+    ("chunks 60% T=1 bfloat16", 6, 1030, 1, 0.6, CHUNKS_TWO_ROWS, torch.bfloat16, True),
+    ("50% T=1", 12, 300, 1, 0.5, Launch(1, 16, warps=1, one_token="bytes"), torch.float16, False),
     ("70% T=1 default launch", 12, 300, 1, 0.7, None, torch.float16, False),
-    ("80% T=1", 12, 300, 1, 0.8, Launch(1, 16, prefetch=True), torch.float16, True),
-    ("70% T=1 two splits", 9, 1100, 1, 0.7, Launch(1, 32, splits=2, prefetch=True), torch.float16, True),
+    ("80% T=1", 12, 300, 1, 0.8, Launch(1, 16, prefetch=True, one_token="bytes"), torch.float16, True),
+    ("70% T=1 two splits", 9, 1100, 1, 0.7, Launch(1, 32, splits=2, prefetch=True, one_token="bytes"), torch.float16, True),
     ("70% T=5 two splits", 20, 1100, 5, 0.7, Launch(16, 16, splits=2, prefetch=True), torch.float16, True),
     ("50% T=64", 33, 200, 64, 0.5, Launch(16, 32), torch.float16, False),
     ("80% T=65", 33, 200, 65, 0.8, Launch(16, 32), torch.float16, True),
     # bfloat16 on the one-token path only: Triton 3.6's interpreter multiplies bfloat16 operands of
     # tl.dot as their uint16 bit patterns (interpreter.py, create_dot); tests/test_bitmask_gpu.py runs it compiled
-    ("60% T=1 bfloat16", 16, 136, 1, 0.6, Launch(1, 16), torch.bfloat16, True),
+    ("60% T=1 bfloat16", 16, 136, 1, 0.6, Launch(1, 16, one_token="bytes"), torch.bfloat16, True),
 ]
 EMPTY_ROWS, FULL_ROWS = (0, 3, 10), (5, 7, 15)
 
@@ -88,14 +97,17 @@ def main() -> None:
     for seed, (name, rows, cols, tokens, sparsity, launch, dtype, bias) in enumerate(CASES):
         weight = _weight(rows, cols, sparsity, dtype, seed)
         results[name] = {**_product(weight, tokens, launch, bias, seed), "sparsity": float((weight == 0).double().mean())}
-    # empty rows (no values, the next row's offset repeats) and full rows (every bit set)
-    weight = _weight(16, 264, 0.7, torch.float16, 50)
-    weight[list(EMPTY_ROWS)] = 0
-    weight[list(FULL_ROWS)] = torch.randn(len(FULL_ROWS), 264, generator=torch.Generator().manual_seed(51)).half()
-    for tokens, launch in ((1, Launch(1, 16)), (5, Launch(16, 16, prefetch=True))):
-        case = _product(weight, tokens, launch, True, 52)
-        case["row_counts"] = (weight != 0).sum(dim=1).tolist()
-        results[f"empty and full rows T={tokens}"] = case
+    # empty rows (no values, the next row's offset repeats) and full rows (every bit set); at 2,100
+    # columns a full row fills whole 32-byte groups (256 kept weights, the largest group total)
+    for cols, runs in ((264, ((1, Launch(1, 16, one_token="bytes"), "T=1"), (5, Launch(16, 16, prefetch=True), "T=5"))),
+                       (2100, ((1, CHUNKS_TWO_ROWS, "chunks T=1"),))):
+        weight = _weight(16, cols, 0.7, torch.float16, 50)
+        weight[list(EMPTY_ROWS)] = 0
+        weight[list(FULL_ROWS)] = torch.randn(len(FULL_ROWS), cols, generator=torch.Generator().manual_seed(51)).half()
+        for tokens, launch, label in runs:
+            case = _product(weight, tokens, launch, True, 52)
+            case["row_counts"] = (weight != 0).sum(dim=1).tolist()
+            results[f"empty and full rows {label}"] = case
     # the module: inputs [..., in], bias kept, no dense copy
     linear = torch.nn.Linear(300, 40, dtype=torch.float16)
     with torch.no_grad():

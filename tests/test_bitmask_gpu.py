@@ -43,12 +43,14 @@ def test_bitmask_linear_equals_f_linear_at_llama_2_7b_shapes(rows, cols, sparsit
         _assert_as_close_as_dense(module(x), dense, exact)
 
 
-@pytest.mark.parametrize("launch", [Launch(1, 32, 1, splits=4, prefetch=True), Launch(1, 128, 4), Launch(16, 32, splits=2), Launch(32, 64, warps=8, prefetch=True)])
+@pytest.mark.parametrize("launch", [Launch(2, 128, 1), Launch(1, 128, 1, splits=4), Launch(2, 128, 1, splits=8),
+                                    Launch(1, 32, 1, splits=4, prefetch=True, one_token="bytes"), Launch(1, 128, 4, one_token="bytes"),
+                                    Launch(16, 32, splits=2), Launch(32, 64, warps=8, prefetch=True)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_launches_bias_and_bfloat16(launch, dtype):
     linear = _pruned_linear(4096, 11008, 0.7, dtype, True, 7)
     module = BitmaskLinear.from_linear(linear, launch)
-    leading = (1, 1) if launch.block_rows == 1 else (2, 8)  # one token, or the tensor-core path
+    leading = (1, 1) if launch.block_rows <= 2 else (2, 8)  # one token, or the tensor-core path
     x = torch.randn(*leading, 11008, device="cuda", dtype=dtype)
     with torch.no_grad():
         ours = module(x)

@@ -17,11 +17,20 @@ import torch
 
 pytest.importorskip("triton")
 
-from sparsebench.kernels.bitmask_linear import INDEX_BYTES, BitmaskLinear, Launch, bitmask_matmul, chunk_offsets  # noqa: E402
+from sparsebench.kernels.bitmask_linear import (  # noqa: E402
+    INDEX_BYTES,
+    BitmaskLinear,
+    Launch,
+    bitmask_matmul,
+    chunk_offsets,
+    default_launch,
+)
 from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCTS = ["50% T=1", "70% T=1 default launch", "80% T=1", "70% T=1 two splits", "70% T=5 two splits", "50% T=64",
+PRODUCTS = ["chunks 50% T=1 one row", "chunks 70% T=1 two rows", "chunks 80% T=1 whole chunks", "chunks 70% T=1 two splits",
+            "chunks 70% T=1 whole chunks two splits",
+            "chunks 60% T=1 bfloat16", "empty and full rows chunks T=1", "50% T=1", "70% T=1 default launch", "80% T=1", "70% T=1 two splits", "70% T=5 two splits", "50% T=64",
             "80% T=65", "60% T=1 bfloat16", "empty and full rows T=1", "empty and full rows T=5", "BitmaskLinear [2, 3, 300]"]
 
 
@@ -44,6 +53,10 @@ def test_cases_cover_the_shapes_they_name(interpreted):
         assert abs(interpreted[name]["sparsity"] - target) < 0.03
     counts = interpreted["empty and full rows T=1"]["row_counts"]
     assert counts.count(0) == 3 and counts.count(264) == 3
+    counts = interpreted["empty and full rows chunks T=1"]["row_counts"]
+    assert counts.count(0) == 3 and counts.count(2100) == 3
+    assert interpreted["chunks 70% T=1 two rows"]["shape"] == [1, 9]  # an odd row count: the last program has one row
+    assert interpreted["chunks 60% T=1 bfloat16"]["dtype"] == "torch.bfloat16"
     assert interpreted["60% T=1 bfloat16"]["dtype"] == "torch.bfloat16"
     assert interpreted["BitmaskLinear [2, 3, 300]"]["out_shape"] == [2, 3, 40]
 
@@ -53,6 +66,12 @@ def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interprete
     assert compiled["graphs"] == 1 and compiled["out_shape"] == [2, 3, 40]
     assert "sparsebench.bitmask_matmul.default" in compiled["ops"]
     assert compiled["equal_to_eager"]
+
+
+@pytest.mark.parametrize("rows, cols, rows_per_program", [(4096, 4096, 1), (11008, 4096, 2), (4096, 11008, 1), (12, 300, 1)])
+def test_one_token_defaults_to_the_chunks_kernel_and_several_to_the_tensor_cores(rows, cols, rows_per_program):
+    assert default_launch(1, rows, cols) == Launch(block_rows=rows_per_program, block_bytes=INDEX_BYTES, warps=1, one_token="chunks")
+    assert default_launch(16, rows, cols).block_rows >= 16
 
 
 def test_chunk_offsets_index_the_first_kept_weight_of_every_1024_columns():
@@ -104,8 +123,13 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
         bitmask_matmul(torch.randn(1, 63, dtype=torch.float16), packed, offsets)
     with pytest.raises(ValueError, match="chunk_offsets must be int32"):
         bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets.long())
-    with pytest.raises(ValueError, match="one token runs one output row per program: the launch needs block_rows=1"):
-        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=Launch(4, 16))
+    with pytest.raises(ValueError, match="one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=Launch(4, 16, one_token="bytes"))
+    for launch in (Launch(4, 128, warps=1), Launch(2, 64, warps=1), Launch(2, 128, warps=2), Launch(1, 128, warps=1, prefetch=True)):
+        with pytest.raises(ValueError, match=r"the launch needs block_rows in \(1, 2\), block_bytes=128, warps=1, prefetch=False"):
+            bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=launch)
+    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes'\), got 'words'"):
+        Launch(1, 128, one_token="words")
     with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
         bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
     with pytest.raises(ValueError, match="Launch.block_rows must be a power of two"):

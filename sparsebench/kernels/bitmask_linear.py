@@ -11,15 +11,43 @@ batch-1 decode a linear's cost is reading its weight, which here is ``2 * nnz + 
 bytes (plus 8 bytes a row of row offsets) against ``2 * rows * cols`` dense: 0.36 of the dense bytes at
 70 % sparsity, 0.56 at 50 % (unstructured sparsity as Wanda, SparseGPT, OWL produce it).
 
-How, one token (decode at batch 1): one program per output row, one mask byte per thread, so
+How, one token (decode at batch 1), ``_chunk_kernel`` (``Launch.one_token="chunks"``, the default): one
+warp walks one or two rows a chunk of 1,024 columns (128 mask bytes, one ``chunk_offsets`` entry) at a
+time. Lane ``i`` takes bytes ``i``, ``32 + i``, ``64 + i`` and ``96 + i`` of the chunk: at each bit the 32
+lanes gather values that lie within about 32 * 8 * density weights of each other (two or three 128-byte
+lines at 70 %), as the first kernel's did, instead of the ~5 lines that 32 contiguous columns a lane
+would touch. The lane's four bytes share one int32, and so do their bit counts (a byte each, Hacker's
+Delight 5-1), so one ``tl.cumsum`` over the lanes gives the exclusive prefix sums of all four (each at
+most 248, no carry between fields); with the chunk's ``chunk_offsets`` entry they give the index in
+``values`` of each byte's first kept weight. There is no running offset from chunk to chunk, so the
+chunks of a row have no dependence on each other. Then, for bit ``j = 0 .. 7`` of a byte, a predicated
+16-bit load of the kept value and an unsigned byte offset that steps past it (the address is one 64-bit
+add, the step one shift-add), and a float32 FMA with the input at column ``8 * byte + j`` (a lane loads
+its byte's eight inputs as one 16-byte vector and splits it in registers). The two rows of a program
+share the inputs' loads and their conversion to float32.
+
+Cost, from the sm_90 machine code (benchmarks/bitmask_kernel_sass.py, Triton 3.6): 12.1 instructions per
+weight in the main loop for two rows a program, 12.8 for one, against 15.8 for the first kernel
+(``one_token="bytes"``: one byte a thread, ``block_bytes`` bytes a step, a running 64-bit pointer);
+none goes through shared memory. The loop's loads are not bounds-masked: with one split only a last,
+partial chunk is (after the loop; 11,008 columns have one), with several splits that do not cover the
+row's chunks exactly every chunk is (13.4 and 14.8). About 10 instructions a weight are per bit: the
+bit test (2), the step (1), the 64-bit address (2), the zeroed predicated load (2), the two conversions
+to float32 (1.5 with the second row sharing the input's) and the FMA. The same gathers bound the kernel
+from the other side (an estimate, not measured): one 16-bit load a weight, each touching two or three
+cache lines per warp, at about one line a cycle on an SM's L1 comes to roughly as many cycles as the
+instructions take to issue. Fewer instructions a weight needs values that a warp loads in vectors and
+expands in registers or shared memory, which Triton's per-element gathers do not give. The first
+kernel stays selectable until a GPU sweep (benchmarks/bench_bitmask_kernel.py --sweep) has timed both.
+
+``_one_token_kernel`` (``one_token="bytes"``): one program per output row, one mask byte per thread, so
 that every tensor of the kernel is 1-D in one layout (a 2-D tile of rows x bytes makes Triton move
 the gather pointers through shared memory at every bit). A program walks its row ``block_bytes``
 mask bytes (``8 * block_bytes`` columns) at a time: it loads the bytes, counts the bits of each,
 and an exclusive prefix sum of the counts (``tl.cumsum``) plus the row's running offset gives the
 index in ``values`` of each byte's first kept weight. Then, for bit ``j = 0 .. 7`` of every byte at
 once, it gathers the kept values (a masked load; zero where the bit is clear), steps each byte's
-pointer past a kept value, and multiplies by the input at column ``8 * byte + j`` (each thread loads
-its byte's eight inputs as one 16-byte vector and splits it in registers), in float32.
+pointer past a kept value, and multiplies by the input at column ``8 * byte + j``, in float32.
 
 Several tokens (2 to 64 a program, padded to 16): ``block_rows`` rows per program, the same walk on
 a ``[block_rows, block_bytes]`` tile, and for each bit one ``tl.dot`` of the inputs at columns
@@ -28,9 +56,10 @@ accumulation: a sum over the columns does not depend on their order, so a chunk 
 slices of stride 8 and the gathered values are never shuffled into column order.
 
 The one derived index, ``chunk_offsets`` (int32 ``[rows, ceil(bytes_per_row / 128)]``: the index
-in ``values`` of the first kept weight of every 1,024 columns of each row), lets programs split the
-input dimension (``splits > 1``, partial sums added afterwards) without a pass over the preceding
-bits; it adds 4 bytes per 1,024 weights, counted in ``weight_bytes``.
+in ``values`` of the first kept weight of every 1,024 columns of each row), starts every chunk of the
+``chunks`` kernel and lets programs split the input dimension (``splits > 1``, partial sums added
+afterwards) without a pass over the preceding bits; it adds 4 bytes per 1,024 weights, counted in
+``weight_bytes`` (0.365 of the dense fp16 bytes in all at 70 %).
 
 Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported) runs the kernel on CPU
 tensors; tests/test_bitmask_kernel.py uses it there. Everywhere else the tensors must be on CUDA.
@@ -55,6 +84,7 @@ from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+ONE_TOKEN_KERNELS = ("chunks", "bytes")
 _MAX_TOKENS_PER_PROGRAM = 64
 _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int32)
 
@@ -63,10 +93,13 @@ _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype
 class Launch:
     """How the kernel is launched.
 
-    ``block_rows``: output rows per program, 1 for one token (the only value that path takes), at least
-    16 for several (the tensor cores' tile); ``block_bytes``: mask bytes walked per step (one per thread
-    at ``32 * warps``); ``splits``: programs along the input dimension, whose float32 partial sums are
-    added afterwards; ``prefetch``: load the next step's mask bytes before gathering this step's values.
+    ``block_rows``: output rows per program: for one token 1 or 2 (``chunks``) or 1 (``bytes``), for several
+    at least 16 (the tensor cores' tile); ``block_bytes``: mask bytes walked per step: ``INDEX_BYTES`` for
+    ``chunks`` (a 1,024-column chunk, four bytes a lane), otherwise one a thread at ``32 * warps``;
+    ``splits``: programs along the input dimension, whose float32 partial sums are added afterwards;
+    ``prefetch``: load the next step's mask bytes before gathering this step's values (``bytes`` and
+    several tokens); ``one_token``: the one-token kernel, ``chunks`` (``_chunk_kernel``) or ``bytes``
+    (``_one_token_kernel``, the first kernel, kept for comparison until a GPU sweep has timed both).
     """
 
     block_rows: int
@@ -74,6 +107,7 @@ class Launch:
     warps: int = 4
     splits: int = 1
     prefetch: bool = False
+    one_token: str = "chunks"
 
     def __post_init__(self) -> None:
         for name in ("block_rows", "block_bytes", "warps", "splits"):
@@ -82,6 +116,8 @@ class Launch:
                 raise ValueError(f"Launch.{name} must be a power of two >= 1, got {value}")
         if INDEX_BYTES % self.block_bytes:
             raise ValueError(f"Launch.block_bytes must divide {INDEX_BYTES}, got {self.block_bytes}")
+        if self.one_token not in ONE_TOKEN_KERNELS:
+            raise ValueError(f"Launch.one_token must be one of {ONE_TOKEN_KERNELS}, got {self.one_token!r}")
 
 
 def default_launch(tokens: int, rows: int, cols: int) -> Launch:
@@ -89,12 +125,15 @@ def default_launch(tokens: int, rows: int, cols: int) -> Launch:
 
     A first choice, not yet timed on a GPU (benchmarks/bench_bitmask_kernel.py --sweep times it against
     the alternatives): of the shapes tried, the ones whose main loop has the fewest instructions per
-    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: one warp a row, one
-    mask byte a thread. Several: 32 rows a program with the mask prefetched, the input dimension split
-    in four (fewer than 8,192 rows) or two, so that a 132-multiprocessor GPU gets several programs each.
+    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: the ``chunks`` kernel, a
+    one-warp program of two rows (they share the inputs' conversion to float32: 12.1 instructions a weight
+    against 12.8), or of one row below 8,192 rows, so that a 4,096-row weight still gives each of 132
+    multiprocessors about 31 warps (64 registers a thread allow 32). Several: 32 rows a
+    program with the mask prefetched, the input dimension split in four (fewer than 8,192 rows) or two,
+    so that a 132-multiprocessor GPU gets several programs each.
     """
     if tokens == 1:
-        return Launch(block_rows=1, block_bytes=32, warps=1)
+        return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
     return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
 
 
@@ -131,6 +170,131 @@ def _eight_columns(xs, BLOCK_BYTES: tl.constexpr):
     x1, x5 = tl.split(odd_lo)
     x3, x7 = tl.split(odd_hi)
     return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _chunk_starts(m0, m1, m2, m3, base):
+    """Index in ``values`` of the first kept weight of each lane's byte in the chunk's four 32-byte groups.
+
+    The four bytes of a lane share one int32, and so do their bit counts (Hacker's Delight 5-1, a byte
+    each): one ``tl.cumsum`` over the 32 lanes gives all four exclusive prefix sums, each at most
+    31 * 8 = 248, so no field carries into the next. The groups' totals (up to 256) are summed in 16-bit fields.
+    """
+    packed = (m0 | (m1 << 8) | (m2 << 16) | (m3 << 24)).to(tl.uint32)
+    counts = packed - ((packed >> 1) & 0x55555555)
+    counts = (counts & 0x33333333) + ((counts >> 2) & 0x33333333)
+    counts = (counts + (counts >> 4)) & 0x0F0F0F0F
+    before = tl.cumsum(counts, 0) - counts
+    even_totals = tl.sum(counts & 0x00FF00FF, 0)  # groups 0 and 2
+    odd_totals = tl.sum((counts >> 8) & 0x00FF00FF, 0)  # groups 1 and 3
+    base_1 = base + (even_totals & 0xFFFF)
+    base_2 = base_1 + (odd_totals & 0xFFFF)
+    base_3 = base_2 + (even_totals >> 16)
+    return (base + (before & 0xFF), base_1 + ((before >> 8) & 0xFF), base_2 + ((before >> 16) & 0xFF), base_3 + (before >> 24))
+
+
+@triton.jit
+def _chunk_base(offsets_ptr, row, chunk, n_index, MASKED: tl.constexpr):
+    """``chunk_offsets[row, chunk]``; ``MASKED``: a chunk past the row's end (the last split's) gets 0 and has no bits set."""
+    if MASKED:
+        return tl.load(offsets_ptr + row * n_index + chunk, mask=chunk < n_index, other=0)
+    return tl.load(offsets_ptr + row * n_index + chunk)
+
+
+@triton.jit
+def _chunk_masks(mask_row, byte, n_bytes, MASKED: tl.constexpr):
+    """The chunk's mask bytes (int32), lane ``i`` holding bytes ``i``, ``32 + i``, ``64 + i``, ``96 + i``; ``MASKED``: zero past the row."""
+    if MASKED:
+        m0 = tl.load(mask_row + byte, mask=byte < n_bytes, other=0).to(tl.int32)
+        m1 = tl.load(mask_row + byte + 32, mask=byte + 32 < n_bytes, other=0).to(tl.int32)
+        m2 = tl.load(mask_row + byte + 64, mask=byte + 64 < n_bytes, other=0).to(tl.int32)
+        m3 = tl.load(mask_row + byte + 96, mask=byte + 96 < n_bytes, other=0).to(tl.int32)
+    else:
+        m0 = tl.load(mask_row + byte).to(tl.int32)
+        m1 = tl.load(mask_row + byte + 32).to(tl.int32)
+        m2 = tl.load(mask_row + byte + 64).to(tl.int32)
+        m3 = tl.load(mask_row + byte + 96).to(tl.int32)
+    return m0, m1, m2, m3
+
+
+@triton.jit
+def _byte_products(acc, start, mask_byte, x_bits, values_ptr):
+    """Add the eight products of one mask byte a lane. ``start``: the index in ``values`` of the byte's first kept weight;
+    ``x_bits``: the byte's eight inputs in float32. Kept weight ``k`` sits at ``start + k``: a predicated load, then a step."""
+    values_bytes = values_ptr.to(tl.pointer_type(tl.uint8))
+    offset = start.to(tl.uint32) * 2  # in bytes, unsigned: the address is one 64-bit add, the step one shift-add
+    for bit in tl.static_range(8):
+        kept = (mask_byte & (1 << bit)) != 0
+        weight = tl.load((values_bytes + offset).to(values_ptr.dtype), mask=kept, other=0.0)
+        offset = tl.where(kept, offset + 2, offset)
+        acc += weight.to(tl.float32) * x_bits[bit]
+    return acc
+
+
+@triton.jit
+def _group_inputs(x_ptr, byte, cols, MASKED: tl.constexpr):
+    """The eight inputs (float32) of each of 32 lanes' mask byte: one 16-byte load, split in registers; ``MASKED``: zero past x."""
+    column = byte[:, None] * 8 + tl.arange(0, 8)[None, :]
+    if MASKED:
+        xs = tl.load(x_ptr + column, mask=column < cols, other=0.0)
+    else:
+        xs = tl.load(x_ptr + column)
+    return _eight_columns(xs.to(tl.float32), 32)
+
+
+@triton.jit
+def _chunk_step(acc, acc_b, chunk, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b, cols, n_bytes, n_index,
+                TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, MASKED: tl.constexpr):
+    """Add one chunk's products of row ``row`` to ``acc`` (and of ``row_b`` to ``acc_b``); ``MASKED``: bounds-mask the loads."""
+    byte = chunk * INDEX_BYTES + tl.arange(0, 32)
+    masks = _chunk_masks(mask_row, byte, n_bytes, MASKED)
+    starts = _chunk_starts(*masks, _chunk_base(offsets_ptr, row, chunk, n_index, MASKED))
+    if TWO_ROWS:
+        masks_b = _chunk_masks(mask_row_b, byte, n_bytes, MASKED)
+        starts_b = _chunk_starts(*masks_b, _chunk_base(offsets_ptr, row_b, chunk, n_index, MASKED))
+    for group in tl.static_range(4):  # the lanes' bytes group, 32 * group + lane
+        x_bits = _group_inputs(x_ptr, byte + 32 * group, cols, MASKED)
+        acc = _byte_products(acc, starts[group], masks[group], x_bits, values_ptr)
+        if TWO_ROWS:
+            acc_b = _byte_products(acc_b, starts_b[group], masks_b[group], x_bits, values_ptr)
+    return acc, acc_b
+
+
+@triton.jit
+def _chunk_kernel(
+    x_ptr, values_ptr, bitmask_ptr, offsets_ptr, bias_ptr, out_ptr,
+    rows, cols, n_bytes, n_index, stride_out_split,
+    HAS_BIAS: tl.constexpr, TWO_ROWS: tl.constexpr, INDEX_BYTES: tl.constexpr, CHUNKS: tl.constexpr,
+    MASKED: tl.constexpr, MASKED_TAIL: tl.constexpr,
+):
+    """One token: one warp walks one (or two) rows a chunk of 1,024 columns at a time, lane ``i`` taking mask bytes
+    ``i``, ``32 + i``, ``64 + i``, ``96 + i`` of the chunk; each chunk starts at its ``chunk_offsets`` entry.
+
+    ``CHUNKS`` chunks a split. ``MASKED``: bounds-mask every chunk's loads (several splits that do not
+    cover the row's chunks exactly); ``MASKED_TAIL``: only the last chunk's (one split, ``cols`` not a
+    multiple of 1,024). The unmasked chunks cost about 1.3 instructions a weight fewer."""
+    row = tl.program_id(0) * (2 if TWO_ROWS else 1)
+    split = tl.program_id(1)
+    mask_row = bitmask_ptr + row.to(tl.int64) * n_bytes
+    acc = tl.zeros((32,), dtype=tl.float32)
+    acc_b = tl.zeros((32,), dtype=tl.float32)  # the second row's; unused for one row
+    row_b = tl.minimum(row + 1, rows - 1)  # a missing second row repeats the first, and is not stored
+    mask_row_b = bitmask_ptr + row_b.to(tl.int64) * n_bytes
+    for step in range(CHUNKS - MASKED_TAIL):
+        acc, acc_b = _chunk_step(acc, acc_b, split * CHUNKS + step, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b,
+                                 cols, n_bytes, n_index, TWO_ROWS, INDEX_BYTES, MASKED)
+    if MASKED_TAIL:
+        acc, acc_b = _chunk_step(acc, acc_b, split * CHUNKS + CHUNKS - 1, x_ptr, values_ptr, offsets_ptr, mask_row, mask_row_b, row, row_b,
+                                 cols, n_bytes, n_index, TWO_ROWS, INDEX_BYTES, True)
+    result = tl.sum(acc, 0)
+    if HAS_BIAS:
+        result += tl.load(bias_ptr + row).to(tl.float32)
+    tl.store(out_ptr + split * stride_out_split + row, result.to(out_ptr.dtype.element_ty))
+    if TWO_ROWS:
+        result_b = tl.sum(acc_b, 0)
+        if HAS_BIAS:
+            result_b += tl.load(bias_ptr + row_b).to(tl.float32)
+        tl.store(out_ptr + split * stride_out_split + row_b, result_b.to(out_ptr.dtype.element_ty), mask=row + 1 < rows)
 
 
 @triton.jit
@@ -260,8 +424,13 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     rows, cols = packed.shape
     tokens = x2d.shape[0]
     launch = launch or default_launch(tokens, rows, cols)
-    if tokens == 1 and launch.block_rows != 1:
-        raise ValueError(f"one token runs one output row per program: the launch needs block_rows=1, got {launch}")
+    if tokens == 1 and launch.one_token == "chunks" and (launch.block_rows > 2 or launch.block_bytes != INDEX_BYTES
+                                                         or launch.warps != 1 or launch.prefetch):
+        raise ValueError(f"one token on the 'chunks' kernel runs one warp of one or two rows, {INDEX_BYTES} mask bytes a step, "
+                         f"no prefetch: the launch needs block_rows in (1, 2), block_bytes={INDEX_BYTES}, warps=1, "
+                         f"prefetch=False, got {launch}")
+    if tokens == 1 and launch.one_token == "bytes" and launch.block_rows != 1:
+        raise ValueError(f"one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1, got {launch}")
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
         raise ValueError(f"{tokens} tokens run on the tensor cores: the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
     _check_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []))
@@ -281,7 +450,16 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     fused_bias = bias is not None and splits == 1
     steps = triton.cdiv(bytes_per_split, launch.block_bytes)
     common = (x2d, packed.values, packed.bitmask, offsets, bias if fused_bias else x2d, out)
-    if tokens == 1:
+    if tokens == 1 and launch.one_token == "chunks":
+        # every split a whole number of chunks inside the row: no bounds masks; else only the one split's last chunk
+        whole_chunks = cols % (8 * INDEX_BYTES) == 0 and splits * bytes_per_split == n_bytes
+        _chunk_kernel[(triton.cdiv(rows, launch.block_rows), splits)](
+            *common, rows, cols, n_bytes, offsets.shape[1], stride_split,
+            HAS_BIAS=fused_bias, TWO_ROWS=launch.block_rows == 2, INDEX_BYTES=INDEX_BYTES,
+            CHUNKS=triton.cdiv(bytes_per_split, INDEX_BYTES), MASKED=splits > 1 and not whole_chunks,
+            MASKED_TAIL=splits == 1 and not whole_chunks, num_warps=1,
+        )
+    elif tokens == 1:
         _one_token_kernel[(rows, splits)](
             *common, cols, n_bytes, offsets.shape[1], stride_split, bytes_per_split,
             HAS_BIAS=fused_bias, BLOCK_BYTES=launch.block_bytes, INDEX_BYTES=INDEX_BYTES, STEPS=steps,
