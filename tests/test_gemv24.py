@@ -108,9 +108,9 @@ class _Recorder(torch.nn.Module):
 def test_cusparselt_gemv24_routes_by_token_count_and_counts_both_forms():
     decode, prefill = _Recorder("gemv24", 100), _Recorder("cusparselt", 7)
     module = TokenCountLinear(decode, prefill)
-    module(torch.zeros(2, 8, 64))
+    module(torch.zeros(GEMV24_MAX_TOKENS, 1, 64))
     module(torch.zeros(1, GEMV24_MAX_TOKENS + 1, 64))
-    assert decode.calls == [(2, 8, 64)] and prefill.calls == [(1, GEMV24_MAX_TOKENS + 1, 64)]
+    assert decode.calls == [(GEMV24_MAX_TOKENS, 1, 64)] and prefill.calls == [(1, GEMV24_MAX_TOKENS + 1, 64)]
     assert module.weight_bytes() == 107
     names = [path.name for path in paths_for("2:4")]
-    assert "cusparselt_gemv24" in names and "gemv24" in names and f"<= {GEMV24_MAX_TOKENS} tokens" in PATHS["cusparselt_gemv24"].description
+    assert "cusparselt_gemv24" in names and "gemv24" in names and f"<= {GEMV24_MAX_TOKENS} token(s)" in PATHS["cusparselt_gemv24"].description
