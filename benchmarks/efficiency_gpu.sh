@@ -1,6 +1,6 @@
 #!/bin/sh
 # docs/efficiency.md, "On a GPU": the commands run on the device machine, from the repository root, in two parts.
-#   sh benchmarks/efficiency_gpu.sh bench OUT   the GPU tests of the kernels, then bench_efficiency.py gpu (LLaMA-2-7B shapes)
+#   sh benchmarks/efficiency_gpu.sh bench OUT   the GPU tests of the kernels, then bench_efficiency.py gpu (LLaMA-2-7B shapes; SPARSITY, MODES)
 #   sh benchmarks/efficiency_gpu.sh cases OUT   real SmolLM2-135M cases (SparseGPT 2:4; WITH_70=1: also Wanda 70 %) with eval=efficiency and
 #                                               export=hf, then the perplexity of each exported model through its sparse paths
 # Needs torch and transformers; `cases` also the project's Hydra/GGUF dependencies (PYTHONPATH) and SmolLM2's GGUF in
@@ -10,8 +10,9 @@ out=${2:?usage: efficiency_gpu.sh bench|cases OUT}
 export PYTHONUNBUFFERED=1
 case $1 in
 bench)
-    python3 -m pytest tests/test_gpu_kernels.py -q -p no:cacheprovider 2>&1 | tee "$out/gpu_kernels_tests.txt" || true
-    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --modes ${MODES:-eager cuda_graph} --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
+    python3 -m pytest tests/test_gpu_kernels.py tests/test_gemv24_gpu.py tests/test_bitmask_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/gpu_kernels_tests.txt" || true
+    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --modes ${MODES:-static_eager cuda_graph} \
+        --e2e-paths cusparselt cusparselt_gemv24 bitmask --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
     ;;
 cases)
     results=${RESULTS:-/tmp/efficiency_results}
