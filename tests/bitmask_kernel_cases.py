@@ -17,10 +17,9 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
 
-from torch._dynamo.backends.debugging import aot_eager  # noqa: E402
-
 from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, bitmask_matmul, chunk_offsets  # noqa: E402
 from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
+from sparsebench.testing.compiled_ops import compiled_against_eager  # noqa: E402
 
 # half an ulp, relative; bfloat16 a whole ulp: Triton 3.6's interpreter casts float32 to bfloat16 by
 # truncation (interpreter.py, cast_impl without a rounding mode), the GPU rounds to nearest
@@ -77,21 +76,6 @@ def _product(weight: torch.Tensor, tokens: int, launch: Launch | None, with_bias
     return _error_over_bound(y, x, weight, bias)
 
 
-def _compiled(module: BitmaskLinear, x: torch.Tensor, eager: torch.Tensor) -> dict:
-    """The module under torch.compile (fullgraph, aot_eager: Dynamo, the operator's fake implementation, AOTAutograd)
-    around a SiLU: the product must be the opaque ``sparsebench::bitmask_matmul``, the result the eager one bit for bit."""
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return aot_eager(gm, example_inputs)
-
-    compiled = torch.compile(lambda inputs: torch.nn.functional.silu(module(inputs)), fullgraph=True, dynamic=False, backend=backend)
-    y = compiled(x)
-    ops = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
-    return {"equal_to_eager": bool(torch.equal(y, torch.nn.functional.silu(eager))), "graphs": len(graphs), "ops": ops, "out_shape": list(y.shape)}
-
-
 def main() -> None:
     results = {}
     for seed, (name, rows, cols, tokens, sparsity, launch, dtype, bias) in enumerate(CASES):
@@ -117,7 +101,10 @@ def main() -> None:
     y = module(x)
     results["BitmaskLinear [2, 3, 300]"] = {**_error_over_bound(y.reshape(6, 40), x.reshape(6, 300), linear.weight.detach(), linear.bias.detach()),
                                             "out_shape": list(y.shape)}
-    results["BitmaskLinear compiled"] = _compiled(module, x, y)
+    results["BitmaskLinear compiled"] = compiled_against_eager(module, x, y)
+    # the launch travels through the operator as integers, the one-token kernel's name included
+    bytes_kernel = BitmaskLinear.from_linear(linear, Launch(1, 16, one_token="bytes"))
+    results["BitmaskLinear compiled bytes kernel"] = compiled_against_eager(bytes_kernel, x[:1, :1], bytes_kernel(x[:1, :1]))
     print(json.dumps(results))
 
 

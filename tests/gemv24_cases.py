@@ -17,7 +17,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from sparsebench.kernels.gemv24 import Gemv24Linear, Launch, gemv24_matmul  # noqa: E402
+from sparsebench.kernels.paths import GEMV24_MAX_TOKENS, TokenCountLinear  # noqa: E402
 from sparsebench.sparse_layout import keep_24, pack_24, unpack_24  # noqa: E402
+from sparsebench.testing.compiled_ops import compiled_against_eager  # noqa: E402
 
 # relative tolerance: fp16 rounding of the result and of float32 sums; bfloat16 a whole ulp and more (Triton 3.6's
 # interpreter casts float32 to bfloat16 by truncation)
@@ -74,6 +76,15 @@ def main() -> None:
     y = module(x)
     results["Gemv24Linear [2, 3, 264]"] = {**_error(y.reshape(6, 40), x.reshape(6, 264), linear.weight.detach(), linear.bias.detach()),
                                            "out_shape": list(y.shape)}
+    results["Gemv24Linear compiled"] = compiled_against_eager(module, x, y)
+    one_token = x[:1, :1]
+    launched = Gemv24Linear.from_linear(linear, launch=Launch(2, 16, splits=2))  # the launch travels through the operator
+    results["Gemv24Linear compiled launch"] = compiled_against_eager(launched, one_token, launched(one_token))
+    # cusparselt_gemv24's routing, with a dense nn.Linear standing in for SemiSparseLinear (cuSPARSELt needs a GPU)
+    routed = TokenCountLinear(Gemv24Linear.from_linear(linear, max_tokens=GEMV24_MAX_TOKENS), linear)
+    for tokens in (GEMV24_MAX_TOKENS, GEMV24_MAX_TOKENS + 1):
+        inputs = x[:1, :tokens]
+        results[f"TokenCountLinear compiled {tokens} token(s)"] = compiled_against_eager(routed, inputs, routed(inputs))
     print(json.dumps(results))
 
 

@@ -66,6 +66,8 @@ def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interprete
     assert compiled["graphs"] == 1 and compiled["out_shape"] == [2, 3, 40]
     assert "sparsebench.bitmask_matmul.default" in compiled["ops"]
     assert compiled["equal_to_eager"]
+    compiled = interpreted["BitmaskLinear compiled bytes kernel"]
+    assert compiled["out_shape"] == [1, 1, 40] and "sparsebench.bitmask_matmul.default" in compiled["ops"] and compiled["equal_to_eager"]
 
 
 @pytest.mark.parametrize("rows, cols, rows_per_program", [(4096, 4096, 1), (11008, 4096, 2), (4096, 11008, 1), (12, 300, 1)])

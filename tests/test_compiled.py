@@ -16,7 +16,7 @@ from sparsebench.kernels.semi_sparse import SemiSparseLinear
 from sparsebench.testing.tiny_models import tiny_model
 
 pytest.importorskip("triton")
-from sparsebench.kernels import bitmask_linear  # noqa: E402,F401  (registers sparsebench::bitmask_matmul)
+from sparsebench.kernels import bitmask_linear, gemv24  # noqa: E402,F401  (register sparsebench::bitmask_matmul, ::gemv24_matmul)
 
 
 def _llama(layers: int) -> LlamaForCausalLM:
@@ -86,6 +86,9 @@ def test_fake_implementations_give_the_output_shapes():
             x, torch.empty(1000, dtype=torch.bfloat16), torch.empty(40, 38, dtype=torch.uint8), torch.empty(41, dtype=torch.int64),
             torch.empty(40, 1, dtype=torch.int32), None, 300, None)
         assert out.shape == (5, 40) and out.dtype == torch.bfloat16
+        x = torch.empty(3, 264, dtype=torch.float16)
+        out = torch.ops.sparsebench.gemv24_matmul.default(x, torch.empty(40, 132, dtype=torch.float16), torch.empty(40, 33, dtype=torch.uint8), None, [4, 64, 4, 1])
+        assert out.shape == (3, 40) and out.dtype == torch.float16
 
 
 def _semi_sparse(out_features=32, in_features=64) -> SemiSparseLinear:

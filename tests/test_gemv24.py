@@ -47,6 +47,22 @@ def test_cases_cover_what_they_name(interpreted):
     assert interpreted["Gemv24Linear [2, 3, 264]"]["out_shape"] == [2, 3, 40]
 
 
+def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interpreted):
+    for case, shape in (("Gemv24Linear compiled", [2, 3, 40]), ("Gemv24Linear compiled launch", [1, 1, 40])):
+        compiled = interpreted[case]
+        assert compiled["graphs"] == 1 and compiled["out_shape"] == shape, case
+        assert compiled["ops"].count("sparsebench.gemv24_matmul.default") == 1, compiled["ops"]
+        assert compiled["equal_to_eager"], case
+
+
+def test_cusparselt_gemv24_compiled_routes_one_token_to_gemv24_and_more_to_the_prefill_kernel(interpreted):
+    decode = interpreted[f"TokenCountLinear compiled {GEMV24_MAX_TOKENS} token(s)"]
+    prefill = interpreted[f"TokenCountLinear compiled {GEMV24_MAX_TOKENS + 1} token(s)"]
+    assert decode["graphs"] == 1 and decode["ops"].count("sparsebench.gemv24_matmul.default") == 1 and decode["equal_to_eager"]
+    assert prefill["graphs"] == 1 and "sparsebench.gemv24_matmul.default" not in prefill["ops"] and prefill["equal_to_eager"]
+    assert "<built-in function linear>" in prefill["ops"]  # the stand-in for cuSPARSELt
+
+
 def _linear_24(rows: int, cols: int, bias: bool = True) -> torch.nn.Linear:
     linear = torch.nn.Linear(cols, rows, bias=bias, dtype=torch.float16)
     with torch.no_grad():

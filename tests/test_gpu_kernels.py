@@ -6,6 +6,8 @@ same greedy tokens eagerly and replayed as CUDA graphs.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -123,7 +125,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
     assert torch.equal(graphed, eager) and torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("path_name", [None, "cusparselt", "bitmask"])
+@pytest.mark.parametrize("path_name", [None, "cusparselt", "bitmask", "gemv24"])
 def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
     """The compiled forward replayed as CUDA graphs: prefill logits within rounding of the eager ones; greedy tokens equal to
     the compiled forward's run without graphs (the same kernels) and, dense-stored in float32, to the eager tokens (fused
@@ -171,10 +173,14 @@ def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     model, linears = _sparse_model("2:4")
     spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph", "compiled_graph"))
     result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256)
-    assert result["skipped"] == [], result["skipped"]
+    # the one skip: torch.sparse's semi-structured tensor subclass cannot run on the fake tensors torch.compile traces
+    # with; gemv24 and cusparselt_gemv24 compile (their products are custom operators, sparsebench.kernels.custom_ops)
+    assert [skip["what"] for skip in result["skipped"]] == ["semi_structured: mode compiled_graph"], result["skipped"]
+    assert re.search(r"SparseSemiStructuredTensor|FakeTensor", result["skipped"][0]["why"]), result["skipped"][0]["why"]
     assert set(result["runs"]) == {"dense_stored", "cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"}
-    for run in result["runs"].values():
-        assert set(run["modes"]) == {"eager", "static_eager", "cuda_graph", "compiled_graph"}
+    for name, run in result["runs"].items():
+        expected = {"eager", "static_eager", "cuda_graph"} | (set() if name == "semi_structured" else {"compiled_graph"})
+        assert set(run["modes"]) == expected, name
         assert all(decode["tokens_per_s"] > 0 for mode in run["modes"].values() for decode in mode["decode"].values())
     assert set(result["speedup"]["cusparselt"]["cuda_graph"]) == {"prefill", "decode"}
     assert set(result["speedup"]["cusparselt"]["compiled_graph"]) == {"prefill", "decode"}

@@ -1,5 +1,7 @@
 """GPU kernels that turn a pruned weight into speed: modules swapped into a model's pruned linears to measure it.
 
 - ``semi_sparse``: 2:4 weights through cuSPARSELt, called directly (``SemiSparseLinear``);
-- ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, a Triton kernel (``BitmaskLinear``).
+- ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, a Triton kernel (``BitmaskLinear``);
+- ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);
+- ``custom_ops``: the Triton products as ``torch.library`` custom operators, opaque to ``torch.compile``.
 """

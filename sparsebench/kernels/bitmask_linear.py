@@ -65,9 +65,9 @@ Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported) runs
 tensors; tests/test_bitmask_kernel.py uses it there. Everywhere else the tensors must be on CUDA.
 
 For ``torch.compile`` the product is the custom operator ``sparsebench::bitmask_matmul`` (``torch.library``,
-opaque to the compiler, with a fake implementation giving ``[T, out]`` in x's dtype), so the compiler neither
-traces the launch logic nor the kernel; eagerly ``BitmaskLinear`` calls ``bitmask_matmul`` directly (the
-operator's dispatch would add host time to what the eager modes measure; see ``semi_sparse``).
+opaque to the compiler, with a fake implementation giving ``[T, out]`` in x's dtype; ``custom_ops``), so the
+compiler neither traces the launch logic nor the kernel; eagerly ``BitmaskLinear`` calls ``bitmask_matmul``
+directly (the operator's dispatch would add host time to what the eager modes measure; see ``custom_ops``).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
+from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
@@ -483,24 +484,21 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
 
 def _bitmask_op_product(x2d: Tensor, values: Tensor, bitmask: Tensor, row_offsets: Tensor, offsets: Tensor, bias: Tensor | None,
                         in_features: int, launch: list[int] | None) -> Tensor:
-    """``bitmask_matmul`` with plain arguments (``launch``: block_rows, block_bytes, warps, splits, prefetch; None: the default)."""
+    """``bitmask_matmul`` with plain arguments (``launch``: ``launch_arguments``'s list; None: the default)."""
     packed = Bitmask((bitmask.shape[0], in_features), values, bitmask, row_offsets)
-    chosen = None if launch is None else Launch(*launch[:4], prefetch=bool(launch[4]))
+    chosen = None if launch is None else Launch(*launch[:4], prefetch=bool(launch[4]), one_token=ONE_TOKEN_KERNELS[launch[5]])
     return bitmask_matmul(x2d, packed, offsets, bias, chosen)
 
 
-bitmask_matmul_op = torch.library.custom_op("sparsebench::bitmask_matmul", _bitmask_op_product, mutates_args=())
-
-
-@bitmask_matmul_op.register_fake
-def _bitmask_matmul_shape(x2d: Tensor, values: Tensor, bitmask: Tensor, row_offsets: Tensor, offsets: Tensor, bias: Tensor | None,
-                          in_features: int, launch: list[int] | None) -> Tensor:
-    return x2d.new_empty(x2d.shape[0], bitmask.shape[0])
+bitmask_matmul_op = row_product_op("bitmask_matmul", _bitmask_op_product)
 
 
 def launch_arguments(launch: Launch | None) -> list[int] | None:
-    """``launch`` as the operator's integer list (None stays None)."""
-    return None if launch is None else [launch.block_rows, launch.block_bytes, launch.warps, launch.splits, int(launch.prefetch)]
+    """``launch`` as the operator's integer list: block_rows, block_bytes, warps, splits, prefetch, the index of
+    ``one_token`` in ``ONE_TOKEN_KERNELS`` (None stays None)."""
+    if launch is None:
+        return None
+    return [launch.block_rows, launch.block_bytes, launch.warps, launch.splits, int(launch.prefetch), ONE_TOKEN_KERNELS.index(launch.one_token)]
 
 
 class BitmaskLinear(nn.Module):

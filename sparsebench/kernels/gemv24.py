@@ -38,18 +38,24 @@ Supported shapes: ``cols`` a multiple of 8 (whole mask bytes; a 2:4 weight with 
 refused with that reason), any ``rows``, float16 or bfloat16. Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported) runs the kernels on CPU tensors
 (tests/test_gemv24.py); everywhere else the tensors must be on CUDA.
+
+For ``torch.compile`` the product is the custom operator ``sparsebench::gemv24_matmul`` (``custom_ops``: opaque
+to the compiler, a fake implementation giving ``[T, out]`` in x's dtype), so the compiler traces neither the
+launch logic (the alignment check reads data pointers, which fake tensors do not have) nor the kernels;
+eagerly ``Gemv24Linear`` calls ``gemv24_matmul`` directly, so the eager modes measure no operator dispatch.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor, nn
 
+from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.sparse_layout import Bitmask24, pack_24
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -282,6 +288,15 @@ def gemv24_matmul(x2d: Tensor, packed: Bitmask24, bias: Tensor | None = None, la
     return total.to(x2d.dtype)
 
 
+def _gemv24_op_product(x2d: Tensor, values: Tensor, bitmask: Tensor, bias: Tensor | None, launch: list[int] | None) -> Tensor:
+    """``gemv24_matmul`` with plain arguments (``launch``: block_rows, block_bytes, warps, splits; None: the default)."""
+    packed = Bitmask24((bitmask.shape[0], 8 * bitmask.shape[1]), values, bitmask)
+    return gemv24_matmul(x2d, packed, bias, None if launch is None else Launch(*launch))
+
+
+gemv24_matmul_op = row_product_op("gemv24_matmul", _gemv24_op_product)
+
+
 class Gemv24Linear(nn.Module):
     """A drop-in for a pruned 2:4 ``nn.Linear`` that keeps only the ``sparse-24-bitmask`` layout and multiplies with
     ``gemv24_matmul``; ``max_tokens`` (default 16) is the most tokens a call may bring (None: any, as tiles of 16)."""
@@ -329,7 +344,12 @@ class Gemv24Linear(nn.Module):
         if self.max_tokens is not None and rows.shape[0] > self.max_tokens:
             raise ValueError(f"Gemv24Linear takes at most {self.max_tokens} tokens a call (decode), got {rows.shape[0]}; "
                              "route more through another kernel (the cusparselt_gemv24 path does) or build it with max_tokens=None")
-        return gemv24_matmul(rows, self.packed(), self.bias, self.launch).reshape(*x.shape[:-1], self.out_features)
+        if torch.compiler.is_compiling():
+            launch = None if self.launch is None else list(astuple(self.launch))
+            y = torch.ops.sparsebench.gemv24_matmul.default(rows, self.values, self.bitmask, self.bias, launch)
+        else:
+            y = gemv24_matmul(rows, self.packed(), self.bias, self.launch)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         limit = "any" if self.max_tokens is None else self.max_tokens
