@@ -72,7 +72,6 @@ directly (the operator's dispatch would add host time to what the eager modes me
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +80,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from sparsebench.kernels.custom_ops import row_product_op
+from sparsebench.kernels.launching import check_one_device, check_powers_of_two, split_output, summed
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
@@ -111,10 +111,7 @@ class Launch:
     one_token: str = "chunks"
 
     def __post_init__(self) -> None:
-        for name in ("block_rows", "block_bytes", "warps", "splits"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"Launch.{name} must be a power of two >= 1, got {value}")
+        check_powers_of_two(self, ("block_rows", "block_bytes", "warps", "splits"))
         if INDEX_BYTES % self.block_bytes:
             raise ValueError(f"Launch.block_bytes must divide {INDEX_BYTES}, got {self.block_bytes}")
         if self.one_token not in ONE_TOKEN_KERNELS:
@@ -388,10 +385,6 @@ def _tokens_kernel(
              mask=token_ok[:, None] & row_ok[None, :])
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _check_operands(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor | None) -> None:
     rows, cols = packed.shape
     if x2d.dim() != 2 or x2d.shape[1] != cols:
@@ -407,15 +400,6 @@ def _check_operands(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor 
     expected = (rows, -(-packed.bitmask.shape[1] // INDEX_BYTES))
     if offsets.dtype != torch.int32 or tuple(offsets.shape) != expected:
         raise ValueError(f"chunk_offsets must be int32 {list(expected)} (from chunk_offsets(packed)), got {offsets.dtype} {tuple(offsets.shape)}")
-
-
-def _check_device(tensors: list[Tensor]) -> None:
-    devices = {tensor.device for tensor in tensors}
-    if len(devices) != 1:
-        raise ValueError(f"bitmask_matmul needs all tensors on one device, got {sorted(map(str, devices))}")
-    device = devices.pop()
-    if device.type != "cuda" and not _interpreted():
-        raise RuntimeError(f"bitmask_matmul runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1), got device {device}")
 
 
 def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor | None = None,
@@ -434,7 +418,7 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
         raise ValueError(f"one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1, got {launch}")
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
         raise ValueError(f"{tokens} tokens run on the tensor cores: the launch needs block_rows >= 16 and block_bytes >= 16, got {launch}")
-    _check_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []))
+    check_one_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []), "bitmask_matmul")
     if tokens == 0:
         return x2d.new_empty(0, rows)
     x2d = x2d.contiguous()
@@ -444,9 +428,7 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     splits = -(-n_bytes // bytes_per_split)
     if splits == 1:
         bytes_per_split = n_bytes
-        out = torch.empty(tokens, rows, dtype=x2d.dtype, device=x2d.device)
-    else:  # float32 partial sums, added below
-        out = torch.empty(splits, tokens, rows, dtype=torch.float32, device=x2d.device)
+    out = split_output(x2d, rows, splits)
     stride_split = out.stride(0) if splits > 1 else 0
     fused_bias = bias is not None and splits == 1
     steps = triton.cdiv(bytes_per_split, launch.block_bytes)
@@ -474,12 +456,7 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
             HAS_BIAS=fused_bias, BLOCK_ROWS=launch.block_rows, BLOCK_TOKENS=block_tokens, BLOCK_BYTES=launch.block_bytes,
             INDEX_BYTES=INDEX_BYTES, STEPS=steps, PREFETCH=launch.prefetch, num_warps=launch.warps,
         )
-    if splits == 1:
-        return out
-    total = out.sum(dim=0)
-    if bias is not None:
-        total += bias
-    return total.to(x2d.dtype)
+    return summed(out, bias, x2d.dtype)
 
 
 def _bitmask_op_product(x2d: Tensor, values: Tensor, bitmask: Tensor, row_offsets: Tensor, offsets: Tensor, bias: Tensor | None,

@@ -47,7 +47,6 @@ eagerly ``Gemv24Linear`` calls ``gemv24_matmul`` directly, so the eager modes me
 
 from __future__ import annotations
 
-import os
 from dataclasses import astuple, dataclass
 
 import torch
@@ -56,6 +55,7 @@ import triton.language as tl
 from torch import Tensor, nn
 
 from sparsebench.kernels.custom_ops import row_product_op
+from sparsebench.kernels.launching import check_one_device, check_powers_of_two, split_output, summed
 from sparsebench.sparse_layout import Bitmask24, pack_24
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -75,10 +75,7 @@ class Launch:
     splits: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("block_rows", "block_bytes", "warps", "splits"):
-            value = getattr(self, name)
-            if value < 1 or value & (value - 1):
-                raise ValueError(f"Launch.{name} must be a power of two >= 1, got {value}")
+        check_powers_of_two(self, ("block_rows", "block_bytes", "warps", "splits"))
 
 
 def default_launch(tokens: int, rows: int, cols: int) -> Launch:
@@ -196,10 +193,6 @@ def _tokens_kernel(
              mask=token_ok[:, None] & row_ok[None, :])
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def layout_problem(packed: Bitmask24) -> str | None:
     """Why ``packed`` cannot go through this kernel (None: it can)."""
     rows, cols = packed.shape
@@ -227,13 +220,7 @@ def _check(x2d: Tensor, packed: Bitmask24, bias: Tensor | None) -> None:
         raise TypeError(f"gemv24_matmul needs x in the values' dtype {packed.values.dtype}, got {x2d.dtype}")
     if bias is not None and (tuple(bias.shape) != (rows,) or bias.dtype != x2d.dtype):
         raise ValueError(f"bias must be a [{rows}] tensor of {x2d.dtype}, got {tuple(bias.shape)} {bias.dtype}")
-    tensors = [x2d, packed.values, packed.bitmask] + ([bias] if bias is not None else [])
-    devices = {tensor.device for tensor in tensors}
-    if len(devices) != 1:
-        raise ValueError(f"gemv24_matmul needs all tensors on one device, got {sorted(map(str, devices))}")
-    device = devices.pop()
-    if device.type != "cuda" and not _interpreted():
-        raise RuntimeError(f"gemv24_matmul runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1), got device {device}")
+    check_one_device([x2d, packed.values, packed.bitmask] + ([bias] if bias is not None else []), "gemv24_matmul")
 
 
 def gemv24_matmul(x2d: Tensor, packed: Bitmask24, bias: Tensor | None = None, launch: Launch | None = None) -> Tensor:
@@ -256,10 +243,7 @@ def gemv24_matmul(x2d: Tensor, packed: Bitmask24, bias: Tensor | None = None, la
     n_bytes = cols // 8
     bytes_per_split = -(-n_bytes // launch.splits)
     splits = -(-n_bytes // bytes_per_split)
-    if splits == 1:
-        out = torch.empty(tokens, rows, dtype=x2d.dtype, device=x2d.device)
-    else:  # float32 partial sums, added below
-        out = torch.empty(splits, tokens, rows, dtype=torch.float32, device=x2d.device)
+    out = split_output(x2d, rows, splits)
     stride_split = out.stride(0) if splits > 1 else 0
     fused_bias = bias is not None and splits == 1
     steps = triton.cdiv(bytes_per_split, launch.block_bytes)
@@ -280,12 +264,7 @@ def gemv24_matmul(x2d: Tensor, packed: Bitmask24, bias: Tensor | None = None, la
             HAS_BIAS=fused_bias, DTYPE=dtype, BLOCK_ROWS=launch.block_rows, BLOCK_TOKENS=_TOKEN_TILE, BLOCK_BYTES=launch.block_bytes, STEPS=steps,
             num_warps=launch.warps,
         )
-    if splits == 1:
-        return out
-    total = out.sum(dim=0)
-    if bias is not None:
-        total += bias
-    return total.to(x2d.dtype)
+    return summed(out, bias, x2d.dtype)
 
 
 def _gemv24_op_product(x2d: Tensor, values: Tensor, bitmask: Tensor, bias: Tensor | None, launch: list[int] | None) -> Tensor:
