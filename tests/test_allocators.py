@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -23,13 +25,22 @@ from sparsebench.testing.tiny_models import tiny_model
 def test_owl_ratios_keep_the_mean_and_span_two_lambda(ratios, sparsity, lam):
     d = torch.tensor(ratios, dtype=torch.float64)
     block = owl_block_sparsities(d, sparsity, lam)
-    assert abs(block.mean().item() - sparsity) < 1e-9
-    assert ((block >= 0) & (block < 1)).all()
+    assert abs(block.mean().item() - sparsity) < 1e-9  # (the range is not bounded here: owl() refuses ratios outside (0, 1))
     if d.max() > d.min():
         assert block.max() - block.min() == pytest.approx(2 * lam, abs=1e-9)
         assert block[d.argmax()] == block.min()  # the block with most outliers is pruned least
     else:
         assert torch.allclose(block, torch.full_like(block, sparsity))
+
+
+def test_owl_follows_the_reference_formula_to_the_edge_and_refuses_a_ratio_of_one():
+    """OWL's reference rescales the outlier ratios to [0, 2 lam] and centres them on 1 - sparsity: at sparsity 0.8 and
+    lam 0.15 a block without outliers among two with them gets sparsity 1.0, which owl() refuses (found by Hypothesis)."""
+    block = owl_block_sparsities(torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64), 0.8, 0.15)
+    assert torch.allclose(block, torch.tensor([1.0, 0.7, 0.7], dtype=torch.float64))
+    layers = [SimpleNamespace(name=f"b{i}", block=i) for i in range(3)]
+    with pytest.raises(ConfigError, match="allocator.lam=0.15: block sparsities reach 0.700..1.000, outside"):
+        owl(layers, 0.8, [0.0, 1.0, 1.0], lam=0.15)
 
 
 def test_owl_uniform_statistics_give_uniform_ratios():
