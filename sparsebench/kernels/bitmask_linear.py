@@ -121,9 +121,11 @@ class Launch:
 def default_launch(tokens: int, rows: int, cols: int) -> Launch:
     """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight.
 
-    A first choice, not yet timed on a GPU (benchmarks/bench_bitmask_kernel.py --sweep times it against
-    the alternatives): of the shapes tried, the ones whose main loop has the fewest instructions per
-    weight in sm_90 machine code (benchmarks/bitmask_kernel_sass.py). One token: the ``chunks`` kernel, a
+    Chosen from the shapes whose main loop has the fewest instructions per weight in sm_90 machine code
+    (benchmarks/bitmask_kernel_sass.py); at one token, timed on an H100 against the best of a sweep
+    (``bench_bitmask_kernel.py --sweep``, docs/data/efficiency_gpu/h100_2026-12-05b_bitmask.txt), within 3 % of it
+    at 70 % for the three LLaMA-2-7B shapes. Several tokens: the launch below; at 16 tokens the path is
+    0.18-0.30x of dense per linear on that H100 (docs/data/efficiency_gpu/h100_2026-12-05b_bench_gpu_70.txt). One token: the ``chunks`` kernel, a
     one-warp program of two rows (they share the inputs' conversion to float32: 12.1 instructions a weight
     against 12.8), or of one row below 8,192 rows, so that a 4,096-row weight still gives each of 132
     multiprocessors about 31 warps (64 registers a thread allow 32). Several: 32 rows a
