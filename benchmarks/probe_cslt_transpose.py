@@ -10,11 +10,12 @@ directly, but its algorithm search failed at 16 tokens on that H100 ("internal e
 ``cusparseLtMatmulSearch``, then an illegal instruction that poisons the CUDA context).
 
 So each (shape, token count) is probed in its own child process, and a failure poisons only that child. A child
-searches the algorithm for the transposed form, checks the result against ``F.linear``, and times three products,
-each replayed as a CUDA graph: the plain product and its copy (what ``SemiSparseLinear`` does), the transposed
+searches the algorithm for the transposed form, checks the result against ``F.linear``, and times four products,
+each replayed as a CUDA graph: the plain product and its copy (what ``SemiSparseLinear`` does), the plain product
+and a tiled Triton transpose (``transposed_copy`` below: the other way to drop the copy's cost), the transposed
 form, and dense ``F.linear``. The parent prints one line per case (``ok`` with the times and ratios, or ``failed``
 with the child's last error line) and, with ``--out``, writes them as JSON. The result says from which token count
-the transposed form may be used; this script changes nothing in the library.
+the transposed form (or the Triton transpose) may be used; this script changes nothing in the library.
 """
 
 from __future__ import annotations
@@ -25,13 +26,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+import triton
+import triton.language as tl
+
+TILE = 64  # rows and columns of one transpose tile
+
+
+@triton.jit
+def _transpose_kernel(source, target, rows, cols, TILE: tl.constexpr):
+    row = tl.program_id(0) * TILE + tl.arange(0, TILE)
+    col = tl.program_id(1) * TILE + tl.arange(0, TILE)
+    inside = (row[:, None] < rows) & (col[None, :] < cols)
+    tile = tl.load(source + row[:, None] * cols + col[None, :], mask=inside)
+    tl.store(target + col[:, None] * rows + row[None, :], tl.trans(tile), mask=tl.trans(inside))
+
+
+def transposed_copy(product: torch.Tensor) -> torch.Tensor:
+    """``product.t().contiguous()`` for a contiguous 2-D ``[rows, cols]`` tensor, by ``TILE`` x ``TILE`` tiles: each
+    program loads a tile along the rows' contiguous dimension and stores its transpose along the output's."""
+    rows, cols = product.shape
+    out = torch.empty(cols, rows, dtype=product.dtype, device=product.device)
+    _transpose_kernel[(triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))](product, out, rows, cols, TILE=TILE)
+    return out
+
+
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}  # LLaMA-2-7B (out, in)
 TOKENS = (16, 32, 64, 128, 256, 512, 2048, 8192)
 
 
 def child(rows: int, cols: int, tokens: int, repeats: int) -> dict:
-    """One case, in this process: the transposed form's search, its error, and the three graphed timings (ms)."""
-    import torch
+    """One case, in this process: the transposed form's search, its error, and the four graphed timings (ms)."""
     import torch.nn.functional as F
 
     from bench_efficiency import _eager_and_graph, prune_2of4  # benchmarks/ is this script's folder
@@ -41,6 +66,9 @@ def child(rows: int, cols: int, tokens: int, repeats: int) -> dict:
     x = torch.randn(tokens, cols, device="cuda", dtype=torch.float16)
     packed = torch._cslt_compress(weight)
     plain_id = int(torch._cslt_sparse_mm_search(packed, x.t()))
+    plain = torch._cslt_sparse_mm(packed, x.t(), alg_id=plain_id)
+    if not torch.equal(transposed_copy(plain), plain.t()):
+        raise AssertionError("the Triton transpose differs from product.t()")
     fused_id = int(torch._cslt_sparse_mm_search(packed, x.t(), transpose_result=True))
     fused = torch._cslt_sparse_mm(packed, x.t(), alg_id=fused_id, transpose_result=True)
     reference = F.linear(x.float(), weight.float())
@@ -49,6 +77,7 @@ def child(rows: int, cols: int, tokens: int, repeats: int) -> dict:
     timings = {
         "dense": _eager_and_graph(lambda: F.linear(x, weight), calls, repeats),
         "copy": _eager_and_graph(lambda: torch._cslt_sparse_mm(packed, x.t(), alg_id=plain_id).t().contiguous(), calls, repeats),
+        "triton_transpose": _eager_and_graph(lambda: transposed_copy(torch._cslt_sparse_mm(packed, x.t(), alg_id=plain_id)), calls, repeats),
         "transpose_result": _eager_and_graph(lambda: torch._cslt_sparse_mm(packed, x.t(), alg_id=fused_id, transpose_result=True), calls, repeats),
     }
     return {
@@ -82,8 +111,9 @@ def describe(case: dict) -> str:
     if None in ms.values():
         return f"{head}: ok, rel. diff {case['relative_difference']:.1e}, but a graph could not be captured: {case['timings']}"
     return (f"{head}: ok, rel. diff {case['relative_difference']:.1e}; graphed dense {ms['dense']:.4f}, copy {ms['copy']:.4f}, "
-            f"transpose_result {ms['transpose_result']:.4f} ms = {ms['dense'] / ms['transpose_result']:.2f}x of dense "
-            f"(copy: {ms['dense'] / ms['copy']:.2f}x)")
+            f"triton transpose {ms['triton_transpose']:.4f}, transpose_result {ms['transpose_result']:.4f} ms; of dense: copy "
+            f"{ms['dense'] / ms['copy']:.2f}x, triton transpose {ms['dense'] / ms['triton_transpose']:.2f}x, transpose_result "
+            f"{ms['dense'] / ms['transpose_result']:.2f}x")
 
 
 def main() -> None:
