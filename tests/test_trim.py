@@ -218,6 +218,8 @@ def test_row_ratios_lie_in_unit_interval_and_keep_the_layer_mean(seed, rows, col
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), rows=st.integers(2, 16), cols=st.integers(8, 48), ratio=st.floats(0.05, 0.9))
 @example(seed=0, rows=7, cols=10, ratio=0.8999999999999999)
+@example(seed=0, rows=7, cols=20, ratio=0.1)  # no lr wins, and the re-centring still takes one weight off
+@example(seed=0, rows=7, cols=10, ratio=0.1)  # an lr wins, and the re-centring leaves the count whole
 def test_identical_rows_give_uniform_ratios(seed, rows, cols, ratio):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(1, cols, generator=g).expand(rows, cols).contiguous()
@@ -227,12 +229,10 @@ def test_identical_rows_give_uniform_ratios(seed, rows, cols, ratio):
     ratios, details = trim_row_ratios(W, X, order, ratio)
     assert torch.equal(ratios, torch.full_like(ratios, float(ratios[0])))
     count, uniform_count = int(ratios[0] * cols + 0.5), int(cols * torch.tensor(ratio, dtype=torch.float32))
-    if details["learning_rate"] is None:
-        assert count == uniform_count
-    else:
-        # identical rows get identical updates (d = 0), but the float32 re-centring s - mean(s) + ratio, as in the
-        # reference, can move s one ulp below a whole count: one weight fewer per row, which raises Q
-        assert count == uniform_count - 1
+    # identical rows get identical updates (d = 0); the float32 re-centring s - mean(s) + ratio, as in the reference,
+    # applied to the chosen ratios and to the kept uniform start alike, can move s one ulp below a whole count: one
+    # weight fewer per row (Hypothesis found both outcomes, with and without a winning learning rate)
+    assert count in (uniform_count, uniform_count - 1)
 
 
 # ---------------------------------------------------------------- the last-token statistic
