@@ -12,8 +12,8 @@ magnitude (honest for time and memory, never for quality), sparse paths against 
    sparse-24-bitmask Triton kernel up to 16 tokens, cuSPARSELt above; ``gemv24``: that kernel at every token
    count; ``bitmask``: the Triton kernel, where present), eager (back-to-back calls) and replayed as a CUDA graph; medians of CUDA-event times
    and the output's relative difference from the dense product;
-2. per block: one decoder block (attention, MLP, norms) at 1, 16 and 2,048 tokens, dense and sparse, eager
-   and as a graph (with ``--modes ... compiled_graph``: also compiled by ``torch.compile``, then graphed), beside
+2. per block: one decoder block (attention, MLP, norms) at 1, 16 and 2,048 tokens (``--block-tokens``), dense and
+   through each path (``--block-paths``), eager and as a graph (with ``--modes ... compiled_graph``: also compiled by ``torch.compile``, then graphed), beside
    the sum of its seven linears: the share of a block's time the linears take;
 3. whole model (``--layers`` of 32 blocks) through the case stage itself (``evaluate_efficiency``) in the
    modes of ``--modes`` (eager, static_eager, cuda_graph, compiled_graph): prefill 1 x 2,048 and greedy decode at
@@ -109,13 +109,15 @@ def _compiled_graph(block, call, calls: int, repeats: int) -> dict:
     """``call(compiled block)`` (``sparsebench.evaluate.compiled``, one shape), ``calls`` calls replayed as one CUDA graph."""
     try:
         with compiled_forward(block, shapes=1) as compiled:
+            started = time.perf_counter()
             call(compiled)  # compiled before the capture; the graph replays inside, while the compiled kernels live
+            compile_seconds = time.perf_counter() - started
             graph = graphed(lambda: [call(compiled) for _ in range(calls)])
             replayed, replayed_all = _event_median(graph.replay, 1, repeats)
             del graph
     except RuntimeError as error:  # reported, not hidden
         return {"compiled_graph_error": f"{type(error).__name__}: {str(error)[:300]}"}
-    return {"compiled_graph_ms": replayed / calls * 1e3, "compiled_graph_all_ms": [t / calls * 1e3 for t in replayed_all]}
+    return {"compiled_graph_ms": replayed / calls * 1e3, "compiled_graph_all_ms": [t / calls * 1e3 for t in replayed_all], "compile_seconds": compile_seconds}
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -206,13 +208,13 @@ def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], compiled: bool) -> list[dict]:
-    """One decoder block at 1, 16 and 2,048 tokens (no KV cache), dense and through each path, beside its seven linears' sum;
-    ``compiled``: also the block compiled and graphed."""
+def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], compiled: bool, paths: list[str], token_counts: list[int]) -> list[dict]:
+    """One decoder block at each of ``token_counts`` (no KV cache), dense and through each of ``paths`` that fits the sparsity,
+    beside its seven linears' sum; ``compiled``: also the block compiled and graphed."""
     block = model.model.layers[0]
     linears = _block_linears(model)[:7]
     rows = []
-    for tokens in BLOCK_TOKENS:
+    for tokens in token_counts:
         hidden = torch.randn(1, tokens, 4096, device="cuda", dtype=torch.float16)
         position_embeddings = model.model.rotary_emb(hidden, torch.arange(tokens, device="cuda").unsqueeze(0))
         calls = 20 if tokens <= 16 else 5
@@ -225,7 +227,7 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], c
             return {**row, **_compiled_graph(block, forward, calls, repeats)} if compiled else row
 
         timings = {"dense_stored": timing()}
-        for path in paths_of(sparsity):
+        for path in (path for path in paths_of(sparsity) if path in paths):
             convert, reason = _converter_or_reason(path)
             if reason:
                 continue
@@ -238,7 +240,7 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], c
                 row["linears_share_of_block"] = linear_sum / timing["graph_ms"]
             rows.append(row)
             share = f", its 7 linears {linear_sum:.4f} ms = {row['linears_share_of_block']:.0%} of the graphed block" if "linears_share_of_block" in row else ""
-            compiled_figure = f", compiled+graph {timing['compiled_graph_ms']:.4f} ms" if "compiled_graph_ms" in timing else ""
+            compiled_figure = f", compiled+graph {timing['compiled_graph_ms']:.4f} ms (compiled in {timing['compile_seconds']:.0f} s)" if "compiled_graph_ms" in timing else ""
             print(f"[block] {sparsity} {tokens:5d} tokens {path:15s}: eager {timing['eager_ms']:.4f} ms, graph {timing.get('graph_ms', float('nan')):.4f} ms"
                   f"{compiled_figure}{share}", flush=True)
             for failed in ("graph_error", "compiled_graph_error"):
@@ -307,7 +309,8 @@ def _print_end_to_end(result: dict) -> None:
         _print_step_saving(f"{sparsity} {path}", modes, ("static_eager", "eager"), ("cuda_graph", "as a graph"), "of launch gaps and host work")
         if "cuda_graph" in modes and "compiled_graph" in modes:
             graph, compiled = modes["cuda_graph"]["prefill"]["seconds_median"], modes["compiled_graph"]["prefill"]["seconds_median"]
-            print(f"[e2e] {sparsity} {path} prefill: {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed", flush=True)
+            print(f"[e2e] {sparsity} {path} prefill: {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed "
+                  f"(compiling every shape took {modes['compiled_graph'].get('compile_seconds', float('nan')):.0f} s)", flush=True)
         _print_step_saving(f"{sparsity} {path}", modes, ("cuda_graph", "as a graph"), ("compiled_graph", "compiled and graphed"), "saved by fusing")
 
 
@@ -342,7 +345,7 @@ def gpu(args) -> None:
     figures["per_block"], figures["end_to_end"] = [], []
     for sparsity in args.sparsity:
         _reprune(model, linears, sparsity)
-        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes)
+        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens)
         save()
         figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
         save()
@@ -440,6 +443,8 @@ def main() -> None:
     g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"], choices=MODES,
                    help="whole-model modes; compiled_graph also adds the compiled block to the per-block figures")
     g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask)")
+    g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity)")
+    g.add_argument("--block-tokens", type=int, nargs="+", default=list(BLOCK_TOKENS), help="token counts of the per-block figures")
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--e2e-repeats", type=int, default=5)
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")

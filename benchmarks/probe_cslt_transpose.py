@@ -3,15 +3,14 @@
     PYTHONPATH=$PWD python benchmarks/probe_cslt_transpose.py --out probe.json
 
 ``SemiSparseLinear`` (sparsebench/kernels/semi_sparse.py) computes ``W @ xᵀ`` with cuSPARSELt and copies it
-into the contiguous ``[tokens, out]`` the next operations need; on an H100 that copy cost 63 µs for a 4096-wide
-output at 2,048 tokens, about half the product's time, and is what keeps a 2:4 prefill below dense speed
-(docs/efficiency.md, "On a GPU"). ``torch._cslt_sparse_mm(..., transpose_result=True)`` writes ``[tokens, out]``
+into the contiguous ``[tokens, out]`` the next operations need; on an H100 PyTorch's copy of the transposed view
+cost 63 µs for a 4096-wide output at 2,048 tokens, about half the product's time (docs/efficiency.md, "On a GPU"). ``torch._cslt_sparse_mm(..., transpose_result=True)`` writes ``[tokens, out]``
 directly, but its algorithm search failed at 16 tokens on that H100 ("internal error" in
 ``cusparseLtMatmulSearch``, then an illegal instruction that poisons the CUDA context).
 
 So each (shape, token count) is probed in its own child process, and a failure poisons only that child. A child
 searches the algorithm for the transposed form, checks the result against ``F.linear``, and times four products,
-each replayed as a CUDA graph: the plain product and its copy (what ``SemiSparseLinear`` does), the plain product
+each replayed as a CUDA graph: the plain product and PyTorch's copy of its transposed view, the plain product
 and a tiled Triton transpose (``transposed_copy`` below: the other way to drop the copy's cost), the transposed
 form, and dense ``F.linear``. The parent prints one line per case (``ok`` with the times and ratios, or ``failed``
 with the child's last error line) and, with ``--out``, writes them as JSON. The result says from which token count
@@ -27,29 +26,8 @@ import sys
 from pathlib import Path
 
 import torch
-import triton
-import triton.language as tl
 
-TILE = 64  # rows and columns of one transpose tile
-
-
-@triton.jit
-def _transpose_kernel(source, target, rows, cols, TILE: tl.constexpr):
-    row = tl.program_id(0) * TILE + tl.arange(0, TILE)
-    col = tl.program_id(1) * TILE + tl.arange(0, TILE)
-    inside = (row[:, None] < rows) & (col[None, :] < cols)
-    tile = tl.load(source + row[:, None] * cols + col[None, :], mask=inside)
-    tl.store(target + col[:, None] * rows + row[None, :], tl.trans(tile), mask=tl.trans(inside))
-
-
-def transposed_copy(product: torch.Tensor) -> torch.Tensor:
-    """``product.t().contiguous()`` for a contiguous 2-D ``[rows, cols]`` tensor, by ``TILE`` x ``TILE`` tiles: each
-    program loads a tile along the rows' contiguous dimension and stores its transpose along the output's."""
-    rows, cols = product.shape
-    out = torch.empty(cols, rows, dtype=product.dtype, device=product.device)
-    _transpose_kernel[(triton.cdiv(rows, TILE), triton.cdiv(cols, TILE))](product, out, rows, cols, TILE=TILE)
-    return out
-
+from sparsebench.kernels.transpose import transposed_copy
 
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}  # LLaMA-2-7B (out, in)
 TOKENS = (16, 32, 64, 128, 256, 512, 2048, 8192)

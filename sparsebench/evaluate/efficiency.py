@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -182,13 +183,14 @@ def _run_shapes(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str
 
 @contextmanager
 def _compiled_mode(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str):
-    """The model compiled for ``compiled_graph`` (yields the compiled callable): every shape runs once eagerly first
-    (cuSPARSELt searches its algorithm ids, which cannot happen while the compiler traces), then once compiled (all
-    compilation done before any capture), at most one compilation per timed shape."""
+    """The model compiled for ``compiled_graph`` (yields the compiled callable and the seconds its compilations took):
+    every shape runs once eagerly first (cuSPARSELt searches its algorithm ids, which cannot happen while the compiler
+    traces), then once compiled (all compilation done before any capture), at most one compilation per timed shape."""
     _run_shapes(model, spec, seqlen, device)
     with compiled_forward(model, shapes=COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)) as compiled:
+        started = time.perf_counter()
         _run_shapes(model, spec, seqlen, device, compiled)
-        yield compiled
+        yield compiled, time.perf_counter() - started
 
 
 def _mode_problem(mode: str, device: str) -> str | None:
@@ -210,7 +212,9 @@ def measure_modes(model: nn.Module, spec: EfficiencySpec, device: str, context: 
         graph = mode in GRAPH_MODES
         result: dict = {"decode": {}}
         try:
-            with _compiled_mode(model, spec, seqlen, device) if mode == "compiled_graph" else nullcontext() as compiled:
+            with _compiled_mode(model, spec, seqlen, device) if mode == "compiled_graph" else nullcontext((None, None)) as (compiled, compile_seconds):
+                if compile_seconds is not None:
+                    result["compile_seconds"] = compile_seconds  # every shape's compilation and one untimed run of each
                 for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
                     if batch is None:
                         if mode != "static_eager":  # prefill has no cache: static_eager is eager there
