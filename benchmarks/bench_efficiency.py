@@ -345,7 +345,8 @@ def gpu(args) -> None:
     figures["per_block"], figures["end_to_end"] = [], []
     for sparsity in args.sparsity:
         _reprune(model, linears, sparsity)
-        figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens)
+        if not args.skip_block:
+            figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens)
         save()
         figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
         save()
@@ -449,6 +450,7 @@ def main() -> None:
     g.add_argument("--e2e-repeats", type=int, default=5)
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")
     g.add_argument("--skip-linear", action="store_true", help="leave out the per-linear figures")
+    g.add_argument("--skip-block", action="store_true", help="leave out the per-block figures")
     g.add_argument("--out", type=Path)
     q = sub.add_parser("ppl")
     q.add_argument("--model", type=Path, nargs="+", required=True, help="folders written by export=hf")

@@ -12,7 +12,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sparsebench.evaluate.compiled import compile_problem, compiled_forward
 from sparsebench.evaluate.cuda_graphs import StaticDecoder
 from sparsebench.kernels import semi_sparse
-from sparsebench.kernels.cusparselt_plans import Plan
 from sparsebench.kernels.semi_sparse import SemiSparseLinear
 from sparsebench.testing.tiny_models import tiny_model
 
@@ -80,8 +79,8 @@ def test_inductor_gives_the_eager_logits_and_tokens():
 def test_fake_implementations_give_the_output_shapes():
     with FakeTensorMode():
         rows = torch.empty(32, 256, dtype=torch.float16)
-        product = torch.ops.sparsebench.cusparselt_mm.default(torch.empty(50000, dtype=torch.float16), rows, 3, 1, -1, 128)
-        assert product.shape == (128, 32) and product.dtype == torch.float16 and product.is_contiguous()  # W @ rows.T
+        product = torch.ops.sparsebench.cusparselt_mm.default(torch.empty(50000, dtype=torch.float16), rows, 3, 128)
+        assert product.shape == (32, 128) and product.dtype == torch.float16 and product.is_contiguous()
         x = torch.empty(5, 300, dtype=torch.bfloat16)
         out = torch.ops.sparsebench.bitmask_matmul.default(
             x, torch.empty(1000, dtype=torch.bfloat16), torch.empty(40, 38, dtype=torch.uint8), torch.empty(41, dtype=torch.int64),
@@ -102,7 +101,7 @@ class _Traced(Exception):
 
 
 def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(monkeypatch):
-    monkeypatch.setattr(semi_sparse, "_PLANS", {(32, 64, torch.float16, 16): Plan(7, 4, 2)})
+    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {(32, 64, torch.float16, 16): 7})
     graphs = []
 
     def backend(gm, example_inputs):
@@ -116,13 +115,13 @@ def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(m
     with pytest.raises(_Traced):
         torch.compile(_semi_sparse(), fullgraph=True, dynamic=False, backend=backend)(torch.zeros(1, 5, 64, dtype=torch.float16))
     calls = [node for node in graphs[0].graph.nodes if node.target is torch.ops.sparsebench.cusparselt_mm.default]
-    assert len(calls) == 1 and calls[0].args[2:] == (7, 4, 2, 32)  # the searched plan for 16 padded tokens, out_features
+    assert len(calls) == 1 and calls[0].args[2:] == (7, 32)  # the searched id for 16 padded tokens, out_features
 
 
 def test_semi_sparse_tracing_a_shape_without_a_searched_algorithm_raises(monkeypatch):
-    monkeypatch.setattr(semi_sparse, "_PLANS", {})
+    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {})
     torch._dynamo.reset()
-    with pytest.raises(RuntimeError, match="no cuSPARSELt plan for 16 tokens yet; run the same shapes once eagerly before torch.compile traces"):
+    with pytest.raises(RuntimeError, match="no algorithm id for 16 tokens yet; run the same shapes once eagerly before torch.compile traces"):
         torch.compile(_semi_sparse(), fullgraph=True, dynamic=False, backend="eager")(torch.zeros(1, 5, 64, dtype=torch.float16))
 
 

@@ -68,21 +68,6 @@ def test_the_triton_transpose_equals_the_transposed_copy(shape):
     assert out.is_contiguous() and torch.equal(out, source.t())
 
 
-def test_the_cusparselt_plan_is_the_fastest_candidate_and_splits_only_decode_shapes():
-    from sparsebench.kernels.cusparselt_plans import SPLIT_K_MAX_TOKENS, product, search_plan
-
-    weight = _prune_2of4(torch.randn(4096, 4096, device="cuda", dtype=torch.float16) * 0.02)
-    packed = torch._cslt_compress(weight)
-    rows = torch.randn(16, 4096, device="cuda", dtype=torch.float16)
-    plan, timings = search_plan(packed, rows.t())
-    assert "k1" in timings and len(timings) > 1, timings  # at least one split was accepted and timed
-    chosen = "k1" if plan.split_k == 1 else f"k{plan.split_k}/m{plan.split_k_mode}"
-    assert timings[chosen] == min(timings.values())
-    assert _relative(product(packed, rows.t(), plan).t(), F.linear(rows.float(), weight.float())) < 2e-3
-    many = torch.randn(SPLIT_K_MAX_TOKENS + 16, 4096, device="cuda", dtype=torch.float16)
-    assert search_plan(packed, many.t())[0].split_k == 1
-
-
 def _sparse_model(pattern: str, dtype=torch.float16):
     model = tiny_model("llama", dtype=dtype).cuda()
     linears = [module for name, module in model.named_modules() if name.endswith("proj")]

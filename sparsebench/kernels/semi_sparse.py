@@ -6,46 +6,47 @@ reaches them through cuSPARSELt with three private operators, the same ones its
 ``SparseSemiStructuredTensorCUSPARSELT`` and torchao's semi-sparse linear call:
 
 - ``torch._cslt_compress(W)`` packs a 2:4 weight ``[out, in]`` once (the kept half and its metadata);
-- ``torch._cslt_sparse_mm_search(Wc, x.T, ...)`` times cuSPARSELt's algorithms for one product shape and
-  returns the fastest one's id;
+- ``torch._C._cusparselt.mm_search(Wc, x.T, ...)`` (``torch._cslt_sparse_mm_search`` where torch lacks it; torch 2.11 warns that one is deprecated) times
+  cuSPARSELt's algorithms for one product shape and returns the fastest one's id;
 - ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
 
-The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is. Handing on the
-transposed view of ``W @ x.T`` instead (what this module did first) made a whole LLaMA block 2.9x slower at 2,048
-tokens on an H100 while its linears were 1.4x faster (docs/data/efficiency_gpu, the H100 run of 2026-12-05): the
-attention's query, key and value then have a strided last dimension, which FlashAttention refuses, so
-``scaled_dot_product_attention`` fell back to a slower kernel. PyTorch's own copy of the transposed view
-(``.t().contiguous()``) then cost 63 us for a 4096-wide product at 2,048 tokens on that H100, about half the
-product's time, so eagerly the copy is a tiled Triton transpose (``sparsebench.kernels.transpose``). cuSPARSELt
-can write the transposed product itself (``transpose_result=True``), but its search for that form failed on an
-H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0) at 16 tokens with "internal error" in ``cusparseLtMatmulSearch``,
-then an illegal instruction that poisons the CUDA context, so that form is not used
-(``benchmarks/probe_cslt_transpose.py`` probes it per shape and token count).
+The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is, by a tiled Triton
+transpose of ``W @ x.T`` (``sparsebench.kernels.transpose``). Measured on an H100 (torch 2.11.0+cu130,
+cuSPARSELt 0.8.0; docs/efficiency.md, "On a GPU"), LLaMA-2-7B shapes, one graphed block at 2,048 tokens against
+dense:
+
+- handing on the transposed view (no copy): 2.9x slower. The attention's query, key and value then have a
+  strided last dimension, which FlashAttention refuses, so ``scaled_dot_product_attention`` falls back to a
+  slower kernel. Compiled by ``torch.compile``, the view made the block 0.41x of dense as well: Inductor
+  did not turn it back into a fast layout;
+- PyTorch's copy of the view (``.t().contiguous()``): 0.83x. It took 63 us for a 4096-wide product, about half
+  the product's time, because it reads or writes with a whole row's stride;
+- the tiled transpose: 1.12x;
+- cuSPARSELt writing the transposed product itself (``transpose_result=True``): its search failed for every
+  7B shape at 16, 2,048 and 8,192 tokens with "internal error" in ``cusparseLtMatmulSearch``, then an illegal
+  instruction that poisons the CUDA context (``benchmarks/probe_cslt_transpose.py`` runs each case in its own
+  process). Not used;
+- cuSPARSELt's split-K (``_cslt_sparse_mm(..., split_k=2..16)``, for decode shapes with few output tiles): every
+  value was refused ("invalid value" setting ``CUSPARSELT_MATMUL_SPLIT_K``; ``benchmarks/probe_cslt_split_k.py``),
+  and cuSPARSELt's own search returns split-K -1. Not used.
 
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
 algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
 outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
-graph hides.
+graph hides. The token count is padded to a multiple of 16, the smallest count searched in
+/work/shared/docs/sparse-kernels.md; a bias is added afterwards.
 
-Seen on an H100 (torch 2.11.0+cu130, cuSPARSELt 0.8.0): ``_cslt_sparse_mm_search`` with 8 dense columns and
-``transpose_result=True`` failed inside ``cusparseLtMatmulSearch`` ("internal error", then an illegal
-instruction that poisons the CUDA context). So the token count is padded to a multiple of 16 and the
-product is the plain ``W @ x.T`` form searched in /work/shared/docs/sparse-kernels.md (16 to 8,192 tokens);
-a bias is added afterwards.
-
-For ``torch.compile`` the product is the custom operator ``sparsebench::cusparselt_mm`` (``torch.library``,
-opaque to the compiler, with a fake implementation that gives its shape). It returns cuSPARSELt's own
-``W @ rows.T`` (``[out, tokens]``), and the module hands on its transposed view: no copy of its own, since the
-operations that Inductor fuses around it (the residual add, RMSNorm, rotary, SiLU times the up projection) read
-the view in place and write their outputs in the layout the next operation needs. The padding and bias around it
-stay ordinary operators. The algorithm id is an argument of the operator, looked up before it: a search cannot
-run while the compiler traces, so tracing a shape with no searched id raises (run it eagerly first), as
-capturing one does. ``out_features`` is an argument because the packed buffer does not carry the weight's shape.
-The rows are made contiguous before the operator, and Inductor passes a custom operator its inputs with the
-strides traced (torch 2.13's ``custom_op_default_layout_constraint`` is ``needs_exact_strides``), so the product
-sees the operand layout that its algorithm id was searched for. Eagerly the module calls the plain functions
-directly: the operator's dispatch costs about 10 us of host time a call (measured on this project's CPU), which
-would change what the eager modes measure.
+For ``torch.compile`` the product (with its transpose) is the custom operator ``sparsebench::cusparselt_mm``
+(``torch.library``, opaque to the compiler, with a fake implementation that gives its shape); the padding and
+bias around it stay ordinary operators that the compiler may fuse. The algorithm id is an argument of the
+operator, looked up before it: a search cannot run while the compiler traces, so tracing a shape with no
+searched id raises (run it eagerly first), as capturing one does. ``out_features`` is an argument because the
+packed buffer does not carry the weight's shape. The rows are made contiguous before the operator, and Inductor
+passes a custom operator its inputs with the strides traced (torch 2.13's
+``custom_op_default_layout_constraint`` is ``needs_exact_strides``), so the product sees the operand layout that
+its algorithm id was searched for. Eagerly the module calls the plain function directly: the operator's dispatch
+costs about 10 us of host time a call (measured on this project's CPU), which would change what the eager modes
+measure.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsebench.kernels.cusparselt_plans import Plan, search_plan
 from sparsebench.kernels.transpose import transposed_copy  # Triton: the CUDA builds of torch bring it
 from sparsebench.sparse_layout import is_2of4
 
@@ -66,28 +66,35 @@ DTYPES = (torch.float16, torch.bfloat16)
 WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
 TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
 
-# (out_features, in_features, dtype, padded token count) -> how cuSPARSELt runs it; shared by every linear of that shape
-_PLANS: dict[tuple, Plan] = {}
+# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
+_ALGORITHM_IDS: dict[tuple, int] = {}
 
 
-def cusparselt_transposed_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, split_k: int, split_k_mode: int,
-                                  out_features: int) -> torch.Tensor:
-    """``W @ rows.T`` (``[out_features, tokens]``, contiguous) for the packed 2:4 weight ``W`` and contiguous ``rows [tokens, in]``,
-    as the plan ``(alg_id, split_k, split_k_mode)`` says (``cusparselt_plans``): cuSPARSELt's own product, the transpose of ``rows @ W.T``."""
-    return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id, split_k=split_k, split_k_mode=split_k_mode)
+def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    """``rows @ W.T`` (``[tokens, out_features]``, contiguous) for the packed 2:4 weight ``W`` and contiguous ``rows [tokens, in]``,
+    with cuSPARSELt algorithm ``alg_id``: cuSPARSELt's ``W @ rows.T``, transposed by one tiled copy (see the module's docstring)."""
+    return transposed_copy(torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id))
 
 
-def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, plan: Plan, out_features: int) -> torch.Tensor:
-    """``rows @ W.T`` (``[tokens, out_features]``, contiguous): cuSPARSELt's product, transposed by one tiled copy."""
-    return transposed_copy(cusparselt_transposed_product(packed, rows, plan.alg_id, plan.split_k, plan.split_k_mode, out_features))
-
-
-cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_transposed_product, mutates_args=())
+cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=())
 
 
 @cusparselt_mm.register_fake
-def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, split_k: int, split_k_mode: int, out_features: int) -> torch.Tensor:
-    return rows.new_empty(out_features, rows.shape[0])
+def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    return rows.new_empty(rows.shape[0], out_features)
+
+
+def search_algorithm(packed: torch.Tensor, rows_t: torch.Tensor) -> int:
+    """The id of cuSPARSELt's fastest algorithm for ``W @ rows_t``, by its own search (run eagerly, on the GPU).
+
+    ``torch._C._cusparselt.mm_search`` where this torch has it (torch 2.11 warns that ``_cslt_sparse_mm_search`` is
+    deprecated; on an H100 both gave the same ids); it also returns a split-K (-1 there) and its mode, which
+    ``_cslt_sparse_mm`` could not use on that H100 (see the module's docstring), so only the id is kept.
+    """
+    search = getattr(getattr(torch._C, "_cusparselt", None), "mm_search", None)
+    if search is not None:
+        return int(search(packed, rows_t, None, None, None, False)[0])
+    return int(torch._cslt_sparse_mm_search(packed, rows_t))
 
 
 def semi_sparse_problem(linear: nn.Linear) -> str | None:
@@ -131,21 +138,21 @@ class SemiSparseLinear(nn.Module):
         """Bytes the layer keeps on the GPU: the packed weight (kept values and metadata) and the bias."""
         return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
 
-    def _plan(self, rows_t: torch.Tensor) -> Plan:
+    def _algorithm(self, rows_t: torch.Tensor) -> int:
         key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
-        plan = _PLANS.get(key)
-        if plan is None:
+        alg_id = _ALGORITHM_IDS.get(key)
+        if alg_id is None:
             tracing = torch.compiler.is_compiling()
             if tracing or torch.cuda.is_current_stream_capturing():
                 before = "torch.compile traces the model" if tracing else "capturing a CUDA graph"
                 raise RuntimeError(
-                    f"SemiSparseLinear {self.out_features}x{self.in_features}: no cuSPARSELt plan for {rows_t.shape[1]} tokens yet; "
+                    f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
                     f"run the same shapes once eagerly before {before} (the search can be neither traced nor captured)"
                 )
-            plan, timings = search_plan(self.packed, rows_t)
-            _PLANS[key] = plan
-            log.debug("cuSPARSELt plan %s for %s (graphed ms: %s)", plan, key, timings)
-        return plan
+            alg_id = search_algorithm(self.packed, rows_t)
+            _ALGORITHM_IDS[key] = alg_id
+            log.debug("cuSPARSELt algorithm %d for %s", alg_id, key)
+        return alg_id
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
@@ -154,12 +161,9 @@ class SemiSparseLinear(nn.Module):
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
         rows = rows.contiguous()
-        plan = self._plan(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
-        if torch.compiler.is_compiling():  # [out, tokens] from the opaque operator; its transposed view is fused onwards
-            out = torch.ops.sparsebench.cusparselt_mm.default(self.packed, rows, plan.alg_id, plan.split_k, plan.split_k_mode, self.out_features)
-            out = out.t()[:tokens]
-        else:
-            out = cusparselt_product(self.packed, rows, plan, self.out_features)[:tokens]  # [tokens, out], contiguous
+        alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
+        multiply = torch.ops.sparsebench.cusparselt_mm.default if torch.compiler.is_compiling() else cusparselt_product
+        out = multiply(self.packed, rows, alg_id, self.out_features)[:tokens]  # [tokens, out], contiguous
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
