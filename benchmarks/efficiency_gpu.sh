@@ -11,7 +11,7 @@ export PYTHONUNBUFFERED=1
 case $1 in
 bench)
     python3 -m pytest tests/test_gpu_kernels.py tests/test_gemv24_gpu.py tests/test_bitmask_gpu.py -q -p no:cacheprovider 2>&1 | tee "$out/gpu_kernels_tests.txt" || true
-    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --modes ${MODES:-static_eager cuda_graph} \
+    python3 benchmarks/bench_efficiency.py gpu --layers 32 --sparsity ${SPARSITY:-2:4} --decode-tokens 32 --e2e-repeats 3 --repeats 5 --modes ${MODES:-cuda_graph compiled_graph} \
         --e2e-paths cusparselt cusparselt_gemv24 bitmask --out "$out/figures.json" 2>&1 | tee "$out/bench_gpu.txt"
     ;;
 cases)

@@ -140,6 +140,11 @@ def test_fields_of_paths_and_modes_with_the_earlier_names_for_the_headline():
     assert fields["prefill_tokens_per_s"] == 1000.0 and fields["peak_memory_bytes"] == 510 and fields["weight_bytes_in_memory"] == 100
     assert fields["speedup_prefill"] == 1.3 and fields["speedup_decode_b1"] == 1.3 and (fields["sparse_path"], fields["sparse_mode"]) == ("cusparselt", "cuda_graph")
     assert fields["weight_memory_vs_dense_cusparselt"] == 0.56 and fields["skipped"] == "sparse path semi_structured: refused"
+    compiled = {**efficiency, "runs": {name: {**run, "modes": {**run["modes"], "compiled_graph": _measured(rate * 2, 330)}}
+                                       for (name, run), rate in zip(efficiency["runs"].items(), (1200.0, 1800.0))},
+                "speedup": {"cusparselt": {**efficiency["speedup"]["cusparselt"], "compiled_graph": {"prefill": 1.5, "decode": {"1": 1.4}}}}}
+    served = efficiency_fields({"metrics": {"efficiency": compiled}})  # the compiled and graphed mode is the headline where measured
+    assert (served["speedup_prefill"], served["sparse_mode"], served["sparse_prefill_tokens_per_s"]) == (1.5, "compiled_graph", 3600.0)
     legacy = efficiency_fields({"metrics": {"efficiency": {"dense_weights": {**_measured(990.0, 400), "weight_bytes_in_memory": 100}, "speedup": {"prefill": 0.4, "decode": {"1": 0.1}}}}})
     assert legacy == {"prefill_tokens_per_s": 990.0, "decode_b1_tokens_per_s": 99.0, "peak_memory_bytes": 400, "weight_bytes_in_memory": 100,
                       "speedup_prefill": 0.4, "speedup_decode_b1": 0.1}
