@@ -340,6 +340,10 @@ def gpu(args) -> None:
 
     figures["per_linear"] = [] if args.skip_linear else per_linear(args.sparsity, args.repeats)
     save()
+    if args.skip_block and args.skip_e2e:
+        figures["conditions_after"] = conditions("cuda")
+        save()
+        return
     model = _llama(LLAMA2_7B, args.layers)
     linears = _block_linears(model)
     figures["per_block"], figures["end_to_end"] = [], []
@@ -348,8 +352,9 @@ def gpu(args) -> None:
         if not args.skip_block:
             figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens)
         save()
-        figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
-        save()
+        if not args.skip_e2e:
+            figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
+            save()
     figures["conditions_after"] = conditions("cuda")
     save()
 
@@ -451,6 +456,7 @@ def main() -> None:
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")
     g.add_argument("--skip-linear", action="store_true", help="leave out the per-linear figures")
     g.add_argument("--skip-block", action="store_true", help="leave out the per-block figures")
+    g.add_argument("--skip-e2e", action="store_true", help="leave out the whole-model figures")
     g.add_argument("--out", type=Path)
     q = sub.add_parser("ppl")
     q.add_argument("--model", type=Path, nargs="+", required=True, help="folders written by export=hf")
