@@ -44,7 +44,7 @@ PATHS = {
     path.name: path
     for path in (
         SparsePath("cusparselt", "cuSPARSELt called directly: torch._cslt_compress once, torch._cslt_sparse_mm with the algorithm id "
-                   "torch._cslt_sparse_mm_search picked, per (shape, token count)", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
+                   "cuSPARSELt's search picked, per (shape, token count), then a tiled Triton transpose into [tokens, out]", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
         SparsePath("semi_structured", "torch.sparse.to_sparse_semi_structured weight under nn.Linear (tensor subclass, default algorithm id)",
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
         SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
