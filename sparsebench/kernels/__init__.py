@@ -3,5 +3,8 @@
 - ``semi_sparse``: 2:4 weights through cuSPARSELt, called directly (``SemiSparseLinear``);
 - ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, a Triton kernel (``BitmaskLinear``);
 - ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);
+- ``transpose``: a tiled Triton transpose, which puts cuSPARSELt's ``W @ x.T`` into ``[tokens, out]``;
+- ``paths``: the registry of these paths and the swap of a model's pruned linears;
+- ``launching``: what the Triton launchers share (device checks, split partial sums);
 - ``custom_ops``: the Triton products as ``torch.library`` custom operators, opaque to ``torch.compile``.
 """

@@ -6,8 +6,8 @@ reaches them through cuSPARSELt with three private operators, the same ones its
 ``SparseSemiStructuredTensorCUSPARSELT`` and torchao's semi-sparse linear call:
 
 - ``torch._cslt_compress(W)`` packs a 2:4 weight ``[out, in]`` once (the kept half and its metadata);
-- ``torch._C._cusparselt.mm_search(Wc, x.T, ...)`` (``torch._cslt_sparse_mm_search`` where torch lacks it; torch 2.11 warns that one is deprecated) times
-  cuSPARSELt's algorithms for one product shape and returns the fastest one's id;
+- ``torch._C._cusparselt.mm_search(Wc, x.T, ...)`` times cuSPARSELt's algorithms for one product shape and returns
+  the fastest one's id (``torch._cslt_sparse_mm_search`` where torch lacks it; torch 2.11 warns that one is deprecated);
 - ``torch._cslt_sparse_mm(Wc, x.T, alg_id=...)`` computes ``W @ x.T``, transposed back to ``x @ W.T``.
 
 The output is handed on as a contiguous ``[tokens, out]`` tensor, as ``nn.Linear``'s is, by a tiled Triton
@@ -33,8 +33,8 @@ dense:
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
 algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
 outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
-graph hides. The token count is padded to a multiple of 16, the smallest count searched in
-/work/shared/docs/sparse-kernels.md; a bias is added afterwards.
+graph hides. The token count is padded to a multiple of 16, the smallest count measured in the project's shared
+notes on 2:4 kernels (``sparse-kernels.md``); a bias is added afterwards.
 
 For ``torch.compile`` the product (with its transpose) is the custom operator ``sparsebench::cusparselt_mm``
 (``torch.library``, opaque to the compiler, with a fake implementation that gives its shape); the padding and
