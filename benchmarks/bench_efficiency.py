@@ -53,6 +53,8 @@ LLAMA2_7B_LINEARS = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096)
 BLOCK_LINEARS = {"q/k/v/o_proj": 4, "gate/up_proj": 2, "down_proj": 1}  # how many of each shape one block holds
 TOKENS = (1, 16, 2048, 8192)
 BLOCK_TOKENS = (1, 16, 2048)
+FEATURES_MAJOR_PATHS = ("cusparselt", "cusparselt_gemv24")  # the paths whose MLP input projections can hand on features-major
+FEATURES_MAJOR_LABEL = "mlp_features_major"  # per-block rows: "<path>+mlp_features_major"
 
 
 def prune_2of4(weight: torch.Tensor) -> torch.Tensor:
@@ -197,6 +199,14 @@ def _block_linears(model) -> list:
     return [linear for block in adapter.get_blocks(model) for linear in adapter.get_linears(block).values()]
 
 
+def _mlp_inputs(model, adapter=None) -> list:
+    """The MLP's input projections of every block: the linears whose outputs a cuSPARSELt path may hand on features-major."""
+    from sparsebench.models.adapters import adapter_for
+
+    adapter = adapter or adapter_for("auto", "llama")
+    return [block.get_submodule(name) for block in adapter.get_blocks(model) for name in adapter.mlp_input_linears]
+
+
 def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
     """Fresh random weights at the default scale (much faster than HF's init), then the sparsity's magnitude mask."""
     torch.manual_seed(seed)
@@ -208,11 +218,14 @@ def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], compiled: bool, paths: list[str], token_counts: list[int]) -> list[dict]:
+def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], compiled: bool, paths: list[str], token_counts: list[int],
+              layouts: list[str]) -> list[dict]:
     """One decoder block at each of ``token_counts`` (no KV cache), dense and through each of ``paths`` that fits the sparsity,
-    beside its seven linears' sum; ``compiled``: also the block compiled and graphed."""
+    beside its seven linears' sum; ``compiled``: also the block compiled and graphed. ``layouts``: ``token_major`` and/or
+    ``features_major`` (the MLP's input projections hand their outputs on in cuSPARSELt's layout; cuSPARSELt paths only)."""
     block = model.model.layers[0]
     linears = _block_linears(model)[:7]
+    mlp_inputs = [linear for linear in _mlp_inputs(model) if any(linear is mine for mine in linears)]
     rows = []
     for tokens in token_counts:
         hidden = torch.randn(1, tokens, 4096, device="cuda", dtype=torch.float16)
@@ -231,10 +244,13 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], c
             convert, reason = _converter_or_reason(path)
             if reason:
                 continue
-            with swapped(block, linears, convert):
-                timings[path] = timing()
+            for layout in layouts:
+                if layout == "features_major" and path not in FEATURES_MAJOR_PATHS:
+                    continue
+                with swapped(block, linears, convert, mlp_inputs if layout == "features_major" else ()):
+                    timings[path if layout == "token_major" else f"{path}+{FEATURES_MAJOR_LABEL}"] = timing()
         for path, timing in timings.items():
-            linear_sum = _linears_sum(per_linear_rows, sparsity, tokens, path)
+            linear_sum = _linears_sum(per_linear_rows, sparsity, tokens, path.split("+")[0])
             row = {"sparsity": sparsity, "tokens": tokens, "path": path, **timing, "linears_graph_ms_sum": linear_sum}
             if linear_sum is not None and "graph_ms" in timing:
                 row["linears_share_of_block"] = linear_sum / timing["graph_ms"]
@@ -277,8 +293,9 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
     only = tuple(path for path in paths_of(sparsity) if path in args.e2e_paths)
-    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only)
-    result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started})
+    features_major = _mlp_inputs(model) if args.features_major == "on" else []
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only, features_major=features_major)
+    result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started, "features_major": args.features_major})
     _print_end_to_end(result)
     return result
 
@@ -350,7 +367,8 @@ def gpu(args) -> None:
     for sparsity in args.sparsity:
         _reprune(model, linears, sparsity)
         if not args.skip_block:
-            figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens)
+            figures["per_block"] += per_block(model, sparsity, args.repeats, figures["per_linear"], "compiled_graph" in args.modes, args.block_paths, args.block_tokens,
+                                            args.block_layouts)
         save()
         if not args.skip_e2e:
             figures["end_to_end"].append(end_to_end(model, linears, sparsity, args))
@@ -382,7 +400,7 @@ def perplexity_through_paths(args) -> None:
                 row["paths"][path] = {"skipped": reason}
                 print(f"[ppl] {folder}: {path} skipped: {reason}", flush=True)
                 continue
-            with swapped(model, linears, convert):
+            with swapped(model, linears, convert, _mlp_inputs(model, adapter)):  # as the case stage swaps them
                 sparse = perplexity(model, adapter, segments, Execution("cuda", batch_size=4)).ppl
             relative = abs(sparse - dense) / dense
             row["paths"][path] = {"ppl": sparse, "relative_difference": relative, "within_1e-3": relative < 1e-3}
@@ -451,6 +469,10 @@ def main() -> None:
     g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask)")
     g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity)")
     g.add_argument("--block-tokens", type=int, nargs="+", default=list(BLOCK_TOKENS), help="token counts of the per-block figures")
+    g.add_argument("--block-layouts", nargs="+", default=["token_major", "features_major"], choices=["token_major", "features_major"],
+                   help="per block, cuSPARSELt paths: every linear's output token-major, and/or the MLP's input projections' features-major")
+    g.add_argument("--features-major", choices=["on", "off"], default="on",
+                   help="whole model: the MLP's input projections hand their outputs on features-major on cuSPARSELt paths (as the case stage does)")
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--e2e-repeats", type=int, default=5)
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")

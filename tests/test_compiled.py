@@ -101,7 +101,7 @@ class _Traced(Exception):
 
 
 def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(monkeypatch):
-    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {(32, 64, torch.float16, 16): 7})
+    monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {(32, 64, torch.float16, 16, False): 7})
     graphs = []
 
     def backend(gm, example_inputs):
@@ -121,7 +121,7 @@ def test_semi_sparse_traces_to_the_opaque_operator_with_the_searched_algorithm(m
 def test_semi_sparse_tracing_a_shape_without_a_searched_algorithm_raises(monkeypatch):
     monkeypatch.setattr(semi_sparse, "_ALGORITHM_IDS", {})
     torch._dynamo.reset()
-    with pytest.raises(RuntimeError, match="no algorithm id for 16 tokens yet; run the same shapes once eagerly before torch.compile traces"):
+    with pytest.raises(RuntimeError, match=r"no algorithm id for 16 tokens \(column-major\) yet; run the same shapes once eagerly before torch.compile traces"):
         torch.compile(_semi_sparse(), fullgraph=True, dynamic=False, backend="eager")(torch.zeros(1, 5, 64, dtype=torch.float16))
 
 
@@ -154,3 +154,57 @@ def test_what_the_mode_runs_compiles_exactly_the_counted_times():
         for batch in spec.decode_batches:
             static_decode(model, batch, 8, 6, "cpu", 1, 2, memory, False, compiled)
     assert counters["stats"]["unique_graphs"] == shapes
+
+
+def _sdpa_calls(gm) -> list:
+    return [node for node in gm.graph.nodes if node.target is torch._C._nn.scaled_dot_product_attention
+            or getattr(node.target, "__name__", "") == "scaled_dot_product_attention"]
+
+
+def test_a_compiled_prefill_runs_causal_sdpa_without_a_mask_tensor_and_the_same_logits():
+    """transformers materialises the causal mask while Dynamo traces (torch < 2.14); causal_prefill_attention drops it
+    for an unpadded prefill, on both sides of the measurement, so SDPA can take its causal FlashAttention kernel."""
+    from sparsebench.evaluate.compiled import CAUSAL_PREFILL_ATTENTION, causal_prefill_attention
+
+    model = _llama(2)
+    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        with causal_prefill_attention(model) as attention:
+            assert attention == CAUSAL_PREFILL_ATTENTION and model.config._attn_implementation == attention
+            eager = model(input_ids=ids, use_cache=False).logits
+            torch._dynamo.reset()
+            compiled = torch.compile(model, fullgraph=True, dynamic=False, backend=backend)(input_ids=ids, use_cache=False).logits
+        assert model.config._attn_implementation == "sdpa"  # put back
+        torch._dynamo.reset()
+        plain = torch.compile(model, fullgraph=True, dynamic=False, backend=backend)(input_ids=ids, use_cache=False).logits
+        torch._dynamo.reset()
+    torch.testing.assert_close(eager, expected)
+    torch.testing.assert_close(compiled, expected)
+    torch.testing.assert_close(plain, expected)
+    ours, theirs = _sdpa_calls(graphs[0]), _sdpa_calls(graphs[1])
+    assert len(ours) == len(theirs) == 2
+    assert all(node.kwargs.get("attn_mask") is None and node.kwargs.get("is_causal") is True for node in ours)
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 14):
+        assert all(node.kwargs.get("attn_mask") is not None for node in theirs)  # why the function exists
+
+
+def test_causal_prefill_attention_keeps_the_mask_of_decode_steps_and_of_prompts_into_a_cache():
+    from sparsebench.evaluate.compiled import causal_prefill_attention
+
+    model = _llama(2)
+    prompt = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        plain = StaticDecoder(model, prompt, 6, graph=False)
+        plain.decode(keep=True)
+        with causal_prefill_attention(model):
+            ours = StaticDecoder(model, prompt, 6, graph=False)
+            ours.decode(keep=True)
+    assert torch.equal(ours.tokens(), plain.tokens())

@@ -97,7 +97,7 @@ def test_the_unstructured_path_is_wired_to_bitmask_linear(monkeypatch):
     assert [path.name for path in paths_for("2:4")] == ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] and paths_for("4:8") == []
     model = tiny_model("llama")
     linears = _linears(model)
-    run, skipped = _path_run(model, linears, PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)
+    run, skipped = _path_run(model, linears, (), PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)
     assert skipped == [] and run["path"].startswith("Triton kernel on the sparse-bitmask layout")
     assert set(run["modes"]) == {"eager", "static_eager"} and "prefill" not in run["modes"]["static_eager"]
     assert run["weight_bytes_in_memory"] == weight_bytes_in_memory(model) - sum(linear.weight.numel() * 2 for linear in linears)
@@ -105,7 +105,7 @@ def test_the_unstructured_path_is_wired_to_bitmask_linear(monkeypatch):
 
 def test_a_missing_kernel_module_is_skipped_with_its_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "sparsebench.kernels.bitmask_linear", None)  # import fails
-    run, skipped = _path_run(tiny_model("llama"), [], PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)
+    run, skipped = _path_run(tiny_model("llama"), [], (), PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)
     assert run is None and skipped[0]["what"] == "sparse path bitmask" and "sparsebench.kernels.bitmask_linear is not available" in skipped[0]["why"]
 
 

@@ -59,6 +59,39 @@ def test_semi_sparse_linear_computes_the_dense_product(dtype, shape):
         assert _relative(out, reference) < tolerance, tokens
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [16, 2048])
+def test_a_features_major_mlp_computes_the_dense_one(dtype, tokens):
+    """LLaMA-2-7B's MLP shapes: gate and up hand on cuSPARSELt's [out, tokens] product as its transposed view, down reads
+    their product row-major (its own searched algorithm id); the output equals the dense MLP's within rounding."""
+    g = torch.Generator(device="cuda").manual_seed(4)
+    weights = {name: _prune_2of4(torch.randn(shape, device="cuda", generator=g, dtype=dtype) * 0.02)
+               for name, shape in (("gate", (11008, 4096)), ("up", (11008, 4096)), ("down", (4096, 11008)))}
+    modules = {}
+    for name, weight in weights.items():
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="cuda", dtype=dtype)
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+        modules[name] = SemiSparseLinear.from_linear(linear)
+    modules["gate"].hand_on_features_major()
+    modules["up"].hand_on_features_major()
+    x = torch.randn(1, tokens, 4096, device="cuda", generator=g, dtype=dtype)
+    with torch.no_grad():
+        gate, up = modules["gate"](x), modules["up"](x)
+        assert gate[0].stride() == (1, tokens) and up[0].stride() == (1, tokens)  # views of [out, tokens]: no copies
+        hidden = F.silu(gate) * up
+        assert hidden[0].stride() == (1, tokens)  # PyTorch's elementwise operations keep the layout
+        out = modules["down"](hidden)
+        xf = x.float()
+        reference = F.linear(F.silu(F.linear(xf, weights["gate"].float())) * F.linear(xf, weights["up"].float()), weights["down"].float())
+    assert out.is_contiguous() and out.shape == (1, tokens, 4096)
+    assert _relative(out, reference) < (3e-3 if dtype == torch.float16 else 1.5e-2)
+
+
+def _mlp_inputs(model) -> list:
+    return [module for name, module in model.named_modules() if name.endswith(("gate_proj", "up_proj"))]
+
+
 @pytest.mark.parametrize("shape", [(4096, 2048), (11008, 2048), (4096, 16), (11008, 8192), (100, 37)])
 def test_the_triton_transpose_equals_the_transposed_copy(shape):
     from sparsebench.kernels.transpose import transposed_copy
@@ -90,16 +123,17 @@ def _bitmask_module() -> bool:
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
-def test_every_sparse_path_gives_the_dense_stored_logits(pattern):
+@pytest.mark.parametrize("features_major", [False, True])
+def test_every_sparse_path_gives_the_dense_stored_logits(pattern, features_major):
     model, linears = _sparse_model(pattern)
     paths = _available(pattern)
     if not paths:
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
-    ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))  # 80 tokens, unpadded
     with torch.no_grad():
         dense = model(input_ids=ids).logits
         for path in paths:
-            with swapped(model, linears, converter(path)):
+            with swapped(model, linears, converter(path), _mlp_inputs(model) if features_major else ()):
                 assert not any(module is linear for module in model.modules() for linear in linears)
                 sparse = model(input_ids=ids).logits
             assert _relative(sparse, dense) < 3e-3, path.name
@@ -134,7 +168,7 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
     assert torch.equal(graphed, eager) and torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("path_name", [None, "cusparselt", "bitmask", "gemv24"])
+@pytest.mark.parametrize("path_name", [None, "cusparselt", "cusparselt+features_major", "cusparselt_gemv24+features_major", "bitmask", "gemv24"])
 def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
     """The compiled forward replayed as CUDA graphs: prefill logits within rounding of the eager ones; greedy tokens equal to
     the compiled forward's run without graphs (the same kernels) and, dense-stored in float32, to the eager tokens (fused
@@ -170,7 +204,8 @@ def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
     if path_name is None:
         eager_logits, graph_logits, eager, plain, replayed = run()
     else:
-        with swapped(model, linears, converter(PATHS[path_name])):
+        name, _, layout = path_name.partition("+")
+        with swapped(model, linears, converter(PATHS[name]), _mlp_inputs(model) if layout else ()):
             eager_logits, graph_logits, eager, plain, replayed = run()
     assert _relative(graph_logits, eager_logits) < (1e-5 if path_name is None else 3e-3)
     assert torch.equal(replayed, plain)
@@ -181,7 +216,7 @@ def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
 def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     model, linears = _sparse_model("2:4")
     spec = EfficiencySpec(1, 64, (1, 4), 16, 8, 1, 3, "auto", ("eager", "static_eager", "cuda_graph", "compiled_graph"))
-    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256)
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256, features_major=_mlp_inputs(model))
     # the one skip: torch.sparse's semi-structured tensor subclass cannot run on the fake tensors torch.compile traces
     # with; gemv24 and cusparselt_gemv24 compile (their products are custom operators, sparsebench.kernels.custom_ops)
     assert [skip["what"] for skip in result["skipped"]] == ["semi_structured: mode compiled_graph"], result["skipped"]
@@ -194,4 +229,7 @@ def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     assert set(result["speedup"]["cusparselt"]["cuda_graph"]) == {"prefill", "decode"}
     assert set(result["speedup"]["cusparselt"]["compiled_graph"]) == {"prefill", "decode"}
     assert result["weight_memory_vs_dense"]["cusparselt"] < 1.0
+    layers = model.config.num_hidden_layers
+    assert result["runs"]["cusparselt"]["features_major_outputs"] == result["runs"]["cusparselt_gemv24"]["features_major_outputs"] == 2 * layers
+    assert "features_major_outputs" not in result["runs"]["gemv24"]
     assert result["conditions"]["before"]["gpu"] == torch.cuda.get_device_name()

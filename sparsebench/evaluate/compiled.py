@@ -23,6 +23,16 @@ prefill and one per decode batch for the one-token step. The decode prompt, unti
 ``StaticCache`` (``StaticDecoder(step_model=...)``): compiled, a fresh cache and a rewound one would be two more
 compilations per batch (the cache's lazy allocation is guarded on), for nothing that is timed.
 
+Attention in a compiled prefill (``causal_prefill_attention``): HF's SDPA attention passes no mask, and so runs
+SDPA's causal FlashAttention, when a prefill has no padding; but while Dynamo traces, transformers materialises the
+causal mask (its ``_ignore_causal_mask_sdpa`` never skips under compilation before torch 2.14, pytorch#176499, as
+transformers 5.25's source says), and SDPA with a mask tensor runs a slower kernel. A server compiles its prefill
+with causal FlashAttention. So for the ``compiled_graph`` mode an SDPA model runs a registered attention function
+that is HF's ``sdpa_attention_forward`` with the mask dropped where it is the causal one of an unpadded prefill:
+as many keys as queries (no cache, or an empty one), more than one query, no sliding window; the efficiency stage
+never pads. Both sides run it, dense-stored and sparse. Everything else (decode steps, prompts into a cache,
+sliding-window layers) keeps its mask.
+
 Failing loudly: ``fullgraph=True`` makes a graph break an error, and within ``compiled_forward`` Dynamo's
 ``fail_on_recompile_limit_hit`` is on with ``recompile_limit`` set to the number of shapes the caller will
 run, so an unexpected recompilation raises instead of running eagerly. The model object is never changed
@@ -58,6 +68,42 @@ def compile_problem(device: str) -> str | None:
     if shutil.which(compiler) is None:
         return f"torch.compile (TorchInductor) needs a C++ compiler on the CPU; {compiler!r} is not on PATH"
     return None
+
+
+CAUSAL_PREFILL_ATTENTION = "sparsebench_sdpa_causal_prefill"  # registered with transformers' AttentionInterface
+
+
+def _sdpa_causal_prefill(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask, **kwargs):
+    """HF's SDPA attention, with the mask of an unpadded causal prefill dropped (SDPA's ``is_causal`` instead; see above)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    queries = query.shape[2]
+    if queries > 1 and key.shape[2] == queries and kwargs.get("sliding_window") is None and getattr(module, "sliding_window", None) is None:
+        attention_mask = None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+@contextmanager
+def causal_prefill_attention(model: nn.Module):
+    """While inside, an SDPA ``model`` runs ``_sdpa_causal_prefill`` (yields its name); any other model runs as it is
+    (yields None). For inputs without padding only, as the efficiency stage makes them."""
+    config = getattr(model, "config", None)
+    previous = getattr(config, "_attn_implementation", None)
+    if previous != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        yield None
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(CAUSAL_PREFILL_ATTENTION, _sdpa_causal_prefill)
+    AttentionMaskInterface.register(CAUSAL_PREFILL_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(CAUSAL_PREFILL_ATTENTION)
+    try:
+        if config._attn_implementation != CAUSAL_PREFILL_ATTENTION:
+            raise RuntimeError(f"{type(model).__name__} kept attention {config._attn_implementation!r} when set to {CAUSAL_PREFILL_ATTENTION!r}")
+        yield CAUSAL_PREFILL_ATTENTION
+    finally:
+        model.set_attn_implementation(previous)
 
 
 @contextmanager

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from sparsebench.blockwalk import Execution
 from sparsebench.errors import ConfigError
-from sparsebench.evaluate.compiled import compile_problem, compiled_forward
+from sparsebench.evaluate.compiled import causal_prefill_attention, compile_problem, compiled_forward
 from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.measure import PeakMemory, conditions, timed
 from sparsebench.kernels.paths import converter, paths_for, swapped, weight_bytes_in_memory
@@ -184,14 +184,16 @@ def _run_shapes(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str
 
 @contextmanager
 def _compiled_mode(model: nn.Module, spec: EfficiencySpec, seqlen: int, device: str):
-    """The model compiled for ``compiled_graph`` (yields the compiled callable and the seconds its compilations took):
+    """The model compiled for ``compiled_graph`` (yields the compiled callable, the seconds its compilations took and the
+    attention it runs, ``sparsebench.evaluate.compiled.causal_prefill_attention``):
     every shape runs once eagerly first (cuSPARSELt searches its algorithm ids, which cannot happen while the compiler
     traces), then once compiled (all compilation done before any capture), at most one compilation per timed shape."""
-    _run_shapes(model, spec, seqlen, device)
-    with compiled_forward(model, shapes=COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)) as compiled:
-        started = time.perf_counter()
-        _run_shapes(model, spec, seqlen, device, compiled)
-        yield compiled, time.perf_counter() - started
+    with causal_prefill_attention(model) as attention:  # a compiled prefill's causal mask would send SDPA to a slower kernel (compiled.py)
+        _run_shapes(model, spec, seqlen, device)
+        with compiled_forward(model, shapes=COMPILATIONS_PER_PREFILL + COMPILATIONS_PER_DECODE_BATCH * len(spec.decode_batches)) as compiled:
+            started = time.perf_counter()
+            _run_shapes(model, spec, seqlen, device, compiled)
+            yield compiled, time.perf_counter() - started, attention
 
 
 def _mode_problem(mode: str, device: str) -> str | None:
@@ -213,9 +215,10 @@ def measure_modes(model: nn.Module, spec: EfficiencySpec, device: str, context: 
         graph = mode in GRAPH_MODES
         result: dict = {"decode": {}}
         try:
-            with _compiled_mode(model, spec, seqlen, device) if mode == "compiled_graph" else nullcontext((None, None)) as (compiled, compile_seconds):
+            with _compiled_mode(model, spec, seqlen, device) if mode == "compiled_graph" else nullcontext((None, None, None)) as (compiled, compile_seconds, attention):
                 if compile_seconds is not None:
                     result["compile_seconds"] = compile_seconds  # every shape's compilation and one untimed run of each
+                    result["attention"] = attention or getattr(getattr(model, "config", None), "_attn_implementation", None)
                 for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
                     if batch is None:
                         if mode != "static_eager":  # prefill has no cache: static_eager is eager there
@@ -257,18 +260,22 @@ def sparse_path_problem(device: str, pattern, dtype: torch.dtype, linears: list)
     return None
 
 
-def _path_run(model, linears, path, spec, device, context, memory, progress) -> tuple[dict | None, list]:
+def _path_run(model, linears, features_major, path, spec, device, context, memory, progress) -> tuple[dict | None, list]:
     try:
         convert = converter(path)
     except (ImportError, AttributeError) as error:
         return None, [{"what": f"sparse path {path.name}", "why": f"{path.module} is not available here: {type(error).__name__}: {error}"}]
     try:
-        with swapped(model, linears, convert):
+        with swapped(model, linears, convert, features_major):
             modes, skipped = measure_modes(model, spec, device, context, memory, progress, path.name)
             held = weight_bytes_in_memory(model)
+            handed_on = sum(bool(getattr(module, "features_major_output", False)) for module in model.modules())
     except (RuntimeError, ValueError, NotImplementedError) as error:  # a weight or a backend the kernel refuses
         return None, [{"what": f"sparse path {path.name}", "why": f"{type(error).__name__}: {str(error)[:400]}"}]
-    return {"path": path.description, "weight_bytes_in_memory": held, "modes": modes}, skipped
+    run = {"path": path.description, "weight_bytes_in_memory": held, "modes": modes}
+    if handed_on:
+        run["features_major_outputs"] = handed_on  # linears handing their output on in [out, tokens] layout (see swapped)
+    return run, skipped
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -276,12 +283,14 @@ def _path_run(model, linears, path, spec, device, context, memory, progress) -> 
 
 def evaluate_efficiency(
     model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, execution: Execution, pattern, context: int | None,
-    only_paths: tuple[str, ...] | None = None,
+    only_paths: tuple[str, ...] | None = None, features_major: list[nn.Linear] = (),
 ) -> dict:
     """The result document's ``metrics.efficiency`` section for a model already on ``execution.device``, in the
     dtype of its parameters.
 
     ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
+    ``features_major``: those of ``linears`` whose outputs a path may hand on in its product's own layout (the MLP's input
+    projections; ``sparsebench.kernels.paths.swapped``).
     """
     device, progress = execution.device, execution.progress
     dtype = next(model.parameters()).dtype
@@ -314,7 +323,7 @@ def evaluate_efficiency(
             if only_paths is not None and path.name not in only_paths:
                 continue
             log.info("efficiency: sparse path %s in %d linears", path.name, len(linears))
-            run, path_skips = _path_run(model, linears, path, spec, device, context, memory, progress)
+            run, path_skips = _path_run(model, linears, tuple(features_major), path, spec, device, context, memory, progress)
             skipped += path_skips
             if run is not None:
                 result["runs"][path.name] = run

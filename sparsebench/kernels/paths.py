@@ -11,7 +11,7 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
   kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
 - ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count.
 
-``swapped(model, linears, path)`` replaces the modules and parks the dense linears on the CPU, so the GPU holds
+``swapped(model, linears, convert)`` replaces the modules and parks the dense linears on the CPU, so the GPU holds
 only what the path stores, then puts everything back.
 """
 
@@ -44,7 +44,8 @@ PATHS = {
     path.name: path
     for path in (
         SparsePath("cusparselt", "cuSPARSELt called directly: torch._cslt_compress once, torch._cslt_sparse_mm with the algorithm id "
-                   "cuSPARSELt's search picked, per (shape, token count), then a tiled Triton transpose into [tokens, out]", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
+                   "cuSPARSELt's search picked, per (shape, token count, operand layout), then a tiled Triton transpose into [tokens, out]; "
+                   "the MLP's input projections hand [out, tokens] on as it lies, read row-major by the output projection", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
         SparsePath("semi_structured", "torch.sparse.to_sparse_semi_structured weight under nn.Linear (tensor subclass, default algorithm id)",
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
         SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
@@ -88,6 +89,10 @@ class TokenCountLinear(nn.Module):
         from sparsebench.kernels.semi_sparse import SemiSparseLinear
 
         return cls(Gemv24Linear.from_linear(linear, max_tokens=GEMV24_MAX_TOKENS), SemiSparseLinear.from_linear(linear))
+
+    def hand_on_features_major(self) -> None:
+        """The cuSPARSELt form's output layout (``SemiSparseLinear.hand_on_features_major``); one token stays token-major."""
+        self.prefill.hand_on_features_major()
 
     def weight_bytes(self) -> int:
         """Both forms' bytes (values, bitmask, cuSPARSELt's packed weight and each one's bias copy)."""
@@ -138,15 +143,23 @@ def _stored_bytes(data: torch.Tensor) -> int:
 
 
 @contextmanager
-def swapped(model: nn.Module, linears: list[nn.Module], convert):
-    """Replace each of ``linears`` in ``model`` by ``convert(linear)``; the originals wait on the CPU and come back after."""
+def swapped(model: nn.Module, linears: list[nn.Module], convert, features_major: tuple[nn.Module, ...] = ()):
+    """Replace each of ``linears`` in ``model`` by ``convert(linear)``; the originals wait on the CPU and come back after.
+
+    ``features_major``: those of ``linears`` whose output reaches another of them only through elementwise operations (the
+    MLP's input projections, ``FamilyAdapter.mlp_input_linears``); a replacement that can (``hand_on_features_major``,
+    the cuSPARSELt paths) hands their outputs on in its product's own ``[out, tokens]`` layout, saving a transpose each.
+    """
     parents = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
+    hand_on = {id(linear) for linear in features_major}
     originals = []
     try:
         for linear in linears:
             parent, name = parents[id(linear)]
             device = linear.weight.device
             replacement = convert(linear)
+            if id(linear) in hand_on and hasattr(replacement, "hand_on_features_major"):
+                replacement.hand_on_features_major()
             setattr(parent, name, replacement)
             originals.append((parent, name, linear, device))
             linear.to("cpu")

@@ -30,21 +30,30 @@ dense:
   value was refused ("invalid value" setting ``CUSPARSELT_MATMUL_SPLIT_K``; ``benchmarks/probe_cslt_split_k.py``),
   and cuSPARSELt's own search returns split-K -1. Not used.
 
+Features-major hand-off (``hand_on_features_major``, set by ``sparsebench.kernels.paths.swapped`` for the MLP's input
+projections): such a linear hands on the transposed view of cuSPARSELt's ``[out, tokens]`` product, no copy. PyTorch's
+elementwise operations keep that layout (the activation, the gate's product; Inductor too, because the next operator
+asks for the traced strides), so the MLP's output projection gets ``[tokens, in]`` whose transpose is a contiguous
+``[in, tokens]``, which cuSPARSELt reads row-major as it lies (torch's ``_cslt_sparse_mm`` passes a contiguous operand as
+not transposed). Of the MLP's three transposes only the output projection's is left. A padded token count is never
+handed on (the padded product would make every later read strided).
+
 ``SemiSparseLinear`` keeps only the packed weight (no dense copy, no tensor subclass) and remembers the
-algorithm id for each (weight shape, dtype, token count), searched once on the first call of that shape
+algorithm id for each (weight shape, dtype, token count, operand layout), searched once on the first call of that shape
 outside a CUDA graph capture. The per-call host work left (cuSPARSELt's plan for the call) is what a CUDA
 graph hides. The token count is padded to a multiple of 16, the smallest count measured in the project's shared
 notes on 2:4 kernels (``sparse-kernels.md``); a bias is added afterwards.
 
 For ``torch.compile`` the product (with its transpose) is the custom operator ``sparsebench::cusparselt_mm``
 (``torch.library``, opaque to the compiler, with a fake implementation that gives its shape); the padding and
-bias around it stay ordinary operators that the compiler may fuse. The algorithm id is an argument of the
+bias around it stay ordinary operators that the compiler may fuse; a features-major output is the operator
+``sparsebench::cusparselt_mm_features_major`` (the product without the transpose). The algorithm id is an argument of the
 operator, looked up before it: a search cannot run while the compiler traces, so tracing a shape with no
 searched id raises (run it eagerly first), as capturing one does. ``out_features`` is an argument because the
-packed buffer does not carry the weight's shape. The rows are made contiguous before the operator, and Inductor
-passes a custom operator its inputs with the strides traced (torch 2.13's
-``custom_op_default_layout_constraint`` is ``needs_exact_strides``), so the product sees the operand layout that
-its algorithm id was searched for. Eagerly the module calls the plain function directly: the operator's dispatch
+packed buffer does not carry the weight's shape. The rows are made contiguous before the operator (unless
+features-major), and Inductor passes a custom operator its inputs with the strides traced (both operators are tagged
+``needs_exact_strides``, torch 2.13's default for custom operators), so the product sees the operand layout that its
+algorithm id was searched for. Eagerly the module calls the plain function directly: the operator's dispatch
 costs about 10 us of host time a call (measured on this project's CPU), which would change what the eager modes
 measure.
 """
@@ -66,22 +75,46 @@ DTYPES = (torch.float16, torch.bfloat16)
 WEIGHT_MULTIPLE = 16  # cuSPARSELt's smallest tile for a 16-bit sparse operand (torch.sparse's _DTYPE_SHAPE_CONSTRAINTS)
 TOKEN_MULTIPLE = 16  # the dense operand's rows are padded to this multiple (torch.sparse pads to 8; see above)
 
-# (out_features, in_features, dtype, padded token count) -> cuSPARSELt algorithm id; shared by every linear of that shape
+# (out_features, in_features, dtype, padded token count, operand row-major) -> cuSPARSELt algorithm id; shared by every
+# linear of that shape
 _ALGORITHM_IDS: dict[tuple, int] = {}
 
 
+def cusparselt_features_major(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    """``W @ rows.T``: ``[out_features, tokens]``, contiguous (the product's transpose, features major), for the packed 2:4
+    weight ``W`` and ``rows [tokens, in]``, either contiguous (cuSPARSELt reads ``rows.T`` column-major) or the transposed
+    view of a contiguous ``[in, tokens]`` (read row-major, no copy: a features-major input), with algorithm ``alg_id``."""
+    return torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id)
+
+
 def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
-    """``rows @ W.T`` (``[tokens, out_features]``, contiguous) for the packed 2:4 weight ``W`` and contiguous ``rows [tokens, in]``,
-    with cuSPARSELt algorithm ``alg_id``: cuSPARSELt's ``W @ rows.T``, transposed by one tiled copy (see the module's docstring)."""
-    return transposed_copy(torch._cslt_sparse_mm(packed, rows.t(), alg_id=alg_id))
+    """``rows @ W.T`` (``[tokens, out_features]``, contiguous): ``cusparselt_features_major``'s product transposed by one
+    tiled copy (see the module's docstring)."""
+    return transposed_copy(cusparselt_features_major(packed, rows, alg_id, out_features))
 
 
-cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=())
+# Inductor hands a custom operator its inputs with exactly the strides traced (the default since torch 2.8 or so, asked for
+# here by tag): the product must see the operand layout (row- or column-major) that its algorithm id was searched for
+_EXACT_STRIDES = (getattr(torch._C.Tag, "needs_exact_strides", torch._C.Tag.needs_fixed_stride_order),)
+cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=(), tags=_EXACT_STRIDES)
+cusparselt_mm_features_major = torch.library.custom_op(
+    "sparsebench::cusparselt_mm_features_major", cusparselt_features_major, mutates_args=(), tags=_EXACT_STRIDES
+)
 
 
 @cusparselt_mm.register_fake
 def _cusparselt_mm_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
     return rows.new_empty(rows.shape[0], out_features)
+
+
+@cusparselt_mm_features_major.register_fake
+def _cusparselt_mm_features_major_shape(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, out_features: int) -> torch.Tensor:
+    return rows.new_empty(out_features, rows.shape[0])
+
+
+def features_major(rows: torch.Tensor) -> bool:
+    """Whether ``rows [tokens, in]`` is the transposed view of a contiguous ``[in, tokens]`` (and not also contiguous)."""
+    return rows.t().is_contiguous() and not rows.is_contiguous()
 
 
 def search_algorithm(packed: torch.Tensor, rows_t: torch.Tensor) -> int:
@@ -121,6 +154,7 @@ class SemiSparseLinear(nn.Module):
     def __init__(self, packed: torch.Tensor, out_features: int, in_features: int, bias: torch.Tensor | None, dtype: torch.dtype):
         super().__init__()
         self.out_features, self.in_features, self.dtype = out_features, in_features, dtype
+        self.features_major_output = False  # see hand_on_features_major
         self.register_buffer("packed", packed)
         self.register_buffer("bias", bias)
 
@@ -138,15 +172,22 @@ class SemiSparseLinear(nn.Module):
         """Bytes the layer keeps on the GPU: the packed weight (kept values and metadata) and the bias."""
         return sum(t.numel() * t.element_size() for t in (self.packed, self.bias) if t is not None)
 
+    def hand_on_features_major(self) -> None:
+        """From now on hand the output on as the transposed view of cuSPARSELt's ``[out, tokens]`` product (no copy) when no
+        padding was needed. For a linear whose output reaches another 2:4 linear only through elementwise operations (the
+        MLP's input projections: PyTorch's elementwise operations keep the layout), which then reads it row-major."""
+        self.features_major_output = True
+
     def _algorithm(self, rows_t: torch.Tensor) -> int:
-        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1])
+        key = (self.out_features, self.in_features, self.dtype, rows_t.shape[1], rows_t.is_contiguous())
         alg_id = _ALGORITHM_IDS.get(key)
         if alg_id is None:
             tracing = torch.compiler.is_compiling()
             if tracing or torch.cuda.is_current_stream_capturing():
                 before = "torch.compile traces the model" if tracing else "capturing a CUDA graph"
                 raise RuntimeError(
-                    f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens yet; "
+                    f"SemiSparseLinear {self.out_features}x{self.in_features}: no algorithm id for {rows_t.shape[1]} tokens "
+                    f"({'row' if rows_t.is_contiguous() else 'column'}-major) yet; "
                     f"run the same shapes once eagerly before {before} (the search can be neither traced nor captured)"
                 )
             alg_id = search_algorithm(self.packed, rows_t)
@@ -160,13 +201,20 @@ class SemiSparseLinear(nn.Module):
         padding = (-tokens) % TOKEN_MULTIPLE
         if padding:
             rows = F.pad(rows, (0, 0, 0, padding))
-        rows = rows.contiguous()
-        alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], column-major, the operand the search timed
-        multiply = torch.ops.sparsebench.cusparselt_mm.default if torch.compiler.is_compiling() else cusparselt_product
-        out = multiply(self.packed, rows, alg_id, self.out_features)[:tokens]  # [tokens, out], contiguous
+        elif not features_major(rows):  # a features-major input (see hand_on_features_major) is read as it lies
+            rows = rows.contiguous()
+        alg_id = self._algorithm(rows.t())  # rows.t(): [in, tokens], the operand the search timed
+        compiling = torch.compiler.is_compiling()
+        if self.features_major_output and not padding:
+            multiply = torch.ops.sparsebench.cusparselt_mm_features_major.default if compiling else cusparselt_features_major
+            out = multiply(self.packed, rows, alg_id, self.out_features).t()  # [tokens, out], a view of [out, tokens]
+        else:
+            multiply = torch.ops.sparsebench.cusparselt_mm.default if compiling else cusparselt_product
+            out = multiply(self.packed, rows, alg_id, self.out_features)[:tokens]  # [tokens, out], contiguous
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4"
+        layout = ", output features-major" if self.features_major_output else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, cuSPARSELt 2:4{layout}"

@@ -44,6 +44,12 @@ class FamilyAdapter:
         """The MLP's linears: the last two input groups (the MLP's input and its output projection) in every family."""
         return tuple(name for group in self.input_groups[-2:] for name in group)
 
+    @property
+    def mlp_input_linears(self) -> tuple[str, ...]:
+        """The MLP's input projections (gate and up, fc1, dense_h_to_4h): their outputs reach the output projection only
+        through elementwise operations (the activation, the gate's product) in every family."""
+        return self.input_groups[-2]
+
     def linear_kind(self, name: str) -> str:
         """``mlp`` or ``attention``."""
         return "mlp" if name in self.mlp_linears else "attention"
