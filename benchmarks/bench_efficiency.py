@@ -288,7 +288,7 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
     from sparsebench.masks import NMPattern
 
-    spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=(1, 16), decode_prompt=128, decode_tokens=args.decode_tokens,
+    spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=tuple(args.decode_batches), decode_prompt=128, decode_tokens=args.decode_tokens,
                           warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes))
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
@@ -474,6 +474,7 @@ def main() -> None:
     g.add_argument("--features-major", choices=["on", "off"], default="on",
                    help="whole model: the MLP's input projections hand their outputs on features-major on cuSPARSELt paths (as the case stage does)")
     g.add_argument("--decode-tokens", type=int, default=64)
+    g.add_argument("--decode-batches", type=int, nargs="*", default=[1, 16], help="whole model: decode batch sizes (none: prefill only)")
     g.add_argument("--e2e-repeats", type=int, default=5)
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")
     g.add_argument("--skip-linear", action="store_true", help="leave out the per-linear figures")

@@ -1,16 +1,19 @@
 #!/bin/sh
 # docs/efficiency.md, "On a GPU": the commands run on the device machine, from the repository root, one step a call
-# (each took under 6 minutes on an H100; the compiled whole-model runs compile 55-110 s a sparse path).
+# (each took under 6 minutes on an H100; on an H200 with a cold Inductor cache one compiled whole-model path took about
+# 5 minutes, dense-stored included: 106 s compiling dense-stored, 123 s cusparselt_gemv24).
 #   sh benchmarks/efficiency_gpu.sh tests OUT   the GPU tests (kernels, paths, modes, SparseGPT on the GPU)
 #   sh benchmarks/efficiency_gpu.sh linear OUT  per linear: each LLaMA-2-7B shape at 1, 16, 2,048, 8,192 tokens, every 2:4 path and bitmask at 70 %
-#   sh benchmarks/efficiency_gpu.sh e2e OUT     whole model, 2:4: cusparselt graphed and compiled, then cusparselt_gemv24 compiled
-#   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled; one block at 1, 16, 2,048 tokens for 2:4
+#   sh benchmarks/efficiency_gpu.sh e2e OUT     whole model, 2:4: cusparselt graphed and compiled
+#   sh benchmarks/efficiency_gpu.sh e2e_gemv24 OUT  whole model, 2:4: cusparselt_gemv24 compiled
+#   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled
+#   sh benchmarks/efficiency_gpu.sh block OUT   one block at 1, 16, 2,048 tokens for 2:4, both cuSPARSELt paths, token-major and MLP features-major
 #   sh benchmarks/efficiency_gpu.sh cases OUT   real SmolLM2-135M cases (SparseGPT 2:4; WITH_70=1: also Wanda 70 %) with eval=efficiency and
 #                                               export=hf, then the perplexity of each exported model through its sparse paths
 # Needs torch and transformers; `tests` and `cases` also the project's Hydra/GGUF dependencies (PYTHONPATH), `cases` SmolLM2's
 # GGUF in $SPARSEBENCH_CACHE (the machine has no network) and WikiText-2 in .bench/data/wikitext2-tok (docs/efficiency.md says how).
 set -e
-out=${2:?usage: efficiency_gpu.sh tests|linear|e2e|e2e70|cases OUT}
+out=${2:?usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|cases OUT}
 export PYTHONUNBUFFERED=1
 bench="python3 benchmarks/bench_efficiency.py gpu --layers 32 --decode-tokens 32 --e2e-repeats 3 --repeats 5"
 case $1 in
@@ -24,14 +27,18 @@ linear)
 e2e)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 2:4 --e2e-paths cusparselt \
         --out "$out/figures_2of4_cusparselt.json" 2>&1 | tee "$out/bench_2of4_cusparselt.txt"
+    ;;
+e2e_gemv24)
     $bench --skip-linear --skip-block --modes compiled_graph --sparsity 2:4 --e2e-paths cusparselt_gemv24 \
         --out "$out/figures_2of4_gemv24_compiled.json" 2>&1 | tee "$out/bench_2of4_gemv24_compiled.txt"
     ;;
 e2e70)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 0.7 --e2e-paths bitmask \
         --out "$out/figures_70.json" 2>&1 | tee "$out/bench_70.txt"
-    $bench --skip-linear --skip-e2e --modes cuda_graph compiled_graph --sparsity 2:4 --block-paths cusparselt_gemv24 \
-        --block-tokens 1 16 2048 --out "$out/figures_block_2of4_gemv24.json" 2>&1 | tee "$out/block_2of4_gemv24.txt"
+    ;;
+block)
+    python3 benchmarks/bench_efficiency.py gpu --layers 2 --skip-linear --skip-e2e --repeats 5 --modes cuda_graph compiled_graph --sparsity 2:4 \
+        --block-paths cusparselt cusparselt_gemv24 --block-tokens 1 16 2048 --out "$out/figures_block_2of4.json" 2>&1 | tee "$out/block_2of4.txt"
     ;;
 cases)
     results=${RESULTS:-/tmp/efficiency_results}
@@ -49,7 +56,7 @@ cases)
         --out "$out/ppl.json" 2>&1 | tee "$out/ppl.txt"
     ;;
 *)
-    echo "usage: efficiency_gpu.sh tests|linear|e2e|e2e70|cases OUT" >&2
+    echo "usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|cases OUT" >&2
     exit 2
     ;;
 esac
