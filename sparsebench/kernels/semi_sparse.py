@@ -93,8 +93,9 @@ def cusparselt_product(packed: torch.Tensor, rows: torch.Tensor, alg_id: int, ou
     return transposed_copy(cusparselt_features_major(packed, rows, alg_id, out_features))
 
 
-# Inductor hands a custom operator its inputs with exactly the strides traced (the default since torch 2.8 or so, asked for
-# here by tag): the product must see the operand layout (row- or column-major) that its algorithm id was searched for
+# Inductor hands a custom operator its inputs with exactly the strides traced (the default of torch 2.13 here and of
+# torch 2.11 on the measuring GPU machine, asked for by tag all the same): the product must see the operand layout (row-
+# or column-major) that its algorithm id was searched for
 _EXACT_STRIDES = (getattr(torch._C.Tag, "needs_exact_strides", torch._C.Tag.needs_fixed_stride_order),)
 cusparselt_mm = torch.library.custom_op("sparsebench::cusparselt_mm", cusparselt_product, mutates_args=(), tags=_EXACT_STRIDES)
 cusparselt_mm_features_major = torch.library.custom_op(
