@@ -207,6 +207,14 @@ def _mlp_inputs(model, adapter=None) -> list:
     return [block.get_submodule(name) for block in adapter.get_blocks(model) for name in adapter.mlp_input_linears]
 
 
+def _input_groups(model) -> list:
+    """The linears of every block that read one input (q/k/v, o, gate/up, down), for ``--fuse-projections``."""
+    from sparsebench.models.adapters import adapter_for
+
+    adapter = adapter_for("auto", "llama")
+    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+
+
 def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
     """Fresh random weights at the default scale (much faster than HF's init), then the sparsity's magnitude mask."""
     torch.manual_seed(seed)
@@ -289,12 +297,13 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     from sparsebench.masks import NMPattern
 
     spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=tuple(args.decode_batches), decode_prompt=128, decode_tokens=args.decode_tokens,
-                          warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes))
+                          warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes), fuse_projections=args.fuse_projections)
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
     only = tuple(path for path in paths_of(sparsity) if path in args.e2e_paths)
     features_major = _mlp_inputs(model) if args.features_major == "on" else []
-    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only, features_major=features_major)
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only, features_major=features_major,
+                                 groups=_input_groups(model))
     result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started, "features_major": args.features_major})
     _print_end_to_end(result)
     return result
@@ -302,7 +311,8 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
 
 def _print_end_to_end(result: dict) -> None:
     sparsity, runs = result["sparsity"], result["runs"]
-    print(f"[e2e] LLaMA-2-7B shapes, {result['layers']} of 32 blocks, fp16, {sparsity}; skipped: {result['skipped']}", flush=True)
+    print(f"[e2e] LLaMA-2-7B shapes, {result['layers']} of 32 blocks, fp16, {sparsity}, MLP features-major {result['features_major']}, "
+          f"fused products {result.get('fused_projections', 0)}; skipped: {result['skipped']}", flush=True)
     dense = runs["dense_stored"]["modes"]
     for path, by_mode in result["speedup"].items():
         for mode, entry in by_mode.items():
@@ -473,6 +483,8 @@ def main() -> None:
                    help="per block, cuSPARSELt paths: every linear's output token-major, and/or the MLP's input projections' features-major")
     g.add_argument("--features-major", choices=["on", "off"], default="on",
                    help="whole model: the MLP's input projections hand their outputs on features-major on cuSPARSELt paths (as the case stage does)")
+    g.add_argument("--fuse-projections", action="store_true",
+                   help="whole model: q/k/v and gate/up each as one product on every side (eval.efficiency.fuse_projections=true)")
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--decode-batches", type=int, nargs="*", default=[1, 16], help="whole model: decode batch sizes (none: prefill only)")
     g.add_argument("--e2e-repeats", type=int, default=5)

@@ -8,12 +8,13 @@
 #   sh benchmarks/efficiency_gpu.sh e2e_gemv24 OUT  whole model, 2:4: cusparselt_gemv24 compiled
 #   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled
 #   sh benchmarks/efficiency_gpu.sh block OUT   one block at 1, 16, 2,048 tokens for 2:4, both cuSPARSELt paths, token-major and MLP features-major
+#   sh benchmarks/efficiency_gpu.sh fused OUT   whole model, 2:4 cusparselt_gemv24 compiled with q/k/v and gate/up fused (--fuse-projections)
 #   sh benchmarks/efficiency_gpu.sh cases OUT   real SmolLM2-135M cases (SparseGPT 2:4; WITH_70=1: also Wanda 70 %) with eval=efficiency and
 #                                               export=hf, then the perplexity of each exported model through its sparse paths
 # Needs torch and transformers; `tests` and `cases` also the project's Hydra/GGUF dependencies (PYTHONPATH), `cases` SmolLM2's
 # GGUF in $SPARSEBENCH_CACHE (the machine has no network) and WikiText-2 in .bench/data/wikitext2-tok (docs/efficiency.md says how).
 set -e
-out=${2:?usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|cases OUT}
+out=${2:?usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|fused|cases OUT}
 export PYTHONUNBUFFERED=1
 bench="python3 benchmarks/bench_efficiency.py gpu --layers 32 --decode-tokens 32 --e2e-repeats 3 --repeats 5"
 case $1 in
@@ -36,6 +37,10 @@ e2e70)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 0.7 --e2e-paths bitmask \
         --out "$out/figures_70.json" 2>&1 | tee "$out/bench_70.txt"
     ;;
+fused)
+    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 2:4 --e2e-paths cusparselt_gemv24 --fuse-projections \
+        --out "$out/figures_2of4_gemv24_compiled_fused.json" 2>&1 | tee "$out/bench_2of4_gemv24_compiled_fused.txt"
+    ;;
 block)
     python3 benchmarks/bench_efficiency.py gpu --layers 2 --skip-linear --skip-e2e --repeats 5 --modes cuda_graph compiled_graph --sparsity 2:4 \
         --block-paths cusparselt cusparselt_gemv24 --block-tokens 1 16 2048 --out "$out/figures_block_2of4.json" 2>&1 | tee "$out/block_2of4.txt"
@@ -56,7 +61,7 @@ cases)
         --out "$out/ppl.json" 2>&1 | tee "$out/ppl.txt"
     ;;
 *)
-    echo "usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|cases OUT" >&2
+    echo "usage: efficiency_gpu.sh tests|linear|e2e|e2e_gemv24|e2e70|block|fused|cases OUT" >&2
     exit 2
     ;;
 esac

@@ -108,6 +108,8 @@ class EfficiencyConfig:
     repeats: int = field(default=5, metadata=defining())  # timed calls; the median is reported
     sparse_kernels: str = field(default="auto", metadata=defining())  # auto: the sparse paths of the case's pattern on a CUDA GPU; off
     modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"], metadata=defining())  # eager, static_eager, cuda_graph, compiled_graph
+    # true: the linears that read one input (q/k/v, gate/up) run as one product on every side; null: false (earlier ids stay)
+    fuse_projections: Optional[bool] = field(default=None, metadata=defining("set"))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from sparsebench.evaluate.compiled import compile_problem, compiled_forward
 from sparsebench.evaluate.cuda_graphs import StaticDecoder
 from sparsebench.kernels import semi_sparse
 from sparsebench.kernels.semi_sparse import SemiSparseLinear
+from sparsebench.testing.compiled_ops import RecordingBackend
 from sparsebench.testing.tiny_models import tiny_model
 
 pytest.importorskip("triton")
@@ -169,12 +170,7 @@ def test_a_compiled_prefill_runs_causal_sdpa_without_a_mask_tensor_and_the_same_
     model = _llama(2)
     assert model.config._attn_implementation == "sdpa"
     ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(0))
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    backend = RecordingBackend()
     with torch.no_grad():
         expected = model(input_ids=ids, use_cache=False).logits
         with causal_prefill_attention(model) as attention:
@@ -189,7 +185,7 @@ def test_a_compiled_prefill_runs_causal_sdpa_without_a_mask_tensor_and_the_same_
     torch.testing.assert_close(eager, expected)
     torch.testing.assert_close(compiled, expected)
     torch.testing.assert_close(plain, expected)
-    ours, theirs = _sdpa_calls(graphs[0]), _sdpa_calls(graphs[1])
+    ours, theirs = _sdpa_calls(backend.graphs[0]), _sdpa_calls(backend.graphs[1])
     assert len(ours) == len(theirs) == 2
     assert all(node.kwargs.get("attn_mask") is None and node.kwargs.get("is_causal") is True for node in ours)
     if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 14):

@@ -103,6 +103,22 @@ def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override
         validate(compose_config(["device=cpu", *override]))
 
 
+def test_fuse_projections_is_a_boolean_off_by_default_and_enters_the_id_only_when_set():
+    settings = {"enabled": True, "prefill_batch": 1, "prefill_seqlen": 16, "decode_batches": [1], "decode_prompt": 8, "decode_tokens": 3,
+                "warmup": 0, "repeats": 1, "sparse_kernels": "auto"}
+    assert validate_efficiency(settings).fuse_projections is False
+    assert validate_efficiency({**settings, "fuse_projections": None}).fuse_projections is False
+    assert validate_efficiency({**settings, "fuse_projections": True}).fuse_projections is True
+    with pytest.raises(ConfigError, match=r"eval.efficiency.fuse_projections='yes': must be true, false or null"):
+        validate_efficiency({**settings, "fuse_projections": "yes"})
+    plain = compose_config(["device=cpu", "eval=efficiency"])
+    assert plain["eval"]["efficiency"]["fuse_projections"] is None
+    fused = compose_config(["device=cpu", "eval=efficiency", "eval.efficiency.fuse_projections=true"])
+    earlier = compose_config(["device=cpu", "eval=efficiency"])
+    del earlier["eval"]["efficiency"]["fuse_projections"]
+    assert case_id(plain, "m", "cpu") == case_id(earlier, "m", "cpu") != case_id(fused, "m", "cpu")
+
+
 def test_new_keys_enter_the_case_id_only_when_set():
     import copy
 

@@ -233,3 +233,41 @@ def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
     assert result["runs"]["cusparselt"]["features_major_outputs"] == result["runs"]["cusparselt_gemv24"]["features_major_outputs"] == 2 * layers
     assert "features_major_outputs" not in result["runs"]["gemv24"]
     assert result["conditions"]["before"]["gpu"] == torch.cuda.get_device_name()
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
+def test_fused_products_through_every_sparse_path_give_the_dense_stored_logits(pattern):
+    """q/k/v and gate/up as one product each (sparsebench.kernels.fused_inputs), converted by each path, features-major MLP."""
+    from sparsebench.kernels.fused_inputs import fused_inputs
+    from sparsebench.models.adapters import adapter_for
+
+    model, linears = _sparse_model(pattern)
+    paths = _available(pattern)
+    if not paths:
+        pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
+    adapter = adapter_for("auto", "llama")
+    groups = [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        with fused_inputs(model, groups) as computing:
+            fused = list({id(module): module for module in (computing[id(linear)] for linear in linears)}.values())
+            mlp_inputs = [computing[id(block.mlp.gate_proj)] for block in adapter.get_blocks(model)]
+            for path in paths:
+                with swapped(model, fused, converter(path), mlp_inputs):
+                    sparse = model(input_ids=ids).logits
+                assert _relative(sparse, dense) < 3e-3, path.name
+
+
+def test_the_stage_measures_fused_products_compiled_and_graphed_on_the_gpu():
+    from sparsebench.models.adapters import adapter_for
+
+    model, linears = _sparse_model("2:4")
+    adapter = adapter_for("auto", "llama")
+    groups = [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    spec = EfficiencySpec(1, 64, (1, 16), 16, 8, 1, 3, "auto", ("cuda_graph", "compiled_graph"), fuse_projections=True)
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256, only_paths=("cusparselt", "cusparselt_gemv24"),
+                                 features_major=_mlp_inputs(model), groups=groups)
+    assert result["skipped"] == [] and result["fused_projections"] == 2 * model.config.num_hidden_layers
+    assert result["runs"]["cusparselt"]["features_major_outputs"] == model.config.num_hidden_layers  # one fused gate/up a block
+    assert set(result["speedup"]["cusparselt"]["compiled_graph"]["decode"]) == {"1", "16"}

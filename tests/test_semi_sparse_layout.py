@@ -16,6 +16,7 @@ from sparsebench.kernels import paths, semi_sparse
 from sparsebench.kernels.paths import swapped
 from sparsebench.kernels.semi_sparse import SemiSparseLinear
 from sparsebench.models.adapters import adapter_for
+from sparsebench.testing.compiled_ops import RecordingBackend
 from sparsebench.testing.tiny_models import tiny_model
 
 
@@ -122,17 +123,12 @@ def _token_count_stand_in(linear: nn.Linear) -> paths.TokenCountLinear:
 
 def test_tracing_calls_the_features_major_operator_for_the_mlp_inputs(cusparselt):
     model, mlp, linears, mlp_inputs, x = _mlp_and_input(32)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
+    backend = RecordingBackend()
     with torch.no_grad(), swapped(model, linears, _stand_in, mlp_inputs):
         eager = mlp(x)  # searches the ids, as the modes run a shape eagerly before compiling it
         torch._dynamo.reset()
         compiled = torch.compile(mlp, fullgraph=True, dynamic=False, backend=backend)(x)
-    targets = [node.target for node in graphs[0].graph.nodes if node.op == "call_function"]
+    targets = [node.target for node in backend.calls()]
     assert targets.count(torch.ops.sparsebench.cusparselt_mm_features_major.default) == 2
     assert targets.count(torch.ops.sparsebench.cusparselt_mm.default) == 1
     torch.testing.assert_close(compiled, eager)

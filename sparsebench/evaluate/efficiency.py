@@ -43,6 +43,7 @@ from sparsebench.errors import ConfigError
 from sparsebench.evaluate.compiled import causal_prefill_attention, compile_problem, compiled_forward
 from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.measure import PeakMemory, conditions, timed
+from sparsebench.kernels.fused_inputs import fused_inputs
 from sparsebench.kernels.paths import converter, paths_for, swapped, weight_bytes_in_memory
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class EfficiencySpec:
     repeats: int
     sparse_kernels: str
     modes: tuple[str, ...] = ("eager", "cuda_graph", "compiled_graph")
+    fuse_projections: bool = False  # linears reading one input as one product, on every side (sparsebench.kernels.fused_inputs)
 
 
 def validate_efficiency(config: dict) -> EfficiencySpec | None:
@@ -90,9 +92,12 @@ def validate_efficiency(config: dict) -> EfficiencySpec | None:
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown or len(set(modes)) != len(modes):
         raise ConfigError(f"eval.efficiency.modes={modes!r}: a list of distinct values from {', '.join(MODES)}")
+    fuse = config.get("fuse_projections")
+    if fuse is not None and not isinstance(fuse, bool):
+        raise ConfigError(f"eval.efficiency.fuse_projections={fuse!r}: must be true, false or null (false)")
     return EfficiencySpec(
         config["prefill_batch"], config["prefill_seqlen"], tuple(batches), config["decode_prompt"], config["decode_tokens"],
-        config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes),
+        config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes), bool(fuse),
     )
 
 
@@ -283,15 +288,29 @@ def _path_run(model, linears, features_major, path, spec, device, context, memor
 
 def evaluate_efficiency(
     model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, execution: Execution, pattern, context: int | None,
-    only_paths: tuple[str, ...] | None = None, features_major: list[nn.Linear] = (),
+    only_paths: tuple[str, ...] | None = None, features_major: list[nn.Linear] = (), groups: list[tuple[nn.Linear, ...]] = (),
 ) -> dict:
     """The result document's ``metrics.efficiency`` section for a model already on ``execution.device``, in the
     dtype of its parameters.
 
     ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
     ``features_major``: those of ``linears`` whose outputs a path may hand on in its product's own layout (the MLP's input
-    projections; ``sparsebench.kernels.paths.swapped``).
+    projections; ``sparsebench.kernels.paths.swapped``). ``groups``: the linears that read one input, block by block (the
+    adapter's ``input_groups``), run as one product each when ``spec.fuse_projections`` (``sparsebench.kernels.fused_inputs``).
     """
+    with fused_inputs(model, list(groups) if spec.fuse_projections else []) as computing:
+        measured = _unique([computing.get(id(linear), linear) for linear in linears])
+        handed_on = _unique([computing.get(id(linear), linear) for linear in features_major])
+        result = _evaluate(model, measured, spec, execution, pattern, context, only_paths, handed_on)
+    result["fused_projections"] = sum(len(group) > 1 for group in groups) if spec.fuse_projections else 0
+    return result
+
+
+def _unique(modules: list[nn.Module]) -> list[nn.Module]:
+    return list({id(module): module for module in modules}.values())
+
+
+def _evaluate(model, linears, spec, execution, pattern, context, only_paths, features_major) -> dict:
     device, progress = execution.device, execution.progress
     dtype = next(model.parameters()).dtype
     memory = PeakMemory(device)

@@ -5,6 +5,7 @@
 - ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);
 - ``transpose``: a tiled Triton transpose, which puts cuSPARSELt's ``W @ x.T`` into ``[tokens, out]``;
 - ``paths``: the registry of these paths and the swap of a model's pruned linears;
+- ``fused_inputs``: the linears that read one input (q/k/v, gate/up) as one product, as serving engines run them;
 - ``launching``: what the Triton launchers share (device checks, split partial sums);
 - ``custom_ops``: the Triton products as ``torch.library`` custom operators, opaque to ``torch.compile``.
 """

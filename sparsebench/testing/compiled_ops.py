@@ -27,3 +27,18 @@ def compiled_against_eager(module: Callable[[torch.Tensor], torch.Tensor], x: to
     y = compiled(x)
     ops = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
     return {"equal_to_eager": bool(torch.equal(y, F.silu(eager))), "graphs": len(graphs), "ops": ops, "out_shape": list(y.shape)}
+
+
+class RecordingBackend:
+    """A ``torch.compile`` backend that keeps every traced graph (``graphs``) and runs it as traced (no Inductor)."""
+
+    def __init__(self) -> None:
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs) -> Callable:
+        self.graphs.append(gm)
+        return gm.forward
+
+    def calls(self, index: int = 0) -> list[torch.fx.Node]:
+        """The function calls of graph ``index``."""
+        return [node for node in self.graphs[index].graph.nodes if node.op == "call_function"]
