@@ -1,8 +1,8 @@
 """Linears that read the same input computed as one product, as serving engines compute them.
 
 vLLM runs a decoder block's query, key and value projections as one linear (``QKVParallelLinear``) and the gated
-MLP's gate and up projections as another (``MergedColumnParallelLinear``): one product of the concatenated weights
-instead of two or three, so fewer and larger kernels. HF's modules call each projection on its own. ``fused_inputs``
+MLP's gate and up projections as another (``MergedColumnParallelLinear``; ``vllm/model_executor/models/llama.py``, read
+at vLLM commit e06c9ba2): one product of the concatenated weights instead of two or three, so fewer and larger kernels. HF's modules call each projection on its own. ``fused_inputs``
 gives a model the fused products without changing its code: each group of linears that read one input (the
 adapter's ``input_groups``: q/k/v, gate/up) becomes one ``nn.Linear`` of the concatenated weights (and biases),
 owned by a ``SharedInputProduct``; each member's place in the model takes a ``FusedMember`` that returns its slice.
