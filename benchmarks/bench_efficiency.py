@@ -64,6 +64,14 @@ def prune_2of4(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def packed_case(rows: int, cols: int, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random fp16 2:4 weight ``[rows, cols]`` (seed 0), an input ``[tokens, cols]`` and cuSPARSELt's packed weight (the probes' operands)."""
+    torch.manual_seed(0)
+    weight = prune_2of4(torch.randn(rows, cols, device="cuda", dtype=torch.float16) * 0.02)
+    x = torch.randn(tokens, cols, device="cuda", dtype=torch.float16)
+    return weight, x, torch._cslt_compress(weight)
+
+
 def prune_unstructured(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     """Zero the ``ratio`` smallest-magnitude weights of each row (in place)."""
     drop = int(round(ratio * weight.shape[1]))
@@ -192,27 +200,24 @@ def _llama(config_kwargs: dict, layers: int, seed: int = 0):
     return model
 
 
-def _block_linears(model) -> list:
+def _input_groups(model, family: str = "llama") -> list[tuple]:
+    """The linears of every block grouped by the input they read (q/k/v, o, gate/up, down): the adapter's ``input_groups``."""
     from sparsebench.models.adapters import adapter_for
 
-    adapter = adapter_for("auto", "llama")
-    return [linear for block in adapter.get_blocks(model) for linear in adapter.get_linears(block).values()]
+    adapter = adapter_for("auto", family)
+    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
 
 
-def _mlp_inputs(model, adapter=None) -> list:
+def _block_linears(model) -> list:
+    return [linear for group in _input_groups(model) for linear in group]
+
+
+def _mlp_inputs(model, family: str = "llama") -> list:
     """The MLP's input projections of every block: the linears whose outputs a cuSPARSELt path may hand on features-major."""
     from sparsebench.models.adapters import adapter_for
 
-    adapter = adapter or adapter_for("auto", "llama")
+    adapter = adapter_for("auto", family)
     return [block.get_submodule(name) for block in adapter.get_blocks(model) for name in adapter.mlp_input_linears]
-
-
-def _input_groups(model) -> list:
-    """The linears of every block that read one input (q/k/v, o, gate/up, down), for ``--fuse-projections``."""
-    from sparsebench.models.adapters import adapter_for
-
-    adapter = adapter_for("auto", "llama")
-    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
 
 
 def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:
@@ -410,7 +415,7 @@ def perplexity_through_paths(args) -> None:
                 row["paths"][path] = {"skipped": reason}
                 print(f"[ppl] {folder}: {path} skipped: {reason}", flush=True)
                 continue
-            with swapped(model, linears, convert, _mlp_inputs(model, adapter)):  # as the case stage swaps them
+            with swapped(model, linears, convert, _mlp_inputs(model, model.config.model_type)):  # as the case stage swaps them
                 sparse = perplexity(model, adapter, segments, Execution("cuda", batch_size=4)).ppl
             relative = abs(sparse - dense) / dense
             row["paths"][path] = {"ppl": sparse, "relative_difference": relative, "within_1e-3": relative < 1e-3}

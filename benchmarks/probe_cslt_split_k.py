@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench_efficiency import LLAMA2_7B_LINEARS, _eager_and_graph, prune_2of4  # benchmarks/ is this script's folder
+from bench_efficiency import LLAMA2_7B_LINEARS, _eager_and_graph, packed_case  # benchmarks/ is this script's folder
 
 SPLITS = (1, 2, 4, 8, 16)
 MODES = (1, 2)  # cusparseLtSplitKMode_t: CUSPARSELT_SPLIT_K_MODE_ONE_KERNEL, CUSPARSELT_SPLIT_K_MODE_TWO_KERNELS
@@ -40,10 +40,7 @@ def new_search(packed: torch.Tensor, operand: torch.Tensor) -> dict:
 
 
 def case(rows: int, cols: int, tokens: int, repeats: int) -> dict:
-    torch.manual_seed(0)
-    weight = prune_2of4(torch.randn(rows, cols, device="cuda", dtype=torch.float16) * 0.02)
-    x = torch.randn(tokens, cols, device="cuda", dtype=torch.float16)
-    packed = torch._cslt_compress(weight)
+    weight, x, packed = packed_case(rows, cols, tokens)
     alg_id = int(torch._cslt_sparse_mm_search(packed, x.t()))
     reference = F.linear(x.float(), weight.float()).t()
     calls = 50

@@ -37,12 +37,9 @@ def child(rows: int, cols: int, tokens: int, repeats: int) -> dict:
     """One case, in this process: the transposed form's search, its error, and the four graphed timings (ms)."""
     import torch.nn.functional as F
 
-    from bench_efficiency import _eager_and_graph, prune_2of4  # benchmarks/ is this script's folder
+    from bench_efficiency import _eager_and_graph, packed_case  # benchmarks/ is this script's folder
 
-    torch.manual_seed(0)
-    weight = prune_2of4(torch.randn(rows, cols, device="cuda", dtype=torch.float16) * 0.02)
-    x = torch.randn(tokens, cols, device="cuda", dtype=torch.float16)
-    packed = torch._cslt_compress(weight)
+    weight, x, packed = packed_case(rows, cols, tokens)
     plain_id = int(torch._cslt_sparse_mm_search(packed, x.t()))
     plain = torch._cslt_sparse_mm(packed, x.t(), alg_id=plain_id)
     if not torch.equal(transposed_copy(plain), plain.t()):

@@ -92,6 +92,13 @@ def _mlp_inputs(model) -> list:
     return [module for name, module in model.named_modules() if name.endswith(("gate_proj", "up_proj"))]
 
 
+def _input_groups(model) -> list[tuple]:
+    from sparsebench.models.adapters import adapter_for
+
+    adapter = adapter_for("auto", "llama")
+    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+
+
 @pytest.mark.parametrize("shape", [(4096, 2048), (11008, 2048), (4096, 16), (11008, 8192), (100, 37)])
 def test_the_triton_transpose_equals_the_transposed_copy(shape):
     from sparsebench.kernels.transpose import transposed_copy
@@ -239,20 +246,18 @@ def test_the_stage_measures_every_2of4_path_in_every_mode_on_the_gpu():
 def test_fused_products_through_every_sparse_path_give_the_dense_stored_logits(pattern):
     """q/k/v and gate/up as one product each (sparsebench.kernels.fused_inputs), converted by each path, features-major MLP."""
     from sparsebench.kernels.fused_inputs import fused_inputs
-    from sparsebench.models.adapters import adapter_for
 
     model, linears = _sparse_model(pattern)
     paths = _available(pattern)
     if not paths:
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
-    adapter = adapter_for("auto", "llama")
-    groups = [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    groups = _input_groups(model)
     ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
         with fused_inputs(model, groups) as computing:
             fused = list({id(module): module for module in (computing[id(linear)] for linear in linears)}.values())
-            mlp_inputs = [computing[id(block.mlp.gate_proj)] for block in adapter.get_blocks(model)]
+            mlp_inputs = [computing[id(linear)] for linear in _mlp_inputs(model)[::2]]  # one fused gate/up a block
             for path in paths:
                 with swapped(model, fused, converter(path), mlp_inputs):
                     sparse = model(input_ids=ids).logits
@@ -260,11 +265,8 @@ def test_fused_products_through_every_sparse_path_give_the_dense_stored_logits(p
 
 
 def test_the_stage_measures_fused_products_compiled_and_graphed_on_the_gpu():
-    from sparsebench.models.adapters import adapter_for
-
     model, linears = _sparse_model("2:4")
-    adapter = adapter_for("auto", "llama")
-    groups = [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    groups = _input_groups(model)
     spec = EfficiencySpec(1, 64, (1, 16), 16, 8, 1, 3, "auto", ("cuda_graph", "compiled_graph"), fuse_projections=True)
     result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256, only_paths=("cusparselt", "cusparselt_gemv24"),
                                  features_major=_mlp_inputs(model), groups=groups)

@@ -17,7 +17,7 @@ kept), so it adds no guard that changes between calls.
 
 The fused linear is an ``nn.Linear``: the dense-stored side runs it as it is, and a sparse path converts it like
 any pruned linear (``sparsebench.kernels.paths.swapped``); a 2:4 or unstructured pattern holds row by row, so the
-concatenation keeps it. The original linears wait on the CPU while fused and come back after.
+concatenation keeps it. The original linears wait on the CPU while fused and come back after (``swapped``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+
+from sparsebench.kernels.paths import swapped
 
 
 class SharedInputProduct(nn.Module):
@@ -86,26 +88,17 @@ def fused_linear(linears: list[nn.Linear]) -> nn.Linear:
 def fused_inputs(model: nn.Module, groups: list[tuple[nn.Linear, ...]]):
     """While inside, each group of ``groups`` with more than one linear runs as one fused product (see the module's
     docstring). Yields ``{id(original linear): the linear now computing it}``: the fused ``nn.Linear`` for a fused
-    member, the linear itself otherwise."""
-    parents = {id(child): (parent, name) for parent in model.modules() for name, child in parent.named_children()}
-    computing = {}
-    replaced = []
-    try:
-        for group in groups:
-            if len(group) < 2:
-                computing.update({id(linear): linear for linear in group})
-                continue
-            fused = fused_linear(list(group))
-            shared = SharedInputProduct(fused, tuple(linear.out_features for linear in group))
-            for index, linear in enumerate(group):
-                parent, name = parents[id(linear)]
-                setattr(parent, name, FusedMember(shared, index, linear.in_features, linear.out_features))
-                replaced.append((parent, name, linear, linear.weight.device))
-                computing[id(linear)] = fused
-                linear.to("cpu")
+    member, the linear itself otherwise. The members are replaced, parked and put back by ``paths.swapped``."""
+    computing, members = {}, {}
+    for group in groups:
+        if len(group) < 2:
+            computing.update({id(linear): linear for linear in group})
+            continue
+        fused = fused_linear(list(group))
+        shared = SharedInputProduct(fused, tuple(linear.out_features for linear in group))
+        for index, linear in enumerate(group):
+            members[id(linear)] = FusedMember(shared, index, linear.in_features, linear.out_features)
+            computing[id(linear)] = fused
+    fused_members = [linear for group in groups if len(group) > 1 for linear in group]
+    with swapped(model, fused_members, lambda linear: members[id(linear)]):
         yield computing
-    finally:
-        for parent, name, linear, device in reversed(replaced):
-            setattr(parent, name, linear.to(device))
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
