@@ -16,11 +16,10 @@ It prints, per case: the dense and sparse time, the ratio dense / sparse (above 
 the bytes of the layout over the dense fp16 bytes (``BitmaskLinear.weight_bytes``: values, bitmask,
 row offsets and the kernel's chunk offsets), the effective bandwidth of each (weight bytes read
 over time) and the ratio the bytes alone would give at dense's bandwidth (``1 / bytes ratio``),
-and the largest difference to ``F.linear`` on one copy. At one token it also times the first
-one-token kernel in its former default launch (``PREVIOUS_ONE_TOKEN``: ``one_token="bytes"``, one
-row a warp, 32 mask bytes a step) beside the default (``default_launch``: the ``chunks`` kernel) and
-prints, per shape and sparsity, dense / chunks, dense / bytes and bytes / chunks (above 1: the new
-kernel is faster). ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
+and the largest difference to ``F.linear`` on one copy. At one token it times the three one-token kernels: the
+CUDA C++ ``kept`` kernel (``KEPT_ONE_TOKEN``) and the two Triton ones in the launches they had as defaults
+(``CHUNKS_ONE_TOKEN``, ``BYTES_ONE_TOKEN``), and prints, per shape and sparsity, dense / kept, dense / chunks and
+chunks / kept (above 1: the kept kernel is faster) and which of the two ``default_launch`` takes at that density. ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
 ``--sweep-tokens`` (1 and 16) and reports both the default launch and the fastest for those.
 The last line is one JSON object with every figure.
 """
@@ -40,12 +39,18 @@ import triton
 from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, default_launch
 
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
-# the one-token default before the chunks kernel (sparsebench 2026-12-05: one row a warp, 32 mask bytes a step)
-PREVIOUS_ONE_TOKEN = Launch(1, 32, 1, one_token="bytes")
+# the Triton one-token kernels as they were the default: chunks (until the kept kernel), bytes (before chunks)
+def CHUNKS_ONE_TOKEN(rows: int) -> Launch:  # noqa: N802 (a constant per row count)
+    return Launch(2 if rows >= 8192 else 1, 128, 1)
+
+
+BYTES_ONE_TOKEN = Launch(1, 32, 1, one_token="bytes")
+KEPT_ONE_TOKEN = Launch(1, 128, 8, one_token="kept")  # the CUDA C++ kernel (sparsebench/kernels/bitmask_kept.py)
 # candidates of --sweep: one token (one row per program, 32 * warps mask bytes a step, one a thread),
 # several tokens (tensor cores: block_rows >= 16)
 LAUNCHES = {
-    "one": [Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
+    "one": [Launch(1, 128, 8, one_token="kept"), Launch(1, 128, 4, one_token="kept"),
+            Launch(1, 128, 2, one_token="kept"), Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
             Launch(1, 32, 1, one_token="bytes"), Launch(1, 32, 1, prefetch=True, one_token="bytes"),
             Launch(1, 64, 2, prefetch=True, one_token="bytes"), Launch(1, 32, 1, splits=2, prefetch=True, one_token="bytes")],
     "several": [Launch(16, 32, 4), Launch(16, 32, 4, prefetch=True), Launch(32, 32, 4, prefetch=True),
@@ -123,19 +128,19 @@ def _launch_label(launch: Launch) -> str:
 
 
 def one_token_ratios(results: list[dict]) -> list[dict]:
-    """Per shape and sparsity at one token: dense / chunks (the default), dense / bytes (the previous default), bytes / chunks."""
+    """Per shape and sparsity at one token: dense / kept (CUDA), dense / chunks (Triton), chunks / kept, and which the default takes."""
     rows = []
     for name, shape in SHAPES.items():
         for sparsity in sorted({row["sparsity"] for row in results}):
             timed = {row["launch_label"]: row for row in results
                      if row["linear"] == name and row["sparsity"] == sparsity and row["tokens"] == 1}
-            if "default" not in timed or "previous (bytes)" not in timed:
+            if "kept (CUDA)" not in timed or "chunks (Triton)" not in timed:
                 continue
-            chunks, previous = timed["default"], timed["previous (bytes)"]
-            rows.append({"linear": name, "shape": list(shape), "sparsity": sparsity, "dense_us": chunks["dense_us"],
-                         "chunks_us": chunks["sparse_us"], "bytes_us": previous["sparse_us"],
-                         "dense_over_chunks": chunks["dense_over_sparse"], "dense_over_bytes": previous["dense_over_sparse"],
-                         "bytes_over_chunks": previous["sparse_us"] / chunks["sparse_us"]})
+            kept, chunks = timed["kept (CUDA)"], timed["chunks (Triton)"]
+            rows.append({"linear": name, "shape": list(shape), "sparsity": sparsity, "dense_us": kept["dense_us"],
+                         "kept_us": kept["sparse_us"], "chunks_us": chunks["sparse_us"],
+                         "dense_over_kept": kept["dense_over_sparse"], "dense_over_chunks": chunks["dense_over_sparse"],
+                         "chunks_over_kept": chunks["sparse_us"] / kept["sparse_us"], "default": kept["default_one_token"]})
     return rows
 
 
@@ -160,9 +165,10 @@ def measure(name: str, shape: tuple[int, int], sparsities: list[float], token_co
             x = inputs[tokens]
             _module_calls(modules, x, None)  # the default launch (an earlier capture may have set another)
             difference = float((modules[0](x) - F.linear(x, first_dense)).abs().max())
-            launches = {"default": default_launch(tokens, rows, cols)}
-            if tokens == 1:
-                launches["previous (bytes)"] = PREVIOUS_ONE_TOKEN
+            if tokens == 1:  # each kernel, named; the default picks one of the first two by density (default_launch)
+                launches = {"kept (CUDA)": KEPT_ONE_TOKEN, "chunks (Triton)": CHUNKS_ONE_TOKEN(rows), "bytes (Triton)": BYTES_ONE_TOKEN}
+            else:
+                launches = {"default": default_launch(tokens, rows, cols)}
             if (shape, tokens) in best:
                 launches["best of sweep"] = best[(shape, tokens)]
             for label, launch in launches.items():
@@ -172,7 +178,8 @@ def measure(name: str, shape: tuple[int, int], sparsities: list[float], token_co
                        "sparse_us": seconds * 1e6, "dense_over_sparse": dense_s[tokens] / seconds,
                        "bytes_ratio": sparse_bytes / dense_bytes, "byte_floor_ratio": dense_bytes / sparse_bytes,
                        "dense_gb_s": dense_bytes / dense_s[tokens] / 1e9, "sparse_gb_s": sparse_bytes / seconds / 1e9,
-                       "max_abs_difference": difference}
+                       "max_abs_difference": difference,
+                       "default_one_token": default_launch(1, rows, cols, torch.cuda.get_device_capability(), 1 - sparsity).one_token}
                 results.append(row)
                 print(f"{name:13s} {rows:5d}x{cols:<5d} {sparsity:4.0%} T={tokens:<3d} {label:16s} dense {row['dense_us']:7.1f} us "
                       f"sparse {row['sparse_us']:7.1f} us  dense/sparse {row['dense_over_sparse']:5.2f}x  bytes {row['bytes_ratio']:.3f} "
@@ -216,9 +223,9 @@ def main() -> None:
         results += measure(name, shape, args.sparsities, args.tokens, stream_bytes, args.repeats, best)
     ratios = one_token_ratios(results)
     for row in ratios:
-        print(f"one token {row['linear']:13s} {row['sparsity']:4.0%}: dense {row['dense_us']:6.1f} us, chunks {row['chunks_us']:6.1f} us, "
-              f"bytes {row['bytes_us']:6.1f} us; dense/chunks {row['dense_over_chunks']:4.2f}x, dense/bytes {row['dense_over_bytes']:4.2f}x, "
-              f"bytes/chunks {row['bytes_over_chunks']:4.2f}x", flush=True)
+        print(f"one token {row['linear']:13s} {row['sparsity']:4.0%}: dense {row['dense_us']:6.1f} us, kept {row['kept_us']:6.1f} us, "
+              f"chunks {row['chunks_us']:6.1f} us; dense/kept {row['dense_over_kept']:4.2f}x, dense/chunks {row['dense_over_chunks']:4.2f}x, "
+              f"chunks/kept {row['chunks_over_kept']:4.2f}x; default {row['default']}", flush=True)
     line = json.dumps({"device": device, "sweeps": sweeps, "per_linear": results, "one_token": ratios})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

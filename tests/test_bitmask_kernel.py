@@ -70,10 +70,40 @@ def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interprete
     assert compiled["out_shape"] == [1, 1, 40] and "sparsebench.bitmask_matmul.default" in compiled["ops"] and compiled["equal_to_eager"]
 
 
-@pytest.mark.parametrize("rows, cols, rows_per_program", [(4096, 4096, 1), (11008, 4096, 2), (4096, 11008, 1), (12, 300, 1)])
-def test_one_token_defaults_to_the_chunks_kernel_and_several_to_the_tensor_cores(rows, cols, rows_per_program):
-    assert default_launch(1, rows, cols) == Launch(block_rows=rows_per_program, block_bytes=INDEX_BYTES, warps=1, one_token="chunks")
+@pytest.mark.parametrize("rows, cols", [(4096, 4096), (11008, 4096), (4096, 11008), (12, 320)])
+def test_one_token_defaults_to_the_kept_kernel_and_several_to_the_tensor_cores(rows, cols, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for density in (None, 0.3, 0.2, 0.35):
+        assert default_launch(1, rows, cols, (9, 0), density) == Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=8, one_token="kept")
     assert default_launch(16, rows, cols).block_rows >= 16
+
+
+@pytest.mark.parametrize("density, capability", [(0.5, (9, 0)), (0.4, None), (0.3, (7, 5))])
+def test_one_token_takes_the_chunks_kernel_for_denser_weights_and_older_gpus(density, capability, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert default_launch(1, 4096, 4096, capability, density).one_token == "chunks"
+
+
+@pytest.mark.parametrize("rows, cols, rows_per_program", [(4096, 4100, 1), (11008, 4104, 2), (12, 300, 1)])
+def test_one_token_takes_the_chunks_kernel_where_the_mask_is_not_32_bit_words(rows, cols, rows_per_program, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert default_launch(1, rows, cols) == Launch(block_rows=rows_per_program, block_bytes=INDEX_BYTES, warps=1, one_token="chunks")
+
+
+def test_the_interpreter_defaults_to_the_chunks_kernel_which_it_can_run(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert default_launch(1, 4096, 4096).one_token == "chunks"
+    packed = pack_bitmask(torch.randn(8, 64, dtype=torch.float16))
+    with pytest.raises(RuntimeError, match="Triton's interpreter cannot run"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=Launch(1, 128, 8, one_token="kept"))
+
+
+@pytest.mark.parametrize("launch", [Launch(2, 128, 8, one_token="kept"), Launch(1, 64, 8, one_token="kept"),
+                                    Launch(1, 128, 4, splits=2, one_token="kept"), Launch(1, 128, 8, prefetch=True, one_token="kept")])
+def test_the_kept_kernel_refuses_launches_it_does_not_run(launch):
+    packed = pack_bitmask(torch.randn(8, 64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="one token on the 'kept' kernel runs one warp a row"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=launch)
 
 
 def test_chunk_offsets_index_the_first_kept_weight_of_every_1024_columns():
@@ -130,7 +160,7 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
     for launch in (Launch(4, 128, warps=1), Launch(2, 64, warps=1), Launch(2, 128, warps=2), Launch(1, 128, warps=1, prefetch=True)):
         with pytest.raises(ValueError, match=r"the launch needs block_rows in \(1, 2\), block_bytes=128, warps=1, prefetch=False"):
             bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=launch)
-    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes'\), got 'words'"):
+    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes', 'kept'\), got 'words'"):
         Launch(1, 128, one_token="words")
     with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
         bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
@@ -138,3 +168,20 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
         Launch(block_rows=3, block_bytes=16)
     with pytest.raises(ValueError, match="Launch.block_bytes must divide 128"):
         Launch(block_rows=4, block_bytes=256)
+
+
+def test_each_module_says_which_one_token_kernel_it_runs_and_the_stage_counts_them(monkeypatch):
+    from sparsebench.evaluate.efficiency import one_token_kernels
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    g = torch.Generator().manual_seed(3)
+    modules = []
+    for sparsity in (0.7, 0.8, 0.5):
+        linear = torch.nn.Linear(256, 16, bias=False, dtype=torch.float16)
+        with torch.no_grad():
+            linear.weight[torch.rand(16, 256, generator=g) < sparsity] = 0
+        modules.append(BitmaskLinear.from_linear(linear))
+    assert [module.one_token_kernel for module in modules] == ["kept", "kept", "chunks"]  # kept up to a density of 0.35
+    assert BitmaskLinear.from_linear(torch.nn.Linear(256, 16, dtype=torch.float16), Launch(2, 128, 1)).one_token_kernel == "chunks"
+    assert one_token_kernels(torch.nn.Sequential(*modules, torch.nn.ReLU())) == {"chunks": 1, "kept": 2}
+    assert one_token_kernels(torch.nn.Sequential(torch.nn.Linear(4, 4))) == {}

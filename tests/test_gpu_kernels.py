@@ -252,12 +252,13 @@ def test_fused_products_through_every_sparse_path_give_the_dense_stored_logits(p
     if not paths:
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
     groups = _input_groups(model)
+    gate_projections = _mlp_inputs(model)[::2]  # read before fusing: inside, the model holds the fused members
     ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
         with fused_inputs(model, groups) as computing:
             fused = list({id(module): module for module in (computing[id(linear)] for linear in linears)}.values())
-            mlp_inputs = [computing[id(linear)] for linear in _mlp_inputs(model)[::2]]  # one fused gate/up a block
+            mlp_inputs = [computing[id(linear)] for linear in gate_projections]  # one fused gate/up a block
             for path in paths:
                 with swapped(model, fused, converter(path), mlp_inputs):
                     sparse = model(input_ids=ids).logits

@@ -275,12 +275,26 @@ def _path_run(model, linears, features_major, path, spec, device, context, memor
             modes, skipped = measure_modes(model, spec, device, context, memory, progress, path.name)
             held = weight_bytes_in_memory(model)
             handed_on = sum(bool(getattr(module, "features_major_output", False)) for module in model.modules())
+            one_token = one_token_kernels(model)
     except (RuntimeError, ValueError, NotImplementedError) as error:  # a weight or a backend the kernel refuses
         return None, [{"what": f"sparse path {path.name}", "why": f"{type(error).__name__}: {str(error)[:400]}"}]
     run = {"path": path.description, "weight_bytes_in_memory": held, "modes": modes}
     if handed_on:
         run["features_major_outputs"] = handed_on  # linears handing their output on in [out, tokens] layout (see swapped)
+    if one_token:
+        run["one_token_kernels"] = one_token
     return run, skipped
+
+
+def one_token_kernels(model: nn.Module) -> dict[str, int]:
+    """How many of the model's swapped-in linears run each one-token kernel (``BitmaskLinear.one_token_kernel``:
+    ``kept`` or ``chunks`` by the weight's density); empty where no module says."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        kernel = getattr(module, "one_token_kernel", None)
+        if kernel is not None:
+            counts[kernel] = counts.get(kernel, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 # ----------------------------------------------------------------------------- the evaluation

@@ -1,7 +1,9 @@
 """GPU kernels that turn a pruned weight into speed: modules swapped into a model's pruned linears to measure it.
 
 - ``semi_sparse``: 2:4 weights through cuSPARSELt, called directly (``SemiSparseLinear``);
-- ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, a Triton kernel (``BitmaskLinear``);
+- ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, Triton kernels (``BitmaskLinear``);
+- ``bitmask_kept``: the one-token product on that layout that walks only the kept weights, CUDA C++ (from 65 % sparsity);
+- ``nvrtc``: CUDA C++ compiled at run time by NVRTC and launched through the driver (no toolkit needed);
 - ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);
 - ``transpose``: a tiled Triton transpose, which puts cuSPARSELt's ``W @ x.T`` into ``[tokens, out]``;
 - ``paths``: the registry of these paths and the swap of a model's pruned linears;

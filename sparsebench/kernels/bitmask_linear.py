@@ -1,4 +1,8 @@
-"""A linear layer whose weight stays in the ``sparse-bitmask`` layout on the GPU, with a Triton kernel for skinny products.
+"""A linear layer whose weight stays in the ``sparse-bitmask`` layout on the GPU, with kernels for skinny products.
+
+One token at 65 % sparsity or more (a density of at most ``KEPT_DENSITY_LIMIT``) runs ``bitmask_kept``'s CUDA C++
+kernel, which walks only the kept weights; denser weights, and shapes or GPUs it does not take, run the Triton
+``chunks`` kernel below (``default_launch``). Several tokens run the Triton tensor-core kernel.
 
 What it computes: ``y = x @ W^T (+ bias)`` for ``x [T, in]`` in float16 or bfloat16 (any ``T``; made
 for decode, 1 to 64 tokens), with ``W [out, in]`` given as compressed-tensors 0.13's
@@ -79,13 +83,20 @@ import triton
 import triton.language as tl
 from torch import Tensor, nn
 
+from sparsebench.kernels.bitmask_kept import MIN_CAPABILITY as KEPT_CAPABILITY
+from sparsebench.kernels.bitmask_kept import WARPS_PER_BLOCK as KEPT_WARPS_PER_BLOCK
+from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
 from sparsebench.kernels.custom_ops import row_product_op
-from sparsebench.kernels.launching import check_one_device, check_powers_of_two, split_output, summed
+from sparsebench.kernels.launching import check_one_device, check_powers_of_two, interpreted, split_output, summed
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-ONE_TOKEN_KERNELS = ("chunks", "bytes")
+ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept")
+# the kept kernel's cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
+# shapes (docs/data/efficiency_gpu/h100_2026-12-05g_bitmask_kept.txt) the two are within a few per cent at 70 %, kept is
+# faster at 80 % and slower at 50 %; so the default takes kept from 65 % sparsity
+KEPT_DENSITY_LIMIT = 0.35
 _MAX_TOKENS_PER_PROGRAM = 64
 _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int32)
 
@@ -99,8 +110,10 @@ class Launch:
     ``chunks`` (a 1,024-column chunk, four bytes a lane), otherwise one a thread at ``32 * warps``;
     ``splits``: programs along the input dimension, whose float32 partial sums are added afterwards;
     ``prefetch``: load the next step's mask bytes before gathering this step's values (``bytes`` and
-    several tokens); ``one_token``: the one-token kernel, ``chunks`` (``_chunk_kernel``) or ``bytes``
-    (``_one_token_kernel``, the first kernel, kept for comparison until a GPU sweep has timed both).
+    several tokens); ``one_token``: the one-token kernel, ``chunks`` (``_chunk_kernel``), ``bytes``
+    (``_one_token_kernel``, the first kernel) or ``kept`` (``bitmask_kept``: the CUDA C++ kernel that walks
+    only the kept weights, one warp a row and ``warps`` rows a block; ``block_rows=1``,
+    ``block_bytes=INDEX_BYTES``, one split, no prefetch).
     """
 
     block_rows: int
@@ -118,7 +131,8 @@ class Launch:
             raise ValueError(f"Launch.one_token must be one of {ONE_TOKEN_KERNELS}, got {self.one_token!r}")
 
 
-def default_launch(tokens: int, rows: int, cols: int) -> Launch:
+def default_launch(tokens: int, rows: int, cols: int, capability: tuple[int, int] | None = None,
+                   density: float | None = None) -> Launch:
     """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight.
 
     Chosen from the shapes whose main loop has the fewest instructions per weight in sm_90 machine code
@@ -132,9 +146,16 @@ def default_launch(tokens: int, rows: int, cols: int) -> Launch:
     program with the mask prefetched, the input dimension split in four (fewer than 8,192 rows) or two,
     so that a 132-multiprocessor GPU gets several programs each.
     """
+    if (tokens == 1 and cols % 32 == 0 and not interpreted() and (capability is None or capability >= KEPT_CAPABILITY)
+            and (density is None or density <= KEPT_DENSITY_LIMIT)):
+        return Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=KEPT_WARPS_PER_BLOCK, one_token="kept")
     if tokens == 1:
         return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
     return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
+
+
+def _capability(device: torch.device) -> tuple[int, int] | None:
+    return torch.cuda.get_device_capability(device) if device.type == "cuda" else None
 
 
 def chunk_offsets(packed: Bitmask) -> Tensor:
@@ -410,12 +431,16 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     _check_operands(x2d, packed, offsets, bias)
     rows, cols = packed.shape
     tokens = x2d.shape[0]
-    launch = launch or default_launch(tokens, rows, cols)
+    launch = launch or default_launch(tokens, rows, cols, _capability(x2d.device), packed.values.numel() / (rows * cols))
     if tokens == 1 and launch.one_token == "chunks" and (launch.block_rows > 2 or launch.block_bytes != INDEX_BYTES
                                                          or launch.warps != 1 or launch.prefetch):
         raise ValueError(f"one token on the 'chunks' kernel runs one warp of one or two rows, {INDEX_BYTES} mask bytes a step, "
                          f"no prefetch: the launch needs block_rows in (1, 2), block_bytes={INDEX_BYTES}, warps=1, "
                          f"prefetch=False, got {launch}")
+    if tokens == 1 and launch.one_token == "kept" and (launch.block_rows != 1 or launch.block_bytes != INDEX_BYTES
+                                                       or launch.splits != 1 or launch.prefetch):
+        raise ValueError(f"one token on the 'kept' kernel runs one warp a row and `warps` rows a block, {INDEX_BYTES} mask bytes "
+                         f"a step: the launch needs block_rows=1, block_bytes={INDEX_BYTES}, splits=1, prefetch=False, got {launch}")
     if tokens == 1 and launch.one_token == "bytes" and launch.block_rows != 1:
         raise ValueError(f"one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1, got {launch}")
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
@@ -423,6 +448,10 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     check_one_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []), "bitmask_matmul")
     if tokens == 0:
         return x2d.new_empty(0, rows)
+    if tokens == 1 and launch.one_token == "kept":
+        if interpreted():
+            raise RuntimeError("the 'kept' kernel is CUDA C++ (NVRTC), which Triton's interpreter cannot run; use one_token='chunks' there")
+        return kept_gemv(x2d, packed.values, packed.bitmask, offsets, bias, launch.warps)
     x2d = x2d.contiguous()
     n_bytes = packed.bitmask.shape[1]
     # every split but the last covers a whole number of index chunks
@@ -494,6 +523,11 @@ class BitmaskLinear(nn.Module):
         self.register_buffer("row_offsets", packed.row_offsets)
         self.register_buffer("chunk_offsets", chunk_offsets(packed))
         self.register_buffer("bias", None if bias is None else bias.detach().to(packed.values.dtype))
+        one_token = launch or default_launch(1, self.out_features, self.in_features, _capability(packed.values.device),
+                                             packed.values.numel() / (self.out_features * self.in_features))
+        self.one_token_kernel = one_token.one_token  # which kernel a one-token product runs (recorded by eval=efficiency)
+        if one_token.one_token == "kept" and packed.values.device.type == "cuda":
+            load_kernel(packed.values.device, packed.values.dtype, one_token.warps)  # compiled and loaded now, not in a timed call
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, launch: Launch | None = None) -> BitmaskLinear:

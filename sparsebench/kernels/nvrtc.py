@@ -1,0 +1,153 @@
+"""CUDA C++ kernels compiled at run time with NVRTC and launched through the CUDA driver, by ctypes.
+
+Why not ``torch.cuda._compile_kernel``: it is private, it asks ``torch.utils.cpp_extension`` for the CUDA
+toolkit's include folder (an error where no toolkit is installed, as on machines that have only pip's CUDA
+wheels), and it cannot run without a CUDA build of torch, so a kernel's source could not even be compiled on
+a CPU machine. Here the kernels include no headers, so NVRTC needs no toolkit: the library that the CUDA
+builds of torch install (the ``nvidia-cuda-nvrtc`` wheel) is enough, and on a CPU machine the same wheel
+compiles the sources for a test (tests/test_bitmask_kept.py).
+
+- ``nvrtc_library()``: the NVRTC shared library, the one matching torch's CUDA major version first;
+- ``compile_cubin(source, arch, defines)``: machine code for one architecture (``"sm_90"``), or
+  ``NvrtcError`` with the compiler's log;
+- ``CompiledKernel``: one ``extern "C"`` kernel of a cubin, loaded once per device and launched on torch's
+  current stream (so a CUDA graph being captured records it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+from functools import lru_cache
+
+import torch
+
+_NVRTC_SUCCESS = 0
+_CUDA_SUCCESS = 0
+
+
+class NvrtcError(RuntimeError):
+    """NVRTC could not be found or could not compile a source; the message carries the compiler's log."""
+
+
+@lru_cache(maxsize=1)
+def nvrtc_library() -> ctypes.CDLL:
+    """NVRTC, from the library path or from pip's ``nvidia`` wheels; the major version of torch's CUDA first."""
+    majors = ["13", "12"]
+    if torch.version.cuda:
+        torch_major = torch.version.cuda.split(".")[0]
+        majors = [torch_major] + [m for m in majors if m != torch_major]
+    names = [f"libnvrtc.so.{major}" for major in majors] + ["libnvrtc.so"]
+    wheel_paths = []
+    for folder in sys.path:
+        for major in majors:
+            wheel_paths += sorted(glob.glob(os.path.join(folder, "nvidia", f"cu{major}", "lib", f"libnvrtc.so.{major}")))
+            wheel_paths += sorted(glob.glob(os.path.join(folder, "nvidia", "cuda_nvrtc", "lib", f"libnvrtc.so.{major}")))
+    tried = []
+    for candidate in names + wheel_paths:
+        try:
+            return ctypes.CDLL(candidate)
+        except OSError as error:
+            tried.append(f"{candidate}: {error}")
+    raise NvrtcError("NVRTC (libnvrtc.so) was not found; the CUDA builds of torch install it (pip package nvidia-cuda-nvrtc). "
+                     "Tried:\n  " + "\n  ".join(tried))
+
+
+def nvrtc_version() -> tuple[int, int]:
+    """NVRTC's (major, minor) version."""
+    library = nvrtc_library()
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _check_nvrtc(library, library.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+    return major.value, minor.value
+
+
+def _check_nvrtc(library: ctypes.CDLL, result: int, call: str) -> None:
+    if result != _NVRTC_SUCCESS:
+        library.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise NvrtcError(f"{call} failed: {library.nvrtcGetErrorString(result).decode()}")
+
+
+def compile_cubin(source: str, arch: str, defines: dict[str, int] | None = None, name: str = "kernel.cu") -> bytes:
+    """``source`` compiled by NVRTC for ``arch`` (e.g. ``"sm_90"``): a cubin. ``defines``: ``-D`` macros."""
+    if not arch.startswith("sm_"):
+        raise ValueError(f"arch must name a real architecture such as 'sm_90' (a cubin, not PTX), got {arch!r}")
+    library = nvrtc_library()
+    program = ctypes.c_void_p()
+    _check_nvrtc(library, library.nvrtcCreateProgram(ctypes.byref(program), source.encode(), name.encode(), 0, None, None),
+                 "nvrtcCreateProgram")
+    options = [f"--gpu-architecture={arch}", "--std=c++17"] + [f"-D{key}={value}" for key, value in (defines or {}).items()]
+    option_array = (ctypes.c_char_p * len(options))(*[option.encode() for option in options])
+    try:
+        result = library.nvrtcCompileProgram(program, len(options), option_array)
+        if result != _NVRTC_SUCCESS:
+            size = ctypes.c_size_t()
+            library.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            library.nvrtcGetProgramLog(program, log)
+            raise NvrtcError(f"NVRTC could not compile {name} for {arch} with {options[2:]}:\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _check_nvrtc(library, library.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
+        cubin = ctypes.create_string_buffer(size.value)
+        _check_nvrtc(library, library.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+        return cubin.raw
+    finally:
+        library.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+@lru_cache(maxsize=1)
+def _driver() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError as error:
+        raise RuntimeError(f"the CUDA driver (libcuda.so.1) could not be loaded: {error}") from error
+
+
+def _check_driver(result: int, call: str) -> None:
+    if result != _CUDA_SUCCESS:
+        message = ctypes.c_char_p()
+        _driver().cuGetErrorString(result, ctypes.byref(message))
+        raise RuntimeError(f"{call} failed: CUDA error {result} ({(message.value or b'unknown').decode()})")
+
+
+class CompiledKernel:
+    """The ``extern "C"`` kernel ``name`` of ``cubin``, loaded into each device's context on first use.
+
+    ``launch(grid, block, args)``: ``args`` are tensors (passed as device pointers) and Python ints (as C
+    ``int``), in the kernel's order; the launch goes to torch's current stream on the tensors' device.
+    """
+
+    def __init__(self, cubin: bytes, name: str) -> None:
+        self.cubin = cubin
+        self.name = name
+        self._functions: dict[int, ctypes.c_void_p] = {}
+
+    def load(self, device: torch.device) -> ctypes.c_void_p:
+        """The kernel's handle in ``device``'s context, loading the cubin there the first time."""
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._functions:
+            with torch.cuda.device(index):
+                torch.cuda.init()
+                torch.empty(0, device=f"cuda:{index}")  # makes torch's (primary) context current on this thread
+                module, function = ctypes.c_void_p(), ctypes.c_void_p()
+                _check_driver(_driver().cuModuleLoadData(ctypes.byref(module), self.cubin), "cuModuleLoadData")
+                _check_driver(_driver().cuModuleGetFunction(ctypes.byref(function), module, self.name.encode()),
+                              f"cuModuleGetFunction({self.name})")
+            self._functions[index] = function
+        return self._functions[index]
+
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device) -> None:
+        function = self.load(device)
+        holders = []
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                holders.append(ctypes.c_void_p(arg.data_ptr()))
+            elif isinstance(arg, int):
+                holders.append(ctypes.c_int(arg))
+            else:
+                raise TypeError(f"kernel arguments are tensors or ints, got {type(arg).__name__}")
+        params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(holder), ctypes.c_void_p) for holder in holders])
+        stream = torch.cuda.current_stream(device).cuda_stream
+        _check_driver(_driver().cuLaunchKernel(function, *grid, *block, 0, ctypes.c_void_p(stream), params, None),
+                      f"cuLaunchKernel({self.name})")

@@ -1,0 +1,71 @@
+"""The kept-weights kernel (sparsebench/kernels/bitmask_kept.py) compiled on this CPU by NVRTC, and its host-side checks.
+
+NVRTC needs no GPU: the kernel's source is compiled for Ampere and Hopper here, and its machine code read with the
+cuobjdump that Triton ships (no local memory, no stack: nothing spills). Its products are checked against
+``F.linear`` on a GPU in tests/test_bitmask_gpu.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+from sparsebench.kernels.bitmask_kept import CHUNK_COLUMNS, SOURCE, WARPS_PER_BLOCK, check_kept_operands, defines
+from sparsebench.kernels.nvrtc import NvrtcError, compile_cubin, nvrtc_library
+
+triton = pytest.importorskip("triton")
+
+
+def _nvrtc_or_skip() -> None:
+    try:
+        nvrtc_library()
+    except NvrtcError as error:
+        pytest.skip(f"NVRTC is not installed (pip install nvidia-cuda-nvrtc): {str(error).splitlines()[0]}")
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([cuobjdump, "-res-usage", handle.name], capture_output=True, text=True, check=True).stdout
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_kernel_compiles_without_spilling(arch, dtype):
+    _nvrtc_or_skip()
+    usage = _resource_usage(compile_cubin(SOURCE, arch, defines(dtype)))
+    assert usage["LOCAL"] == 0 and usage["STACK"] == 0
+    ours = WARPS_PER_BLOCK * CHUNK_COLUMNS * 2  # a list of 16-bit columns a warp
+    assert usage["SHARED"] in (ours, ours + 1024)  # sm_90 reserves 1 KB a block for the system
+    assert usage["REG"] <= 64  # eight warps a block leave room for eight blocks (64 warps) on a multiprocessor
+
+
+def test_compile_errors_carry_the_compilers_log():
+    _nvrtc_or_skip()
+    with pytest.raises(NvrtcError, match=r"(?s)could not compile broken\.cu for sm_90.*undefined_function"):
+        compile_cubin('extern "C" __global__ void broken() { undefined_function(); }', "sm_90", name="broken.cu")
+
+
+def test_only_real_architectures_and_half_precision():
+    with pytest.raises(ValueError, match="arch must name a real architecture"):
+        compile_cubin("", "compute_90")
+    with pytest.raises(TypeError, match="supports torch.float16 and torch.bfloat16, got torch.float32"):
+        defines(torch.float32)
+
+
+def test_operand_checks_name_what_the_kernel_needs():
+    values, offsets = torch.zeros(10, dtype=torch.float16), torch.zeros(4, 1, dtype=torch.int32)
+    with pytest.raises(ValueError, match="multiplies one token, got 2"):
+        check_kept_operands(torch.zeros(2, 64), values, torch.zeros(4, 8, dtype=torch.uint8), offsets)
+    with pytest.raises(ValueError, match="a multiple of 32 input columns .* got 9 bytes per row; use Launch.one_token='chunks'"):
+        check_kept_operands(torch.zeros(1, 72), values, torch.zeros(4, 9, dtype=torch.uint8), offsets)
+    with pytest.raises(ValueError, match="one entry per 1024 columns, got 2"):
+        check_kept_operands(torch.zeros(1, 64), values, torch.zeros(4, 8, dtype=torch.uint8), torch.zeros(4, 2, dtype=torch.int32))
