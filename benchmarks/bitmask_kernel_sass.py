@@ -6,7 +6,10 @@ Compiles the one-token kernels ``_chunk_kernel`` (``Launch.one_token="chunks"``,
 ``_one_token_kernel`` (``"bytes"``, the first one) and ``_tokens_kernel`` (sparsebench/kernels/bitmask_linear.py) for
 compute capability 9.0 (H100, H200) with Triton's own ptxas, disassembles them with the cuobjdump that
 Triton ships, finds the main loop (the longest backward branch) and divides its instruction count by
-the weights one thread covers in one step (``block_rows * block_bytes * 8 / (32 * warps)``).
+the weights one thread covers in one step (``block_rows * block_bytes * 8 / (32 * warps)``). Where NVRTC is
+installed (``nvidia-cuda-nvrtc``, a dev dependency) it also compiles the kept-weights CUDA kernel
+(sparsebench/kernels/bitmask_kept.py) and prints its basic blocks that find kept bits (instructions a bit, ``FLO``)
+and that multiply (instructions a product, ``FFMA``).
 At batch-1 decode a kernel that issues more instructions per weight than the GPU can issue while its
 bytes stream is bound by issue, not by memory: ``weights * instructions / (SMs * 4 * 32 * clock)``.
 Also prints the opcodes the loop spends most on, the shared-memory round trips (``STS``/``LDS``/
@@ -23,6 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -87,6 +91,39 @@ def main_loop(cubin: bytes) -> tuple[list[str], int]:
     return [text for address, text in instructions if start <= address <= stop], int(registers.group(1)) if registers else -1
 
 
+def kept_blocks() -> list[dict]:
+    """The kept-weights kernel (sparsebench/kernels/bitmask_kept.py, fp16, sm_90, compiled by NVRTC): its basic blocks that
+    find kept bits (``FLO``, step 3: instructions a bit) or multiply (``FFMA``, step 4: instructions a product)."""
+    from sparsebench.kernels import bitmask_kept
+    from sparsebench.kernels.nvrtc import compile_cubin
+
+    cubin = compile_cubin(bitmask_kept.SOURCE, "sm_90", bitmask_kept.defines(torch.float16))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "kept.cubin"
+        path.write_bytes(cubin)
+        sass = subprocess.run([_cuobjdump(), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+    instructions = [(int(found.group(1), 16), found.group(2)) for found in
+                    (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if found]
+    targets = {int(found.group(1), 16) for _, text in instructions if (found := re.search(r"BRA.*?0x([0-9a-f]+)", text))}
+    blocks, current = [], []
+    for address, text in instructions:  # a block ends at a branch and before a branch target
+        if address in targets and current:
+            blocks.append(current)
+            current = []
+        current.append((address, text))
+        if "BRA" in text or "EXIT" in text:
+            blocks.append(current)
+            current = []
+    rows = []
+    for block in blocks:
+        counts = collections.Counter(opcode(text) for _, text in block)
+        for marker, what in (("FLO", "instructions a kept bit found (step 3)"), ("FFMA", "instructions a product (step 4)")):
+            if counts[marker] >= 4:
+                rows.append({"start": f"{block[0][0]:04x}", "instructions": len(block), marker: counts[marker],
+                             "per": len(block) / counts[marker], "what": what})
+    return rows
+
+
 def opcode(instruction: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", instruction).split()[0].split(".")[0]
 
@@ -108,7 +145,14 @@ def main() -> None:
         print(f"{kernel:13s} T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
               f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
               f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
-    print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows}))
+    try:
+        kept = kept_blocks()
+    except RuntimeError as error:  # NVRTC missing (pip install nvidia-cuda-nvrtc) or refusing the source
+        kept = []
+        print(f"kept-weights kernel not compiled: {str(error).splitlines()[0]}")
+    for row in kept:
+        print(f"kept          block at {row['start']}: {row['instructions']} instructions, {row['per']:.2f} {row['what']}", flush=True)
+    print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows, "kept_blocks": kept}))
 
 
 if __name__ == "__main__":

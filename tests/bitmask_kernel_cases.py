@@ -18,6 +18,7 @@ os.environ["TRITON_INTERPRET"] = "1"
 import torch  # noqa: E402
 
 from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, bitmask_matmul, chunk_offsets  # noqa: E402
+from sparsebench.kernels.bitmask_unpack import unpack_dense  # noqa: E402
 from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
 from sparsebench.testing.compiled_ops import compiled_against_eager  # noqa: E402
 
@@ -44,7 +45,9 @@ CASES = [
     ("70% T=1 two splits", 9, 1100, 1, 0.7, Launch(1, 32, splits=2, prefetch=True, one_token="bytes"), torch.float16, True),
     ("70% T=5 two splits", 20, 1100, 5, 0.7, Launch(16, 16, splits=2, prefetch=True), torch.float16, True),
     ("50% T=64", 33, 200, 64, 0.5, Launch(16, 32), torch.float16, False),
-    ("80% T=65", 33, 200, 65, 0.8, Launch(16, 32), torch.float16, True),
+    ("80% T=65", 33, 200, 65, 0.8, Launch(16, 32), torch.float16, True),  # above 64 tokens: unpacked, the dense product
+    ("70% T=200 unpacked", 20, 2100, 200, 0.7, None, torch.float16, True),
+    ("60% T=70 bfloat16 unpacked", 16, 300, 70, 0.6, None, torch.bfloat16, True),
     # bfloat16 on the one-token path only: Triton 3.6's interpreter multiplies bfloat16 operands of
     # tl.dot as their uint16 bit patterns (interpreter.py, create_dot); tests/test_bitmask_gpu.py runs it compiled
     ("60% T=1 bfloat16", 16, 136, 1, 0.6, Launch(1, 16, one_token="bytes"), torch.bfloat16, True),
@@ -84,7 +87,7 @@ def main() -> None:
     # empty rows (no values, the next row's offset repeats) and full rows (every bit set); at 2,100
     # columns a full row fills whole 32-byte groups (256 kept weights, the largest group total)
     for cols, runs in ((264, ((1, Launch(1, 16, one_token="bytes"), "T=1"), (5, Launch(16, 16, prefetch=True), "T=5"))),
-                       (2100, ((1, CHUNKS_TWO_ROWS, "chunks T=1"),))):
+                       (2100, ((1, CHUNKS_TWO_ROWS, "chunks T=1"), (100, None, "unpacked T=100")))):
         weight = _weight(16, cols, 0.7, torch.float16, 50)
         weight[list(EMPTY_ROWS)] = 0
         weight[list(FULL_ROWS)] = torch.randn(len(FULL_ROWS), cols, generator=torch.Generator().manual_seed(51)).half()
@@ -92,6 +95,14 @@ def main() -> None:
             case = _product(weight, tokens, launch, True, 52)
             case["row_counts"] = (weight != 0).sum(dim=1).tolist()
             results[f"empty and full rows {label}"] = case
+        packed = pack_bitmask(weight)
+        results[f"unpack {cols} columns with empty and full rows"] = torch.equal(unpack_dense(packed.values, packed.bitmask, chunk_offsets(packed), cols), weight)
+    for rows, cols, sparsity, dtype in ((7, 2100, 0.7, torch.float16), (5, 1024, 0.5, torch.bfloat16), (3, 13, 0.0, torch.float16), (4, 40, 1.0, torch.float16)):
+        weight = _weight(rows, cols, sparsity, dtype, rows + cols)
+        packed = pack_bitmask(weight)
+        out = torch.full((rows, cols), 7.0, dtype=dtype)  # every position written, kept or not
+        unpacked = unpack_dense(packed.values, packed.bitmask, chunk_offsets(packed), cols, out=out)
+        results[f"unpack {rows}x{cols} {sparsity:.0%} {str(dtype).removeprefix('torch.')}"] = unpacked is out and torch.equal(out, weight)
     # the module: inputs [..., in], bias kept, no dense copy
     linear = torch.nn.Linear(300, 40, dtype=torch.float16)
     with torch.no_grad():

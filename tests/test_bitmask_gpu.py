@@ -113,3 +113,13 @@ def test_kept_kernel_refuses_columns_that_are_not_32_bit_words():
     module = BitmaskLinear.from_linear(linear, Launch(1, 128, 8, one_token="kept"))
     with pytest.raises(ValueError, match="a multiple of 32 input columns"):
         module(torch.randn(1, 100, device="cuda", dtype=torch.float16))
+
+
+@pytest.mark.parametrize("rows, cols", SHAPES)
+def test_prefill_unpacks_the_weight_exactly_and_takes_the_dense_product(rows, cols):
+    from sparsebench.kernels.bitmask_unpack import unpack_dense
+
+    linear = _pruned_linear(rows, cols, 0.7, torch.float16, True, rows + 2 * cols)
+    module = BitmaskLinear.from_linear(linear)
+    assert torch.equal(unpack_dense(module.values, module.bitmask, module.chunk_offsets, cols), linear.weight)
+    _assert_as_close_as_f_linear_with_bias(module, linear, torch.randn(2048, cols, device="cuda", dtype=torch.float16))

@@ -31,7 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PRODUCTS = ["chunks 50% T=1 one row", "chunks 70% T=1 two rows", "chunks 80% T=1 whole chunks", "chunks 70% T=1 two splits",
             "chunks 70% T=1 whole chunks two splits",
             "chunks 60% T=1 bfloat16", "empty and full rows chunks T=1", "50% T=1", "70% T=1 default launch", "80% T=1", "70% T=1 two splits", "70% T=5 two splits", "50% T=64",
-            "80% T=65", "60% T=1 bfloat16", "empty and full rows T=1", "empty and full rows T=5", "BitmaskLinear [2, 3, 300]"]
+            "80% T=65", "70% T=200 unpacked", "60% T=70 bfloat16 unpacked", "60% T=1 bfloat16", "empty and full rows T=1",
+            "empty and full rows T=5", "empty and full rows unpacked T=100", "BitmaskLinear [2, 3, 300]"]
+UNPACKED = ["unpack 264 columns with empty and full rows", "unpack 2100 columns with empty and full rows", "unpack 7x2100 70% float16",
+            "unpack 5x1024 50% bfloat16", "unpack 3x13 0% float16", "unpack 4x40 100% float16"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,12 @@ def interpreted() -> dict:
 @pytest.mark.parametrize("case", PRODUCTS)
 def test_kernel_matches_the_float64_product_to_rounding(interpreted, case):
     assert interpreted[case]["error_over_bound"] <= 1.0  # above 1: a wrong value, not rounding
+
+
+@pytest.mark.parametrize("case", UNPACKED)
+def test_unpacking_gives_the_dense_weight_exactly(interpreted, case):
+    """Partial chunks and bytes (2,100 and 13 columns), empty and full rows, no weight kept, every one kept, into ``out``."""
+    assert interpreted[case] is True
 
 
 def test_cases_cover_the_shapes_they_name(interpreted):

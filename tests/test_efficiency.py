@@ -83,7 +83,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
     result = evaluate_efficiency(model, linears, spec, Execution("cpu"), None, 256)
     assert result["runs"]["dense_stored"]["modes"]["eager"]["prefill"]["seqlen"] == 256  # capped at the model's context
     assert [skip["why"] for skip in result["skipped"] if skip["what"] == "sparse kernels"] == [
-        "the sparse kernels (cuSPARSELt 2:4, the Triton bitmask kernel) need a CUDA GPU; this case ran on the CPU"]
+        "the sparse kernels (cuSPARSELt 2:4, the bitmask kernels) need a CUDA GPU; this case ran on the CPU"]
 
 
 @pytest.mark.parametrize(

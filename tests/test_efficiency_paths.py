@@ -90,15 +90,19 @@ def test_swapped_replaces_the_pruned_linears_counts_their_bytes_and_puts_them_ba
 
 def test_the_unstructured_path_is_wired_to_bitmask_linear(monkeypatch):
     """The agreed interface (BitmaskLinear.from_linear, weight_bytes) through a test-only stand-in module."""
+    class _Kept(_StandIn):
+        one_token_kernel = "kept"  # as BitmaskLinear says which one-token kernel it runs
+
     stand_in = types.ModuleType("sparsebench.kernels.bitmask_linear")
-    stand_in.BitmaskLinear = _StandIn
+    stand_in.BitmaskLinear = _Kept
     monkeypatch.setitem(sys.modules, "sparsebench.kernels.bitmask_linear", stand_in)
     assert [path.name for path in paths_for("unstructured")] == ["bitmask"]
     assert [path.name for path in paths_for("2:4")] == ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] and paths_for("4:8") == []
     model = tiny_model("llama")
     linears = _linears(model)
     run, skipped = _path_run(model, linears, (), PATHS["bitmask"], SPEC, "cpu", 256, PeakMemory("cpu"), False)
-    assert skipped == [] and run["path"].startswith("Triton kernel on the sparse-bitmask layout")
+    assert skipped == [] and run["path"].startswith("kernels on the sparse-bitmask layout")
+    assert run["one_token_kernels"] == {"kept": len(linears)}
     assert set(run["modes"]) == {"eager", "static_eager"} and "prefill" not in run["modes"]["static_eager"]
     assert run["weight_bytes_in_memory"] == weight_bytes_in_memory(model) - sum(linear.weight.numel() * 2 for linear in linears)
 

@@ -256,7 +256,7 @@ def sparse_path_problem(device: str, pattern, dtype: torch.dtype, linears: list)
     if not paths_for(pattern_name(pattern)):
         return f"no sparse kernel for {pattern_name(pattern)} sparsity (kernels exist for 2:4 and unstructured)"
     if not device.startswith("cuda"):
-        return "the sparse kernels (cuSPARSELt 2:4, the Triton bitmask kernel) need a CUDA GPU; this case ran on the CPU"
+        return "the sparse kernels (cuSPARSELt 2:4, the bitmask kernels) need a CUDA GPU; this case ran on the CPU"
     capability = torch.cuda.get_device_capability(device)
     if capability < (8, 0):
         return f"the sparse kernels need compute capability 8.0 or more; this GPU has {capability[0]}.{capability[1]}"

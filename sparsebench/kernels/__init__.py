@@ -3,6 +3,7 @@
 - ``semi_sparse``: 2:4 weights through cuSPARSELt, called directly (``SemiSparseLinear``);
 - ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, Triton kernels (``BitmaskLinear``);
 - ``bitmask_kept``: the one-token product on that layout that walks only the kept weights, CUDA C++ (from 65 % sparsity);
+- ``bitmask_unpack``: that layout unpacked to the dense weight for one call (a prefill), a Triton kernel;
 - ``nvrtc``: CUDA C++ compiled at run time by NVRTC and launched through the driver (no toolkit needed);
 - ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);
 - ``transpose``: a tiled Triton transpose, which puts cuSPARSELt's ``W @ x.T`` into ``[tokens, out]``;

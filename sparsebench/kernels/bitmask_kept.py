@@ -28,7 +28,8 @@ How, one warp per output row, one 1,024-column chunk at a time:
 The warp's sum is reduced by shuffles and lane 0 writes the row's output (plus the bias). Step 3 costs its
 lanes the most bits of any word in the chunk (at 70 % about 15 steps for 9.6 bits on average), step 4 one
 step per 32 kept weights; the chunks of a row need no running offset (``chunk_offsets`` starts each). In sm_90
-machine code step 3 takes 54 instructions for eight bits and step 4 about 8 a kept weight.
+machine code step 3 takes 54 instructions for eight bits and step 4 about 9 a kept weight
+(``python benchmarks/bitmask_kernel_sass.py``).
 
 Measured on an H100 against the Triton ``chunks`` kernel (docs/efficiency.md, "The kept-weights kernel"): its time
 follows the kept weights, the ``chunks`` kernel's every position, so it is 1.13-1.31x faster at 70-80 % sparsity

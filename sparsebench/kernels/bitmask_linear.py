@@ -2,7 +2,8 @@
 
 One token at 65 % sparsity or more (a density of at most ``KEPT_DENSITY_LIMIT``) runs ``bitmask_kept``'s CUDA C++
 kernel, which walks only the kept weights; denser weights, and shapes or GPUs it does not take, run the Triton
-``chunks`` kernel below (``default_launch``). Several tokens run the Triton tensor-core kernel.
+``chunks`` kernel below (``default_launch``). 2 to 64 tokens run the Triton tensor-core kernel; more (a prefill)
+unpack the weight for the call (``bitmask_unpack``) and take the dense product, whatever the launch.
 
 What it computes: ``y = x @ W^T (+ bias)`` for ``x [T, in]`` in float16 or bfloat16 (any ``T``; made
 for decode, 1 to 64 tokens), with ``W [out, in]`` given as compressed-tensors 0.13's
@@ -82,10 +83,12 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from sparsebench.kernels.bitmask_kept import MIN_CAPABILITY as KEPT_CAPABILITY
 from sparsebench.kernels.bitmask_kept import WARPS_PER_BLOCK as KEPT_WARPS_PER_BLOCK
 from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
+from sparsebench.kernels.bitmask_unpack import unpack_dense
 from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.kernels.launching import check_one_device, check_powers_of_two, interpreted, split_output, summed
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
@@ -98,6 +101,9 @@ ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept")
 # faster at 80 % and slower at 50 %; so the default takes kept from 65 % sparsity
 KEPT_DENSITY_LIMIT = 0.35
 _MAX_TOKENS_PER_PROGRAM = 64
+# more tokens than this (a prefill) unpack the weight and take the dense product: the tensor-core kernel would decode
+# the weight again for every 64 tokens (a 2,048-token prefill took about 50 times dense's time on an H100)
+UNPACK_ABOVE_TOKENS = _MAX_TOKENS_PER_PROGRAM
 _BYTE_COUNTS = torch.tensor([bin(byte).count("1") for byte in range(256)], dtype=torch.int32)
 
 
@@ -448,6 +454,8 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
     check_one_device([x2d, packed.values, packed.bitmask, offsets] + ([bias] if bias is not None else []), "bitmask_matmul")
     if tokens == 0:
         return x2d.new_empty(0, rows)
+    if tokens > UNPACK_ABOVE_TOKENS:  # a prefill: the dense product on the weight unpacked for this call (bitmask_unpack)
+        return F.linear(x2d, unpack_dense(packed.values, packed.bitmask, offsets, cols), bias)
     if tokens == 1 and launch.one_token == "kept":
         if interpreted():
             raise RuntimeError("the 'kept' kernel is CUDA C++ (NVRTC), which Triton's interpreter cannot run; use one_token='chunks' there")

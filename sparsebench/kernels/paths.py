@@ -5,8 +5,9 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
 - ``cusparselt``: 2:4 through cuSPARSELt called directly (``sparsebench.kernels.semi_sparse``);
 - ``semi_structured``: 2:4 through PyTorch's tensor subclass ``torch.sparse.to_sparse_semi_structured`` under an
   ``nn.Linear`` (cuSPARSELt too, but with the default algorithm id and the subclass's host work on every call);
-- ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout, a Triton kernel
-  (``sparsebench.kernels.bitmask_linear``);
+- ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout: at one token the kept-weights CUDA kernel from 65 %
+  sparsity, else Triton kernels; above 64 tokens the weight unpacked for the call and the dense product
+  (``sparsebench.kernels.bitmask_linear``, ``bitmask_kept``, ``bitmask_unpack``);
 - ``cusparselt_gemv24``: 2:4, both cuSPARSELt's packed weight and the ``sparse-24-bitmask`` layout held, the
   kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
 - ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count.
@@ -48,7 +49,8 @@ PATHS = {
                    "the MLP's input projections hand [out, tokens] on as it lies, read row-major by the output projection", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
         SparsePath("semi_structured", "torch.sparse.to_sparse_semi_structured weight under nn.Linear (tensor subclass, default algorithm id)",
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
-        SparsePath("bitmask", "Triton kernel on the sparse-bitmask layout (bitmask + packed non-zeros)", ("unstructured",),
+        SparsePath("bitmask", "kernels on the sparse-bitmask layout (bitmask + packed non-zeros): one token from 65 % sparsity the kept-weights "
+                   "CUDA kernel, else Triton; above 64 tokens the weight unpacked for the call and the dense product", ("unstructured",),
                    "sparsebench.kernels.bitmask_linear", "BitmaskLinear.from_linear"),
         SparsePath("cusparselt_gemv24", f"2:4, both forms held: calls of <= {GEMV24_MAX_TOKENS} token(s) through the Triton kernel on the sparse-24-bitmask "
                    f"layout (gemv24), more through cuSPARSELt called directly; weights in memory count both (about 0.56 + 0.58 of dense)",
