@@ -32,8 +32,8 @@ machine code step 3 takes 54 instructions for eight bits and step 4 about 9 a ke
 (``python benchmarks/bitmask_kernel_sass.py``).
 
 Measured on an H100 against the Triton ``chunks`` kernel (docs/efficiency.md, "The kept-weights kernel"): its time
-follows the kept weights, the ``chunks`` kernel's every position, so it is 1.13-1.31x faster at 70-80 % sparsity
-and 6-16 % slower at 50-60 %; ``bitmask_linear.default_launch`` takes it from 65 %. Two other orders were timed and
+follows the kept weights, the ``chunks`` kernel's every position, so it is 1.05-1.31x as fast at 70-80 % sparsity
+and 6-19 % slower at 50-60 %; ``bitmask_linear.default_launch`` takes it from 65 %. Two other orders were timed and
 not kept: without step 2 (values loaded after the list) it was slower than ``chunks`` at 70 %; copying the values
 to shared memory asynchronously (``cp.async``) a chunk ahead was no faster than step 2.
 
@@ -49,10 +49,11 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from sparsebench.kernels.launching import INDEX_BYTES
 from sparsebench.kernels.nvrtc import CompiledKernel, compile_cubin
 
 KERNEL_NAME = "bitmask_kept_gemv"
-CHUNK_COLUMNS = 1024  # 128 mask bytes: one chunk_offsets entry, one warp's list
+CHUNK_COLUMNS = 8 * INDEX_BYTES  # one chunk_offsets entry, one warp's list
 WARPS_PER_BLOCK = 8
 VALUES_PER_LANE = 16  # values of a chunk a lane loads ahead of use (512 a chunk; a denser chunk reads the rest after)
 MIN_CAPABILITY = (8, 0)  # __reduce_max_sync (a warp's largest bit count) needs compute capability 8.0
@@ -70,7 +71,9 @@ SOURCE = r"""
 #if VALUES_PER_LANE % 4
 #error VALUES_PER_LANE must be a multiple of 4
 #endif
+#ifndef CHUNK_COLUMNS
 #define CHUNK_COLUMNS 1024
+#endif
 #define FULL 0xffffffffu
 
 __device__ __forceinline__ float as_float(unsigned short bits) {
@@ -184,7 +187,8 @@ def defines(dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> dict[
     """The source's macros for ``dtype`` (float16 or bfloat16) and ``warps_per_block``."""
     if dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"the kept-weights kernel supports torch.float16 and torch.bfloat16, got {dtype}")
-    return {"IS_BF16": int(dtype == torch.bfloat16), "WARPS_PER_BLOCK": warps_per_block, "VALUES_PER_LANE": VALUES_PER_LANE}
+    return {"IS_BF16": int(dtype == torch.bfloat16), "WARPS_PER_BLOCK": warps_per_block, "VALUES_PER_LANE": VALUES_PER_LANE,
+            "CHUNK_COLUMNS": CHUNK_COLUMNS}
 
 
 @lru_cache(maxsize=None)

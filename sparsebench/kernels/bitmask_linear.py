@@ -90,15 +90,14 @@ from sparsebench.kernels.bitmask_kept import WARPS_PER_BLOCK as KEPT_WARPS_PER_B
 from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
 from sparsebench.kernels.bitmask_unpack import unpack_dense
 from sparsebench.kernels.custom_ops import row_product_op
-from sparsebench.kernels.launching import check_one_device, check_powers_of_two, interpreted, split_output, summed
+from sparsebench.kernels.launching import INDEX_BYTES, check_one_device, check_powers_of_two, interpreted, split_output, summed
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
-INDEX_BYTES = 128  # mask bytes (1,024 columns) per entry of chunk_offsets; a split starts on one
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept")
 # the kept kernel's cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
-# shapes (docs/data/efficiency_gpu/h100_2026-12-05g_bitmask_kept.txt) the two are within a few per cent at 70 %, kept is
-# faster at 80 % and slower at 50 %; so the default takes kept from 65 % sparsity
+# shapes (docs/data/efficiency_gpu/h100_2026-12-05g_bitmask_one_token.txt) kept is 1.05-1.14x as fast at 70 %, 1.25-1.31x
+# at 80 %, 0.84-0.94x at 50-60 %; so the default takes kept from 65 % sparsity
 KEPT_DENSITY_LIMIT = 0.35
 _MAX_TOKENS_PER_PROGRAM = 64
 # more tokens than this (a prefill) unpack the weight and take the dense product: the tensor-core kernel would decode

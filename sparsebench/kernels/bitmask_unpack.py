@@ -26,9 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from sparsebench.kernels.launching import check_one_device
-
-INDEX_BYTES = 128  # mask bytes per program: one chunk_offsets entry (bitmask_linear.INDEX_BYTES)
+from sparsebench.kernels.launching import INDEX_BYTES, check_one_device
 
 
 @triton.jit

@@ -1,5 +1,5 @@
-"""What the Triton kernels' Python launchers share: where they may run, their launch checks, and the float32
-partial sums of a product split along its input dimension.
+"""What the Triton kernels' Python launchers share: where they may run, their launch checks, the float32
+partial sums of a product split along its input dimension, and the ``sparse-bitmask`` kernels' index chunk.
 
 Used by ``bitmask_linear`` (the ``sparse-bitmask`` kernels) and ``gemv24`` (the ``sparse-24-bitmask`` kernels).
 """
@@ -10,6 +10,10 @@ import os
 
 import torch
 from torch import Tensor
+
+# mask bytes (1,024 columns) per entry of a sparse-bitmask weight's chunk_offsets, the index every bitmask kernel starts
+# from: bitmask_linear's kernels (a split starts on one), bitmask_kept's chunks and bitmask_unpack's programs
+INDEX_BYTES = 128
 
 
 def interpreted() -> bool:

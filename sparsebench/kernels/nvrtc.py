@@ -4,8 +4,9 @@ Why not ``torch.cuda._compile_kernel``: it is private, it asks ``torch.utils.cpp
 toolkit's include folder (an error where no toolkit is installed, as on machines that have only pip's CUDA
 wheels), and it cannot run without a CUDA build of torch, so a kernel's source could not even be compiled on
 a CPU machine. Here the kernels include no headers, so NVRTC needs no toolkit: the library that the CUDA
-builds of torch install (the ``nvidia-cuda-nvrtc`` wheel) is enough, and on a CPU machine the same wheel
-compiles the sources for a test (tests/test_bitmask_kept.py).
+builds of torch install is enough (torch 2.11.0's Linux wheel on PyPI requires ``cuda-toolkit[...,nvrtc,...]==13.0.2``,
+which requires ``nvidia-cuda-nvrtc==13.0.88.*``; both read from their metadata with pip), and on a CPU machine the
+same wheel compiles the sources for a test (tests/test_bitmask_kept.py).
 
 - ``nvrtc_library()``: the NVRTC shared library, the one matching torch's CUDA major version first;
 - ``compile_cubin(source, arch, defines)``: machine code for one architecture (``"sm_90"``), or
