@@ -204,8 +204,7 @@ def _input_groups(model, family: str = "llama") -> list[tuple]:
     """The linears of every block grouped by the input they read (q/k/v, o, gate/up, down): the adapter's ``input_groups``."""
     from sparsebench.models.adapters import adapter_for
 
-    adapter = adapter_for("auto", family)
-    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    return adapter_for("auto", family).grouped_linears(model)
 
 
 def _block_linears(model) -> list:
@@ -216,8 +215,7 @@ def _mlp_inputs(model, family: str = "llama") -> list:
     """The MLP's input projections of every block: the linears whose outputs a cuSPARSELt path may hand on features-major."""
     from sparsebench.models.adapters import adapter_for
 
-    adapter = adapter_for("auto", family)
-    return [block.get_submodule(name) for block in adapter.get_blocks(model) for name in adapter.mlp_input_linears]
+    return adapter_for("auto", family).mlp_input_modules(model)
 
 
 def _reprune(model, linears, sparsity: str, seed: int = 0) -> None:

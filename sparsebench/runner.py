@@ -244,11 +244,9 @@ def _efficiency(spec: CaseSpec, loaded: LoadedModel) -> StageOutput:
     if spec.is_dense and linears and all(is_2of4(linear.weight) for linear in linears):  # a 2:4 export loaded back: its 2:4 paths
         pattern = NMPattern(2, 4)
     adapter = loaded.adapter
-    blocks = adapter.get_blocks(loaded.model)
-    mlp_inputs = [block.get_submodule(name) for block in blocks for name in adapter.mlp_input_linears]
-    groups = [tuple(block.get_submodule(name) for name in group) for block in blocks for group in adapter.input_groups]
     result = efficiency.evaluate_efficiency(
-        loaded.model, linears, spec.efficiency, spec.execution(1), pattern, loaded.context_length, features_major=mlp_inputs, groups=groups
+        loaded.model, linears, spec.efficiency, spec.execution(1), pattern, loaded.context_length,
+        features_major=adapter.mlp_input_modules(loaded.model), groups=adapter.grouped_linears(loaded.model),
     )
     return StageOutput({"metrics": {"efficiency": result}}, {"eval_efficiency_s": time.perf_counter() - started})
 

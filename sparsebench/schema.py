@@ -107,7 +107,8 @@ class EfficiencyConfig:
     warmup: int = field(default=1, metadata=defining())  # untimed calls before each measurement
     repeats: int = field(default=5, metadata=defining())  # timed calls; the median is reported
     sparse_kernels: str = field(default="auto", metadata=defining())  # auto: the sparse paths of the case's pattern on a CUDA GPU; off
-    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph"], metadata=defining())  # eager, static_eager, cuda_graph, compiled_graph
+    # eager, static_eager, cuda_graph, compiled_graph (conf/eval/efficiency.yaml sets eager, cuda_graph, compiled_graph)
+    modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph", "compiled_graph"], metadata=defining())
     # true: the linears that read one input (q/k/v, gate/up) run as one product on every side; null: false (earlier ids stay)
     fuse_projections: Optional[bool] = field(default=None, metadata=defining("set"))
 

@@ -95,8 +95,7 @@ def _mlp_inputs(model) -> list:
 def _input_groups(model) -> list[tuple]:
     from sparsebench.models.adapters import adapter_for
 
-    adapter = adapter_for("auto", "llama")
-    return [tuple(block.get_submodule(name) for name in group) for block in adapter.get_blocks(model) for group in adapter.input_groups]
+    return adapter_for("auto", "llama").grouped_linears(model)
 
 
 @pytest.mark.parametrize("shape", [(4096, 2048), (11008, 2048), (4096, 16), (11008, 8192), (100, 37)])

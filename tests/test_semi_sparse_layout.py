@@ -70,6 +70,17 @@ def test_the_mlp_input_projections_are_named_for_every_family():
     assert adapter_for("auto", "phi").mlp_input_linears == ("mlp.fc1",)
 
 
+def test_the_adapter_hands_out_every_blocks_grouped_linears_and_mlp_inputs():
+    model = tiny_model("llama")
+    adapter = adapter_for("auto", "llama")
+    blocks = adapter.get_blocks(model)
+    groups = adapter.grouped_linears(model)
+    assert len(groups) == len(blocks) * len(adapter.input_groups)
+    assert groups[0] == (blocks[0].self_attn.q_proj, blocks[0].self_attn.k_proj, blocks[0].self_attn.v_proj)
+    assert groups[-1] == (blocks[-1].mlp.down_proj,)
+    assert adapter.mlp_input_modules(model) == [module for block in blocks for module in (block.mlp.gate_proj, block.mlp.up_proj)]
+
+
 def test_features_major_outputs_reach_the_output_projection_row_major_and_give_the_dense_output(cusparselt):
     model, mlp, linears, mlp_inputs, x = _mlp_and_input(32)
     with torch.no_grad():

@@ -79,6 +79,14 @@ class FamilyAdapter:
     def get_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         return {name: block.get_submodule(name) for name in self.linear_names}
 
+    def grouped_linears(self, model: nn.Module) -> list[tuple[nn.Linear, ...]]:
+        """Every block's linears grouped by the input they read (``input_groups``), block after block."""
+        return [tuple(block.get_submodule(name) for name in group) for block in self.get_blocks(model) for group in self.input_groups]
+
+    def mlp_input_modules(self, model: nn.Module) -> list[nn.Linear]:
+        """Every block's MLP input projections (``mlp_input_linears``), block after block."""
+        return [block.get_submodule(name) for block in self.get_blocks(model) for name in self.mlp_input_linears]
+
 
 class _SoftCappedHead(nn.Module):
     """``cap * tanh(head(x) / cap)``: Gemma's final logit soft-capping (as in Gemma2/3ForCausalLM.forward)."""
