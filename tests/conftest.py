@@ -21,6 +21,18 @@ PTB_TEST = SHARED_DATA / "ptb" / "test.txt"
 __all__ = ["SHARED_DATA", "WIKITEXT_TEST", "PTB_TEST", "compose_config", "tiny_case_overrides"]
 
 
+@pytest.fixture(autouse=True)
+def _gpu_errors_stay_with_their_test(request):
+    """After each GPU test, wait for its kernels: a fault they cause (CUDA reports them asynchronously, at the next
+    call that waits) fails that test's teardown instead of the first CUDA call of a later test."""
+    yield
+    if request.node.get_closest_marker("gpu") is not None:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+
 def require_local(path: Path) -> Path:
     """``path``, or skip the test with one line saying where the local copy is expected."""
     if not path.exists():

@@ -40,6 +40,10 @@ to shared memory asynchronously (``cp.async``) a chunk ahead was no faster than 
 Requirements, checked before the launch with an error that names them: a CUDA tensor, one token, the mask's
 bytes per row a multiple of 4 (columns a multiple of 32, so a row's words are 4-byte aligned), tensors
 contiguous. The kernel is compiled once per architecture, dtype and block size (NVRTC, ``kernels.nvrtc``).
+
+The same source builds for the CPU (its ``__CUDA_ARCH__`` branches replace the PTX conversions):
+tests/test_kernels_on_the_host.py runs it there a host thread a GPU thread (``sparsebench/testing/warp_emulation.h``)
+under AddressSanitizer and ThreadSanitizer.
 """
 
 from __future__ import annotations
@@ -79,14 +83,17 @@ SOURCE = r"""
 __device__ __forceinline__ float as_float(unsigned short bits) {
 #if IS_BF16
   return __uint_as_float(((unsigned int)bits) << 16);
-#else
+#elif defined(__CUDA_ARCH__)
   float value;
   asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
   return value;
+#else
+  return emu_half_to_float(bits);
 #endif
 }
 
 __device__ __forceinline__ unsigned short from_float(float value) {
+#if defined(__CUDA_ARCH__)
   unsigned short bits;
 #if IS_BF16
   asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(value));
@@ -94,12 +101,21 @@ __device__ __forceinline__ unsigned short from_float(float value) {
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
 #endif
   return bits;
+#elif IS_BF16
+  return emu_float_to_bf16(value);
+#else
+  return emu_float_to_half(value);
+#endif
 }
 
 __device__ __forceinline__ unsigned int shift_left(unsigned int value, unsigned int amount) {
+#if defined(__CUDA_ARCH__)
   unsigned int shifted;  // PTX clamps amounts above 32 to 32 (C++ leaves them undefined)
   asm("shl.b32 %0, %1, %2;" : "=r"(shifted) : "r"(value), "r"(amount));
   return shifted;
+#else
+  return amount >= 32 ? 0u : value << amount;
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS_PER_BLOCK * 32)

@@ -1,0 +1,106 @@
+"""The CUDA C++ kernels' own sources run on this CPU (sparsebench/testing/warp_emulation.h, a host thread a GPU thread),
+built with AddressSanitizer (every access inside the caller's buffers) and ThreadSanitizer (no lane reads shared memory
+that another lane wrote without a ``__syncwarp`` between): the products equal the float64 product within rounding.
+
+The GPU tests (tests/test_bitmask_gpu.py) check the same kernel's machine code at LLaMA-2-7B shapes; these check its
+logic and its memory accesses at small edge shapes on every CI run. Two tests break the source on purpose and expect
+each sanitizer to report it, so that neither check passes by not looking.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsebench.kernels.bitmask_kept import SOURCE, defines
+from sparsebench.kernels.bitmask_linear import chunk_offsets
+from sparsebench.sparse_layout import pack_bitmask
+from sparsebench.testing.host_cuda import HostKernelError, build_host_program, host_compiler, run_host_program
+
+MAIN = Path(__file__).with_name("host_kernels") / "bitmask_kept_main.cpp"
+
+pytestmark = pytest.mark.skipif(host_compiler() is None, reason="needs a C++ compiler (g++ or clang++) to build kernels for the CPU")
+
+_BUILT: dict[tuple, Path] = {}
+
+
+def _program(tmp_path_factory, dtype: torch.dtype, warps: int, sanitizer: str, source: str = SOURCE) -> Path:
+    key = (dtype, warps, sanitizer, source)
+    if key not in _BUILT:
+        folder = tmp_path_factory.mktemp(f"kept_{str(dtype)[6:]}_{warps}_{sanitizer}")
+        _BUILT[key] = build_host_program(source, MAIN, defines(dtype, warps), sanitizer, folder)
+    return _BUILT[key]
+
+
+def _weight(rows: int, cols: int, density: float, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(rows, cols, generator=g) * cols**-0.5).to(dtype)
+    weight[torch.rand(rows, cols, generator=g) >= density] = 0
+    if rows > 2:
+        weight[1] = 0  # an empty row
+        weight[2] = (torch.rand(cols, generator=g) + 0.5).to(dtype)  # a full row
+    return weight
+
+
+def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    packed = pack_bitmask(weight)
+    offsets = chunk_offsets(packed)
+    rows, cols = weight.shape
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {"x": x.view(torch.int16), "values": packed.values.view(torch.int16), "words": packed.bitmask.view(torch.int32),
+              "offsets": offsets, **({"bias": bias.view(torch.int16)} if bias is not None else {})}
+    for name, tensor in arrays.items():
+        (folder / f"{name}.bin").write_bytes(tensor.contiguous().numpy().tobytes())
+    run_host_program(program, [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))])
+    out = torch.frombuffer(bytearray((folder / "out.bin").read_bytes()), dtype=torch.int16)
+    return out.view(x.dtype)
+
+
+def _expect_product(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> None:
+    exact = weight.double() @ x.double() + (bias.double() if bias is not None else 0)
+    rounding = torch.finfo(x.dtype).eps  # the output's own rounding, plus float32 sums of a few thousand products
+    scale = (weight.double().abs() @ x.double().abs()) + (bias.double().abs() if bias is not None else 0)
+    assert torch.all((out.double() - exact).abs() <= rounding * exact.abs() + 1e-5 * scale + 1e-30), (out, exact)
+
+
+@pytest.mark.parametrize("dtype, warps, rows, cols, density, bias", [
+    (torch.float16, 8, 21, 2080, 0.3, True),     # three chunks, the last of two words; 21 rows: a block's last warps idle
+    (torch.bfloat16, 2, 9, 96, 0.7, False),      # one chunk of three words
+    (torch.float16, 1, 4, 4096, 0.95, False),    # denser than the registers hold (the tail loop)
+    (torch.float16, 4, 6, 1024, 0.0, True),      # nothing kept but the full row
+])
+def test_the_kept_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, tmp_path, dtype, warps, rows, cols, density, bias):
+    weight = _weight(rows, cols, density, dtype, seed=rows + cols)
+    x = torch.randn(cols, generator=torch.Generator().manual_seed(1)).to(dtype)
+    b = torch.randn(rows, generator=torch.Generator().manual_seed(2)).to(dtype) if bias else None
+    out = _run(_program(tmp_path_factory, dtype, warps, "address"), tmp_path, weight, x, b)
+    _expect_product(out, weight, x, b)
+
+
+def test_the_kept_kernels_lanes_share_memory_only_across_a_syncwarp(tmp_path_factory, tmp_path):
+    weight = _weight(3, 2048, 0.4, torch.float16, seed=3)
+    x = torch.randn(2048, generator=torch.Generator().manual_seed(4)).to(torch.float16)
+    out = _run(_program(tmp_path_factory, torch.float16, 1, "thread"), tmp_path, weight, x, None)
+    _expect_product(out, weight, x, None)
+
+
+def test_a_read_past_the_values_is_reported(tmp_path_factory, tmp_path):
+    guarded = "held[i] = lane + 32 * i < total ? __ldg(chunk_values + lane + 32 * i) : (unsigned short)0;"
+    assert guarded in SOURCE
+    broken = SOURCE.replace(guarded, "held[i] = __ldg(chunk_values + lane + 32 * i);")
+    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # the last row sparse: its over-read leaves the buffer
+    x = torch.ones(1024, dtype=torch.float16)
+    with pytest.raises(HostKernelError, match="heap-buffer-overflow"):
+        _run(_program(tmp_path_factory, torch.float16, 1, "address", broken), tmp_path, weight, x, None)
+
+
+def test_a_missing_syncwarp_is_reported(tmp_path_factory, tmp_path):
+    fence = "    __syncwarp();\n    const unsigned long long chunk_x"
+    assert fence in SOURCE
+    broken = SOURCE.replace(fence, "    const unsigned long long chunk_x")
+    weight = _weight(3, 1024, 0.5, torch.float16, seed=6)
+    x = torch.ones(1024, dtype=torch.float16)
+    with pytest.raises(HostKernelError, match="data race"):
+        _run(_program(tmp_path_factory, torch.float16, 1, "thread", broken), tmp_path, weight, x, None)
