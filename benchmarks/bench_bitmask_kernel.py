@@ -16,10 +16,11 @@ It prints, per case: the dense and sparse time, the ratio dense / sparse (above 
 the bytes of the layout over the dense fp16 bytes (``BitmaskLinear.weight_bytes``: values, bitmask,
 row offsets and the kernel's chunk offsets), the effective bandwidth of each (weight bytes read
 over time) and the ratio the bytes alone would give at dense's bandwidth (``1 / bytes ratio``),
-and the largest difference to ``F.linear`` on one copy. At one token it times the three one-token kernels: the
-CUDA C++ ``kept`` kernel (``KEPT_ONE_TOKEN``) and the two Triton ones in the launches they had as defaults
-(``CHUNKS_ONE_TOKEN``, ``BYTES_ONE_TOKEN``), and prints, per shape and sparsity, dense / kept, dense / chunks and
-chunks / kept (above 1: the kept kernel is faster) and which of the two ``default_launch`` takes at that density. ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
+and the largest difference to ``F.linear`` on one copy. At one token it times the four one-token kernels: the
+CUDA C++ ``kept`` and ``walk`` kernels and the two Triton ones in the launches they had as defaults
+(``ONE_TOKEN_LABELS``, ``bitmask_linear.one_token_launch``), and prints, per shape and sparsity, dense /
+kept, dense / chunks, chunks / kept (above 1: the kept kernel is faster), dense / walk and kept / walk (above 1: the
+walking kernel is faster), and which kernel ``default_launch`` takes at that density. ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
 ``--sweep-tokens`` (1 and 16) and reports both the default launch and the fastest for those.
 The last line is one JSON object with every figure.
 """
@@ -36,21 +37,19 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, default_launch
+from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, default_launch, one_token_launch
 
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
-# the Triton one-token kernels as they were the default: chunks (until the kept kernel), bytes (before chunks)
-def CHUNKS_ONE_TOKEN(rows: int) -> Launch:  # noqa: N802 (a constant per row count)
-    return Launch(2 if rows >= 8192 else 1, 128, 1)
-
-
-BYTES_ONE_TOKEN = Launch(1, 32, 1, one_token="bytes")
-KEPT_ONE_TOKEN = Launch(1, 128, 8, one_token="kept")  # the CUDA C++ kernel (sparsebench/kernels/bitmask_kept.py)
+# the one-token kernels by name, each in its own launch (bitmask_linear.one_token_launch): the CUDA C++ kernels (kept:
+# sparsebench/kernels/bitmask_kept.py; walk: bitmask_walk.py) and the Triton ones as they were the default (chunks until
+# the kept kernel, bytes before chunks)
+ONE_TOKEN_LABELS = {"kept": "kept (CUDA)", "walk": "walk (CUDA)", "chunks": "chunks (Triton)", "bytes": "bytes (Triton)"}
 # candidates of --sweep: one token (one row per program, 32 * warps mask bytes a step, one a thread),
 # several tokens (tensor cores: block_rows >= 16)
 LAUNCHES = {
     "one": [Launch(1, 128, 8, one_token="kept"), Launch(1, 128, 4, one_token="kept"),
-            Launch(1, 128, 2, one_token="kept"), Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
+            Launch(1, 128, 2, one_token="kept"), Launch(1, 128, 8, one_token="walk"), Launch(1, 128, 4, one_token="walk"),
+            Launch(1, 128, 16, one_token="walk"), Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
             Launch(1, 32, 1, one_token="bytes"), Launch(1, 32, 1, prefetch=True, one_token="bytes"),
             Launch(1, 64, 2, prefetch=True, one_token="bytes"), Launch(1, 32, 1, splits=2, prefetch=True, one_token="bytes")],
     "several": [Launch(16, 32, 4), Launch(16, 32, 4, prefetch=True), Launch(32, 32, 4, prefetch=True),
@@ -137,10 +136,15 @@ def one_token_ratios(results: list[dict]) -> list[dict]:
             if "kept (CUDA)" not in timed or "chunks (Triton)" not in timed:
                 continue
             kept, chunks = timed["kept (CUDA)"], timed["chunks (Triton)"]
-            rows.append({"linear": name, "shape": list(shape), "sparsity": sparsity, "dense_us": kept["dense_us"],
-                         "kept_us": kept["sparse_us"], "chunks_us": chunks["sparse_us"],
-                         "dense_over_kept": kept["dense_over_sparse"], "dense_over_chunks": chunks["dense_over_sparse"],
-                         "chunks_over_kept": chunks["sparse_us"] / kept["sparse_us"], "default": kept["default_one_token"]})
+            row = {"linear": name, "shape": list(shape), "sparsity": sparsity, "dense_us": kept["dense_us"],
+                   "kept_us": kept["sparse_us"], "chunks_us": chunks["sparse_us"],
+                   "dense_over_kept": kept["dense_over_sparse"], "dense_over_chunks": chunks["dense_over_sparse"],
+                   "chunks_over_kept": chunks["sparse_us"] / kept["sparse_us"], "default": kept["default_one_token"]}
+            if "walk (CUDA)" in timed:
+                walk = timed["walk (CUDA)"]
+                row.update({"walk_us": walk["sparse_us"], "dense_over_walk": walk["dense_over_sparse"],
+                            "kept_over_walk": kept["sparse_us"] / walk["sparse_us"]})
+            rows.append(row)
     return rows
 
 
@@ -166,7 +170,7 @@ def measure(name: str, shape: tuple[int, int], sparsities: list[float], token_co
             _module_calls(modules, x, None)  # the default launch (an earlier capture may have set another)
             difference = float((modules[0](x) - F.linear(x, first_dense)).abs().max())
             if tokens == 1:  # each kernel, named; the default picks one of the first two by density (default_launch)
-                launches = {"kept (CUDA)": KEPT_ONE_TOKEN, "chunks (Triton)": CHUNKS_ONE_TOKEN(rows), "bytes (Triton)": BYTES_ONE_TOKEN}
+                launches = {label: one_token_launch(kernel, rows) for kernel, label in ONE_TOKEN_LABELS.items()}
             else:
                 launches = {"default": default_launch(tokens, rows, cols)}
             if (shape, tokens) in best:
@@ -225,7 +229,9 @@ def main() -> None:
     for row in ratios:
         print(f"one token {row['linear']:13s} {row['sparsity']:4.0%}: dense {row['dense_us']:6.1f} us, kept {row['kept_us']:6.1f} us, "
               f"chunks {row['chunks_us']:6.1f} us; dense/kept {row['dense_over_kept']:4.2f}x, dense/chunks {row['dense_over_chunks']:4.2f}x, "
-              f"chunks/kept {row['chunks_over_kept']:4.2f}x; default {row['default']}", flush=True)
+              f"chunks/kept {row['chunks_over_kept']:4.2f}x; default {row['default']}"
+              + (f"; walk {row['walk_us']:6.1f} us, dense/walk {row['dense_over_walk']:4.2f}x, kept/walk {row['kept_over_walk']:4.2f}x"
+                 if "walk_us" in row else ""), flush=True)
     line = json.dumps({"device": device, "sweeps": sweeps, "per_linear": results, "one_token": ratios})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

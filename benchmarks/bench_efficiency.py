@@ -83,8 +83,10 @@ def prune(weight: torch.Tensor, sparsity: str) -> torch.Tensor:
     return prune_2of4(weight) if sparsity == "2:4" else prune_unstructured(weight, float(sparsity))
 
 
-def paths_of(sparsity: str) -> list[str]:
-    return ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] if sparsity == "2:4" else ["bitmask"]
+def paths_of(sparsity: str, everything: bool = False) -> list[str]:
+    """The sparse paths of ``sparsity`` (``"2:4"`` or a ratio) measured by default, or with ``everything`` all of them."""
+    pattern = "2:4" if sparsity == "2:4" else "unstructured"
+    return [name for name, path in PATHS.items() if pattern in path.patterns and (everything or path.by_default)]
 
 
 def _event_median(call, calls: int, repeats: int) -> tuple[float, list[float]]:
@@ -251,7 +253,7 @@ def per_block(model, sparsity: str, repeats: int, per_linear_rows: list[dict], c
             return {**row, **_compiled_graph(block, forward, calls, repeats)} if compiled else row
 
         timings = {"dense_stored": timing()}
-        for path in (path for path in paths_of(sparsity) if path in paths):
+        for path in (path for path in paths_of(sparsity, everything=True) if path in paths):
             convert, reason = _converter_or_reason(path)
             if reason:
                 continue
@@ -299,13 +301,14 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     from sparsebench.evaluate.efficiency import EfficiencySpec, evaluate_efficiency
     from sparsebench.masks import NMPattern
 
+    only = tuple(path for path in paths_of(sparsity, everything=True) if path in args.e2e_paths)
     spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=tuple(args.decode_batches), decode_prompt=128, decode_tokens=args.decode_tokens,
-                          warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes), fuse_projections=args.fuse_projections)
+                          warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes), fuse_projections=args.fuse_projections,
+                          paths=only)
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
-    only = tuple(path for path in paths_of(sparsity) if path in args.e2e_paths)
     features_major = _mlp_inputs(model) if args.features_major == "on" else []
-    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, only_paths=only, features_major=features_major,
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), pattern, 4096, features_major=features_major,
                                  groups=_input_groups(model))
     result.update({"layers": args.layers, "sparsity": sparsity, "seconds": time.perf_counter() - started, "features_major": args.features_major})
     _print_end_to_end(result)
@@ -479,8 +482,8 @@ def main() -> None:
     g.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"], help="2:4 and/or unstructured ratios such as 0.5 0.6 0.7 0.8")
     g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"], choices=MODES,
                    help="whole-model modes; compiled_graph also adds the compiled block to the per-block figures")
-    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask)")
-    g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity)")
+    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask, bitmask_walk)")
+    g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity, bitmask_walk included)")
     g.add_argument("--block-tokens", type=int, nargs="+", default=list(BLOCK_TOKENS), help="token counts of the per-block figures")
     g.add_argument("--block-layouts", nargs="+", default=["token_major", "features_major"], choices=["token_major", "features_major"],
                    help="per block, cuSPARSELt paths: every linear's output token-major, and/or the MLP's input projections' features-major")

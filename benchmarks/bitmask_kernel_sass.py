@@ -7,9 +7,9 @@ Compiles the one-token kernels ``_chunk_kernel`` (``Launch.one_token="chunks"``,
 compute capability 9.0 (H100, H200) with Triton's own ptxas, disassembles them with the cuobjdump that
 Triton ships, finds the main loop (the longest backward branch) and divides its instruction count by
 the weights one thread covers in one step (``block_rows * block_bytes * 8 / (32 * warps)``). Where NVRTC is
-installed (``nvidia-cuda-nvrtc``, a dev dependency) it also compiles the kept-weights CUDA kernel
-(sparsebench/kernels/bitmask_kept.py) and prints its basic blocks that find kept bits (instructions a bit, ``FLO``)
-and that multiply (instructions a product, ``FFMA``).
+installed (``nvidia-cuda-nvrtc``, a dev dependency) it also compiles the CUDA C++ kernels (kept:
+sparsebench/kernels/bitmask_kept.py, walk: bitmask_walk.py) and prints their basic blocks that find kept bits
+(instructions a bit, ``FLO``) and that multiply (instructions a product, ``FFMA``).
 At batch-1 decode a kernel that issues more instructions per weight than the GPU can issue while its
 bytes stream is bound by issue, not by memory: ``weights * instructions / (SMs * 4 * 32 * clock)``.
 Also prints the opcodes the loop spends most on, the shared-memory round trips (``STS``/``LDS``/
@@ -91,15 +91,17 @@ def main_loop(cubin: bytes) -> tuple[list[str], int]:
     return [text for address, text in instructions if start <= address <= stop], int(registers.group(1)) if registers else -1
 
 
-def kept_blocks() -> list[dict]:
-    """The kept-weights kernel (sparsebench/kernels/bitmask_kept.py, fp16, sm_90, compiled by NVRTC): its basic blocks that
-    find kept bits (``FLO``, step 3: instructions a bit) or multiply (``FFMA``, step 4: instructions a product)."""
-    from sparsebench.kernels import bitmask_kept
+def cuda_kernel_blocks(kernel: str) -> list[dict]:
+    """A CUDA C++ one-token kernel (``kept``: sparsebench/kernels/bitmask_kept.py, ``walk``: bitmask_walk.py; fp16, sm_90,
+    compiled by NVRTC): its basic blocks that multiply (``FFMA``: instructions a product; in ``walk`` the bit is found in
+    the same block) or only find kept bits (``FLO``, ``kept``'s step 3: instructions a bit)."""
+    from sparsebench.kernels import bitmask_kept, bitmask_walk
     from sparsebench.kernels.nvrtc import compile_cubin
 
-    cubin = compile_cubin(bitmask_kept.SOURCE, "sm_90", bitmask_kept.defines(torch.float16))
+    module = {"kept": bitmask_kept, "walk": bitmask_walk}[kernel]
+    cubin = compile_cubin(module.SOURCE, "sm_90", module.defines(torch.float16))
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "kept.cubin"
+        path = Path(folder) / f"{kernel}.cubin"
         path.write_bytes(cubin)
         sass = subprocess.run([_cuobjdump(), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
     instructions = [(int(found.group(1), 16), found.group(2)) for found in
@@ -117,10 +119,14 @@ def kept_blocks() -> list[dict]:
     rows = []
     for block in blocks:
         counts = collections.Counter(opcode(text) for _, text in block)
-        for marker, what in (("FLO", "instructions a kept bit found (step 3)"), ("FFMA", "instructions a product (step 4)")):
-            if counts[marker] >= 4:
-                rows.append({"start": f"{block[0][0]:04x}", "instructions": len(block), marker: counts[marker],
-                             "per": len(block) / counts[marker], "what": what})
+        if counts["FFMA"] >= 4:
+            marker, what = "FFMA", "instructions a product" + (" (bits found in the same block)" if counts["FLO"] else " (step 4)")
+        elif counts["FLO"] >= 4:
+            marker, what = "FLO", "instructions a kept bit found (step 3)"
+        else:
+            continue
+        rows.append({"kernel": kernel, "start": f"{block[0][0]:04x}", "instructions": len(block), marker: counts[marker],
+                     "per": len(block) / counts[marker], "what": what})
     return rows
 
 
@@ -145,14 +151,15 @@ def main() -> None:
         print(f"{kernel:13s} T/program {tokens:2d} rows {block_rows:2d} bytes {block_bytes:3d} warps {warps} prefetch {prefetch!s:5s}: "
               f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
               f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
-    try:
-        kept = kept_blocks()
-    except RuntimeError as error:  # NVRTC missing (pip install nvidia-cuda-nvrtc) or refusing the source
-        kept = []
-        print(f"kept-weights kernel not compiled: {str(error).splitlines()[0]}")
-    for row in kept:
-        print(f"kept          block at {row['start']}: {row['instructions']} instructions, {row['per']:.2f} {row['what']}", flush=True)
-    print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows, "kept_blocks": kept}))
+    cuda_blocks = []
+    for kernel in ("kept", "walk"):
+        try:
+            cuda_blocks += cuda_kernel_blocks(kernel)
+        except RuntimeError as error:  # NVRTC missing (pip install nvidia-cuda-nvrtc) or refusing the source
+            print(f"{kernel} kernel not compiled: {str(error).splitlines()[0]}")
+    for row in cuda_blocks:
+        print(f"{row['kernel']:13s} block at {row['start']}: {row['instructions']} instructions, {row['per']:.2f} {row['what']}", flush=True)
+    print(json.dumps({"triton": triton.__version__, "target": "sm_90", "kernels": rows, "cuda_kernel_blocks": cuda_blocks}))
 
 
 if __name__ == "__main__":

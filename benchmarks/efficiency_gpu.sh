@@ -4,8 +4,9 @@
 # 5 minutes, dense-stored included: 106 s compiling dense-stored, 123 s cusparselt_gemv24).
 #   sh benchmarks/efficiency_gpu.sh tests OUT   the GPU tests (kernels, paths, modes, SparseGPT on the GPU)
 #   sh benchmarks/efficiency_gpu.sh linear OUT  per linear: each LLaMA-2-7B shape at 1, 16, 2,048, 8,192 tokens, every 2:4 path and bitmask at 70 %
-#   sh benchmarks/efficiency_gpu.sh bitmask OUT one token per linear at 50, 60, 70, 80 %: the kept (CUDA C++) and chunks (Triton) kernels
-#   sh benchmarks/efficiency_gpu.sh memcheck OUT the kept kernel's GPU tests under compute-sanitizer (out-of-bounds and misaligned accesses)
+#   sh benchmarks/efficiency_gpu.sh bitmask OUT one token per linear at 50, 60, 70, 80 %: the kept and walk (CUDA C++), chunks and bytes (Triton) kernels
+#   sh benchmarks/efficiency_gpu.sh memcheck OUT the CUDA C++ kernels' GPU tests under compute-sanitizer (out-of-bounds and misaligned accesses)
+#   sh benchmarks/efficiency_gpu.sh e2e70_b1 OUT whole model, 70 %, decode at batch 1, compiled and graphed: bitmask and bitmask_walk
 #   sh benchmarks/efficiency_gpu.sh e2e OUT     whole model, 2:4: cusparselt graphed and compiled
 #   sh benchmarks/efficiency_gpu.sh e2e_gemv24 OUT  whole model, 2:4: cusparselt_gemv24 compiled
 #   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled
@@ -16,7 +17,7 @@
 # Needs torch and transformers; `tests` and `cases` also the project's Hydra/GGUF dependencies (PYTHONPATH), `cases` SmolLM2's
 # GGUF in $SPARSEBENCH_CACHE (the machine has no network) and WikiText-2 in .bench/data/wikitext2-tok (docs/efficiency.md says how).
 set -e
-out=${2:?usage: efficiency_gpu.sh tests|linear|bitmask|memcheck|e2e|e2e_gemv24|e2e70|block|fused|cases OUT}
+out=${2:?usage: efficiency_gpu.sh tests|linear|bitmask|memcheck|e2e|e2e_gemv24|e2e70|e2e70_b1|block|fused|cases OUT}
 export PYTHONUNBUFFERED=1
 bench="python3 benchmarks/bench_efficiency.py gpu --layers 32 --decode-tokens 32 --e2e-repeats 3 --repeats 5"
 case $1 in
@@ -33,8 +34,8 @@ bitmask)
         | tee "$out/bitmask_one_token.txt"
     ;;
 memcheck)
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest tests/test_bitmask_gpu.py -q -p no:cacheprovider -k kept 2>&1 \
-        | tee "$out/memcheck_kept.txt"
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest tests/test_bitmask_gpu.py -q -p no:cacheprovider \
+        -k "cuda_kernels or kept or walk" 2>&1 | tee "$out/memcheck_cuda_kernels.txt"
     ;;
 e2e)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 2:4 --e2e-paths cusparselt \
@@ -43,6 +44,10 @@ e2e)
 e2e_gemv24)
     $bench --skip-linear --skip-block --modes compiled_graph --sparsity 2:4 --e2e-paths cusparselt_gemv24 \
         --out "$out/figures_2of4_gemv24_compiled.json" 2>&1 | tee "$out/bench_2of4_gemv24_compiled.txt"
+    ;;
+e2e70_b1)
+    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 0.7 --e2e-paths bitmask bitmask_walk --decode-batches 1 \
+        --out "$out/figures_70_b1.json" 2>&1 | tee "$out/bench_70_b1.txt"
     ;;
 e2e70)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 0.7 --e2e-paths bitmask \
@@ -72,7 +77,7 @@ cases)
         --out "$out/ppl.json" 2>&1 | tee "$out/ppl.txt"
     ;;
 *)
-    echo "usage: efficiency_gpu.sh tests|linear|bitmask|memcheck|e2e|e2e_gemv24|e2e70|block|fused|cases OUT" >&2
+    echo "usage: efficiency_gpu.sh tests|linear|bitmask|memcheck|e2e|e2e_gemv24|e2e70|e2e70_b1|block|fused|cases OUT" >&2
     exit 2
     ;;
 esac

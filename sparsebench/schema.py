@@ -111,6 +111,9 @@ class EfficiencyConfig:
     modes: List[str] = field(default_factory=lambda: ["eager", "cuda_graph", "compiled_graph"], metadata=defining())
     # true: the linears that read one input (q/k/v, gate/up) run as one product on every side; null: false (earlier ids stay)
     fuse_projections: Optional[bool] = field(default=None, metadata=defining("set"))
+    # the sparse paths measured (sparsebench/kernels/paths.py): null, each pattern's default paths; a list names them,
+    # paths measured only where named (bitmask_walk) included
+    paths: Optional[List[str]] = field(default=None, metadata=defining("set"))
 
 
 @dataclass

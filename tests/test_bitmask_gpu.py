@@ -45,6 +45,8 @@ def test_bitmask_linear_equals_f_linear_at_llama_2_7b_shapes(rows, cols, sparsit
 
 @pytest.mark.parametrize("launch", [Launch(1, 128, 8, one_token="kept"), Launch(1, 128, 4, one_token="kept"),
                                     Launch(1, 128, 16, one_token="kept"), Launch(1, 128, 1, one_token="kept"),
+                                    Launch(1, 128, 8, one_token="walk"), Launch(1, 128, 1, one_token="walk"),
+                                    Launch(1, 128, 16, one_token="walk"),
                                     Launch(2, 128, 1), Launch(1, 128, 1, splits=4), Launch(2, 128, 1, splits=8),
                                     Launch(1, 32, 1, splits=4, prefetch=True, one_token="bytes"), Launch(1, 128, 4, one_token="bytes"),
                                     Launch(16, 32, splits=2), Launch(32, 64, warps=8, prefetch=True)])
@@ -79,19 +81,21 @@ def test_module_holds_the_layout_bytes_not_the_dense_weight():
 
 @pytest.mark.parametrize("rows, cols, sparsity", [(4099, 4096, 0.7), (9, 96, 0.5), (40, 2080, 0.0), (40, 2080, 0.99), (33, 1024, 0.8)])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_kept_kernel_at_edge_shapes(rows, cols, sparsity, dtype):
+@pytest.mark.parametrize("kernel", ["kept", "walk"])
+def test_cuda_kernels_at_edge_shapes(rows, cols, sparsity, dtype, kernel):
     """Rows not a multiple of the block's eight, fewer columns than a chunk, a last partial chunk, full and nearly empty rows."""
     linear = _pruned_linear(rows, cols, sparsity, dtype, True, rows * cols)
     with torch.no_grad():
         linear.weight[1] = 0  # an empty row
         linear.weight[2] = torch.randn(cols, device="cuda", dtype=dtype) * cols**-0.5  # a full one
-    module = BitmaskLinear.from_linear(linear, Launch(1, 128, 8, one_token="kept"))
+    module = BitmaskLinear.from_linear(linear, Launch(1, 128, 8, one_token=kernel))
     _assert_as_close_as_f_linear_with_bias(module, linear, torch.randn(1, cols, device="cuda", dtype=dtype))
 
 
-def test_kept_kernel_runs_in_a_cuda_graph_and_compiled():
+@pytest.mark.parametrize("kernel", [None, "walk"])
+def test_cuda_kernels_run_in_a_cuda_graph_and_compiled(kernel):
     linear = _pruned_linear(4096, 11008, 0.7, torch.float16, False, 11)
-    module = BitmaskLinear.from_linear(linear)
+    module = BitmaskLinear.from_linear(linear, None if kernel is None else Launch(1, 128, 8, one_token=kernel))
     assert default_launch(1, 4096, 11008, None, module.values.numel() / (4096 * 11008)).one_token == "kept"
     x = torch.randn(1, 11008, device="cuda", dtype=torch.float16)
     with torch.no_grad():
@@ -107,10 +111,11 @@ def test_kept_kernel_runs_in_a_cuda_graph_and_compiled():
     assert expected.shape == (1, 4096)
 
 
-def test_kept_kernel_refuses_columns_that_are_not_32_bit_words():
+@pytest.mark.parametrize("kernel", ["kept", "walk"])
+def test_cuda_kernels_refuse_columns_that_are_not_32_bit_words(kernel):
     linear = _pruned_linear(16, 100, 0.5, torch.float16, False, 5)
     assert default_launch(1, 16, 100).one_token == "chunks"
-    module = BitmaskLinear.from_linear(linear, Launch(1, 128, 8, one_token="kept"))
+    module = BitmaskLinear.from_linear(linear, Launch(1, 128, 8, one_token=kernel))
     with pytest.raises(ValueError, match="a multiple of 32 input columns"):
         module(torch.randn(1, 100, device="cuda", dtype=torch.float16))
 

@@ -1,8 +1,9 @@
-"""The kept-weights kernel (sparsebench/kernels/bitmask_kept.py) compiled on this CPU by NVRTC, and its host-side checks.
+"""The CUDA C++ one-token kernels (sparsebench/kernels/bitmask_kept.py, bitmask_walk.py) compiled on this CPU by NVRTC,
+and their host-side checks.
 
-NVRTC needs no GPU: the kernel's source is compiled for Ampere and Hopper here, and its machine code read with the
-cuobjdump that Triton ships (no local memory, no stack: nothing spills). Its products are checked against
-``F.linear`` on a GPU in tests/test_bitmask_gpu.py.
+NVRTC needs no GPU: the kernels' sources are compiled for Ampere and Hopper here, and their machine code read with the
+cuobjdump that Triton ships (no local memory, no stack: nothing spills). Their products are checked against
+``F.linear`` on a GPU in tests/test_bitmask_gpu.py, and their sources run on the CPU in tests/test_kernels_on_the_host.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 import pytest
 import torch
 
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_kept import CHUNK_COLUMNS, SOURCE, WARPS_PER_BLOCK, check_kept_operands, defines
 from sparsebench.kernels.nvrtc import NvrtcError, compile_cubin, nvrtc_library
 
@@ -39,13 +41,16 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_the_kernel_compiles_without_spilling(arch, dtype):
+@pytest.mark.parametrize("kernel", ["kept", "walk"])
+def test_the_kernels_compile_without_spilling(arch, dtype, kernel):
     _nvrtc_or_skip()
-    usage = _resource_usage(compile_cubin(SOURCE, arch, defines(dtype)))
+    module = bitmask_kept if kernel == "kept" else bitmask_walk
+    usage = _resource_usage(compile_cubin(module.SOURCE, arch, module.defines(dtype)))
     assert usage["LOCAL"] == 0 and usage["STACK"] == 0
-    ours = WARPS_PER_BLOCK * CHUNK_COLUMNS * 2  # a list of 16-bit columns a warp
+    # kept: a list of 16-bit columns a warp; walk: its value slots (x is dynamic shared memory)
+    ours = WARPS_PER_BLOCK * CHUNK_COLUMNS * 2 if kernel == "kept" else bitmask_walk.static_shared_bytes()
     assert usage["SHARED"] in (ours, ours + 1024)  # sm_90 reserves 1 KB a block for the system
-    assert usage["REG"] <= 64  # eight warps a block leave room for eight blocks (64 warps) on a multiprocessor
+    assert usage["REG"] <= (64 if kernel == "kept" else 40)  # eight warps a block: eight blocks (64 warps) a multiprocessor at 64
 
 
 def test_compile_errors_carry_the_compilers_log():
@@ -69,3 +74,20 @@ def test_operand_checks_name_what_the_kernel_needs():
         check_kept_operands(torch.zeros(1, 72), values, torch.zeros(4, 9, dtype=torch.uint8), offsets)
     with pytest.raises(ValueError, match="one entry per 1024 columns, got 2"):
         check_kept_operands(torch.zeros(1, 64), values, torch.zeros(4, 8, dtype=torch.uint8), torch.zeros(4, 2, dtype=torch.int32))
+
+
+def test_the_walking_kernels_operand_checks_name_what_it_needs():
+    values, offsets = torch.zeros(16, dtype=torch.float16), torch.zeros(4, 1, dtype=torch.int32)
+    bitmask = torch.zeros(4, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="the walking kernel .Launch.one_token='walk'. multiplies one token, got 2"):
+        bitmask_walk.check_walk_operands(torch.zeros(2, 64), values, bitmask, offsets)
+    with pytest.raises(ValueError, match="a multiple of 32 input columns .* got 9 bytes per row"):
+        bitmask_walk.check_walk_operands(torch.zeros(1, 72), values, torch.zeros(4, 9, dtype=torch.uint8), offsets)
+    with pytest.raises(ValueError, match="16-byte pieces .cp.async.: it needs values starting on a 16-byte boundary"):
+        bitmask_walk.check_walk_operands(torch.zeros(1, 64), values[1:], bitmask, offsets)
+    widest = bitmask_walk.max_columns()
+    assert 90_000 < widest < 110_000  # LLaMA's widest input (28,672 columns, 70B's down_proj) fits with room
+    assert bitmask_walk.x_shared_bytes(widest) + bitmask_walk.static_shared_bytes() <= bitmask_walk.SHARED_MEMORY_LIMIT
+    too_wide = torch.zeros(1, (widest + 32) // 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=f"at most {widest} columns with 8 warps a block, got {widest + 32}; use Launch.one_token='kept'"):
+        bitmask_walk.check_walk_operands(torch.zeros(1, widest + 32), values, too_wide, torch.zeros(1, -(-too_wide.shape[1] // 128), dtype=torch.int32))

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from sparsebench.kernels.bitmask_linear import (  # noqa: E402
     bitmask_matmul,
     chunk_offsets,
     default_launch,
+    one_token_launch,
 )
 from sparsebench.sparse_layout import pack_bitmask  # noqa: E402
 
@@ -103,16 +105,17 @@ def test_the_interpreter_defaults_to_the_chunks_kernel_which_it_can_run(monkeypa
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert default_launch(1, 4096, 4096).one_token == "chunks"
     packed = pack_bitmask(torch.randn(8, 64, dtype=torch.float16))
-    with pytest.raises(RuntimeError, match="Triton's interpreter cannot run"):
-        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=Launch(1, 128, 8, one_token="kept"))
+    for kernel in ("kept", "walk"):
+        with pytest.raises(RuntimeError, match=f"the '{kernel}' kernel is CUDA C.. .NVRTC., which Triton's interpreter cannot run"):
+            bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=Launch(1, 128, 8, one_token=kernel))
 
 
-@pytest.mark.parametrize("launch", [Launch(2, 128, 8, one_token="kept"), Launch(1, 64, 8, one_token="kept"),
-                                    Launch(1, 128, 4, splits=2, one_token="kept"), Launch(1, 128, 8, prefetch=True, one_token="kept")])
-def test_the_kept_kernel_refuses_launches_it_does_not_run(launch):
+@pytest.mark.parametrize("kernel", ["kept", "walk"])
+@pytest.mark.parametrize("launch", [Launch(2, 128, 8), Launch(1, 64, 8), Launch(1, 128, 4, splits=2), Launch(1, 128, 8, prefetch=True)])
+def test_the_cuda_kernels_refuse_launches_they_do_not_run(launch, kernel):
     packed = pack_bitmask(torch.randn(8, 64, dtype=torch.float16))
-    with pytest.raises(ValueError, match="one token on the 'kept' kernel runs one warp a row"):
-        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=launch)
+    with pytest.raises(ValueError, match=f"one token on the '{kernel}' kernel runs one warp a row"):
+        bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, chunk_offsets(packed), launch=replace(launch, one_token=kernel))
 
 
 def test_chunk_offsets_index_the_first_kept_weight_of_every_1024_columns():
@@ -169,7 +172,7 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
     for launch in (Launch(4, 128, warps=1), Launch(2, 64, warps=1), Launch(2, 128, warps=2), Launch(1, 128, warps=1, prefetch=True)):
         with pytest.raises(ValueError, match=r"the launch needs block_rows in \(1, 2\), block_bytes=128, warps=1, prefetch=False"):
             bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=launch)
-    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes', 'kept'\), got 'words'"):
+    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes', 'kept', 'walk'\), got 'words'"):
         Launch(1, 128, one_token="words")
     with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
         bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
@@ -194,3 +197,21 @@ def test_each_module_says_which_one_token_kernel_it_runs_and_the_stage_counts_th
     assert BitmaskLinear.from_linear(torch.nn.Linear(256, 16, dtype=torch.float16), Launch(2, 128, 1)).one_token_kernel == "chunks"
     assert one_token_kernels(torch.nn.Sequential(*modules, torch.nn.ReLU())) == {"chunks": 1, "kept": 2}
     assert one_token_kernels(torch.nn.Sequential(torch.nn.Linear(4, 4))) == {}
+
+
+def test_a_module_can_name_its_one_token_kernel_and_keeps_the_default_launch_for_more_tokens(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    linear = torch.nn.Linear(256, 16, bias=False, dtype=torch.float16)
+    module = BitmaskLinear.from_linear(linear)
+    assert module.one_token_kernel == "chunks" and module.one_token_override is None  # dense: the default takes chunks
+    walking = BitmaskLinear.walking(linear)  # the bitmask_walk path's converter
+    assert walking.one_token_kernel == "walk" and walking.launch is None
+    assert walking.one_token_override == one_token_launch("walk", 16) == Launch(1, INDEX_BYTES, 8, one_token="walk")
+    assert one_token_launch("chunks", 8192) == Launch(2, INDEX_BYTES, 1) and one_token_launch("chunks", 100) == Launch(1, INDEX_BYTES, 1)
+    assert one_token_launch("bytes", 100) == Launch(1, 32, 1, one_token="bytes")
+    with pytest.raises(ValueError, match=r"the one-token kernel must be one of \('chunks', 'bytes', 'kept', 'walk'\), got 'fast'"):
+        one_token_launch("fast", 16)
+    with pytest.raises(ValueError, match="a launch for every call or a one_token kernel, not both"):
+        BitmaskLinear(pack_bitmask(linear.weight.detach()), launch=Launch(1, 128, 1), one_token="walk")
+    with pytest.raises(TypeError, match="BitmaskLinear.walking takes an nn.Linear, got Identity"):
+        BitmaskLinear.walking(torch.nn.Identity())

@@ -96,6 +96,10 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
         (["eval=efficiency", "eval.efficiency.sparse_kernels=yes"], r"eval.efficiency.sparse_kernels='yes': allowed values are auto, off"),
         (["eval=efficiency", "eval.efficiency.decode_batches=[]"], r"eval.efficiency.decode_batches"),
         (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph, compiled_graph"),
+        (["eval=efficiency", "eval.efficiency.paths=[bitmask,kept]"],
+         r"eval.efficiency.paths=\['bitmask', 'kept'\]: null \(each pattern's default paths\) or a list of distinct values from cusparselt, "
+         r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_walk"),
+        (["eval=efficiency", "eval.efficiency.paths=[]"], r"eval.efficiency.paths=\[\]: null"),
     ],
 )
 def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override, message):
@@ -137,3 +141,21 @@ def test_new_keys_enter_the_case_id_only_when_set():
     assert case_id(plain, "m", "cpu") != case_id(measured, "m", "cpu")
     efficiency_only = validate(compose_config(["device=cpu", "eval=efficiency"]))
     assert efficiency_only.perplexity.corpora == () and efficiency_only.efficiency.decode_batches == (1, 16)
+
+
+def test_named_paths_are_measured_instead_of_the_default_ones_and_a_named_path_of_another_pattern_is_listed_as_skipped():
+    settings = {"enabled": True, "prefill_batch": 1, "prefill_seqlen": 16, "decode_batches": [1], "decode_prompt": 8, "decode_tokens": 3,
+                "warmup": 0, "repeats": 1, "sparse_kernels": "auto"}
+    assert validate_efficiency(settings).paths is None
+    spec = validate_efficiency({**settings, "paths": ["bitmask_walk", "cusparselt"]})
+    assert spec.paths == ("bitmask_walk", "cusparselt")
+    plain = compose_config(["device=cpu", "eval=efficiency"])
+    named = compose_config(["device=cpu", "eval=efficiency", "eval.efficiency.paths=[bitmask_walk]"])
+    assert plain["eval"]["efficiency"]["paths"] is None and named["eval"]["efficiency"]["paths"] == ["bitmask_walk"]
+    earlier = compose_config(["device=cpu", "eval=efficiency"])
+    del earlier["eval"]["efficiency"]["paths"]
+    assert case_id(plain, "m", "cpu") == case_id(earlier, "m", "cpu") != case_id(named, "m", "cpu")
+    model = tiny_model("llama")
+    linears = [m for name, m in model.named_modules() if name.endswith("proj")]
+    result = evaluate_efficiency(model, linears, spec, Execution("cpu"), None, 256)  # unstructured: cusparselt is not one of its paths
+    assert {"what": "sparse path cusparselt", "why": "a path for 2:4 sparsity; this case is unstructured"} in result["skipped"]

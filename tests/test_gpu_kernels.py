@@ -117,7 +117,8 @@ def _sparse_model(pattern: str, dtype=torch.float16):
 
 
 def _available(pattern):
-    return [path for path in paths_for(pattern) if path.name != "bitmask" or _bitmask_module()]
+    """Every path of the pattern, those measured only where named included."""
+    return [path for path in paths_for(pattern, list(PATHS)) if not path.name.startswith("bitmask") or _bitmask_module()]
 
 
 def _bitmask_module() -> bool:
@@ -130,12 +131,13 @@ def _bitmask_module() -> bool:
 
 @pytest.mark.parametrize("pattern", ["2:4", "unstructured"])
 @pytest.mark.parametrize("features_major", [False, True])
-def test_every_sparse_path_gives_the_dense_stored_logits(pattern, features_major):
+@pytest.mark.parametrize("shape", [(2, 40), (1, 1)])  # 80 tokens, unpadded; one token (the one-token kernels)
+def test_every_sparse_path_gives_the_dense_stored_logits(pattern, features_major, shape):
     model, linears = _sparse_model(pattern)
     paths = _available(pattern)
     if not paths:
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
-    ids = torch.randint(0, 320, (2, 40), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))  # 80 tokens, unpadded
+    ids = torch.randint(0, 320, shape, device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     with torch.no_grad():
         dense = model(input_ids=ids).logits
         for path in paths:
@@ -174,14 +176,15 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
     assert torch.equal(graphed, eager) and torch.equal(again, eager)
 
 
-@pytest.mark.parametrize("path_name", [None, "cusparselt", "cusparselt+features_major", "cusparselt_gemv24+features_major", "bitmask", "gemv24"])
+@pytest.mark.parametrize("path_name", [None, "cusparselt", "cusparselt+features_major", "cusparselt_gemv24+features_major", "bitmask", "bitmask_walk",
+                                       "gemv24"])
 def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
     """The compiled forward replayed as CUDA graphs: prefill logits within rounding of the eager ones; greedy tokens equal to
     the compiled forward's run without graphs (the same kernels) and, dense-stored in float32, to the eager tokens (fused
     float16 kernels round differently from HF's, which may flip a near tie of a random model)."""
-    if path_name == "bitmask" and not _bitmask_module():
+    if path_name in ("bitmask", "bitmask_walk") and not _bitmask_module():
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
-    model, linears = _sparse_model("unstructured" if path_name == "bitmask" else "2:4", torch.float32 if path_name is None else torch.float16)
+    model, linears = _sparse_model("unstructured" if path_name in ("bitmask", "bitmask_walk") else "2:4", torch.float32 if path_name is None else torch.float16)
     ids = torch.randint(0, 320, (2, 32), device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
     prompt = ids[:, :9].clone()
     captured = {}
@@ -267,9 +270,9 @@ def test_fused_products_through_every_sparse_path_give_the_dense_stored_logits(p
 def test_the_stage_measures_fused_products_compiled_and_graphed_on_the_gpu():
     model, linears = _sparse_model("2:4")
     groups = _input_groups(model)
-    spec = EfficiencySpec(1, 64, (1, 16), 16, 8, 1, 3, "auto", ("cuda_graph", "compiled_graph"), fuse_projections=True)
-    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256, only_paths=("cusparselt", "cusparselt_gemv24"),
-                                 features_major=_mlp_inputs(model), groups=groups)
+    spec = EfficiencySpec(1, 64, (1, 16), 16, 8, 1, 3, "auto", ("cuda_graph", "compiled_graph"), fuse_projections=True,
+                          paths=("cusparselt", "cusparselt_gemv24"))
+    result = evaluate_efficiency(model, linears, spec, Execution("cuda"), NMPattern(2, 4), 256, features_major=_mlp_inputs(model), groups=groups)
     assert result["skipped"] == [] and result["fused_projections"] == 2 * model.config.num_hidden_layers
     assert result["runs"]["cusparselt"]["features_major_outputs"] == model.config.num_hidden_layers  # one fused gate/up a block
     assert set(result["speedup"]["cusparselt"]["compiled_graph"]["decode"]) == {"1", "16"}

@@ -14,23 +14,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebench.kernels.bitmask_kept import SOURCE, defines
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_linear import chunk_offsets
 from sparsebench.sparse_layout import pack_bitmask
 from sparsebench.testing.host_cuda import HostKernelError, build_host_program, host_compiler, run_host_program
 
-MAIN = Path(__file__).with_name("host_kernels") / "bitmask_kept_main.cpp"
+MAINS = Path(__file__).with_name("host_kernels")
+KERNELS = {"kept": bitmask_kept, "walk": bitmask_walk}
 
 pytestmark = pytest.mark.skipif(host_compiler() is None, reason="needs a C++ compiler (g++ or clang++) to build kernels for the CPU")
 
 _BUILT: dict[tuple, Path] = {}
 
 
-def _program(tmp_path_factory, dtype: torch.dtype, warps: int, sanitizer: str, source: str = SOURCE) -> Path:
-    key = (dtype, warps, sanitizer, source)
+def _program(tmp_path_factory, kernel: str, dtype: torch.dtype, warps: int, sanitizer: str, source: str | None = None) -> Path:
+    module = KERNELS[kernel]
+    source = module.SOURCE if source is None else source
+    key = (kernel, dtype, warps, sanitizer, source)
     if key not in _BUILT:
-        folder = tmp_path_factory.mktemp(f"kept_{str(dtype)[6:]}_{warps}_{sanitizer}")
-        _BUILT[key] = build_host_program(source, MAIN, defines(dtype, warps), sanitizer, folder)
+        folder = tmp_path_factory.mktemp(f"{kernel}_{str(dtype)[6:]}_{warps}_{sanitizer}")
+        _BUILT[key] = build_host_program(source, MAINS / f"bitmask_{kernel}_main.cpp", module.defines(dtype, warps), sanitizer, folder)
     return _BUILT[key]
 
 
@@ -45,6 +48,7 @@ def _weight(rows: int, cols: int, density: float, dtype: torch.dtype, seed: int)
 
 
 def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``program`` (a kernel's host build, ``_program``) on ``weight`` packed as ``bitmask_linear`` packs it: ``W x + bias``."""
     packed = pack_bitmask(weight)
     offsets = chunk_offsets(packed)
     rows, cols = weight.shape
@@ -53,7 +57,10 @@ def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bia
               "offsets": offsets, **({"bias": bias.view(torch.int16)} if bias is not None else {})}
     for name, tensor in arrays.items():
         (folder / f"{name}.bin").write_bytes(tensor.contiguous().numpy().tobytes())
-    run_host_program(program, [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))])
+    arguments = [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))]
+    if program.name.startswith("bitmask_walk"):
+        arguments.append(str(bitmask_walk.x_shared_bytes(cols)))
+    run_host_program(program, arguments)
     out = torch.frombuffer(bytearray((folder / "out.bin").read_bytes()), dtype=torch.int16)
     return out.view(x.dtype)
 
@@ -65,42 +72,49 @@ def _expect_product(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bi
     assert torch.all((out.double() - exact).abs() <= rounding * exact.abs() + 1e-5 * scale + 1e-30), (out, exact)
 
 
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
 @pytest.mark.parametrize("dtype, warps, rows, cols, density, bias", [
     (torch.float16, 8, 21, 2080, 0.3, True),     # three chunks, the last of two words; 21 rows: a block's last warps idle
     (torch.bfloat16, 2, 9, 96, 0.7, False),      # one chunk of three words
     (torch.float16, 1, 4, 4096, 0.95, False),    # denser than the registers hold (the tail loop)
     (torch.float16, 4, 6, 1024, 0.0, True),      # nothing kept but the full row
 ])
-def test_the_kept_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, tmp_path, dtype, warps, rows, cols, density, bias):
+def test_each_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, tmp_path, kernel, dtype, warps, rows, cols, density, bias):
     weight = _weight(rows, cols, density, dtype, seed=rows + cols)
     x = torch.randn(cols, generator=torch.Generator().manual_seed(1)).to(dtype)
     b = torch.randn(rows, generator=torch.Generator().manual_seed(2)).to(dtype) if bias else None
-    out = _run(_program(tmp_path_factory, dtype, warps, "address"), tmp_path, weight, x, b)
+    out = _run(_program(tmp_path_factory, kernel, dtype, warps, "address"), tmp_path, weight, x, b)
     _expect_product(out, weight, x, b)
 
 
-def test_the_kept_kernels_lanes_share_memory_only_across_a_syncwarp(tmp_path_factory, tmp_path):
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_each_kernels_threads_share_memory_only_across_a_barrier(tmp_path_factory, tmp_path, kernel):
     weight = _weight(3, 2048, 0.4, torch.float16, seed=3)
     x = torch.randn(2048, generator=torch.Generator().manual_seed(4)).to(torch.float16)
-    out = _run(_program(tmp_path_factory, torch.float16, 1, "thread"), tmp_path, weight, x, None)
+    out = _run(_program(tmp_path_factory, kernel, torch.float16, 2, "thread"), tmp_path, weight, x, None)
     _expect_product(out, weight, x, None)
 
 
-def test_a_read_past_the_values_is_reported(tmp_path_factory, tmp_path):
-    guarded = "held[i] = lane + 32 * i < total ? __ldg(chunk_values + lane + 32 * i) : (unsigned short)0;"
-    assert guarded in SOURCE
-    broken = SOURCE.replace(guarded, "held[i] = __ldg(chunk_values + lane + 32 * i);")
-    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # the last row sparse: its over-read leaves the buffer
-    x = torch.ones(1024, dtype=torch.float16)
-    with pytest.raises(HostKernelError, match="heap-buffer-overflow"):
-        _run(_program(tmp_path_factory, torch.float16, 1, "address", broken), tmp_path, weight, x, None)
+# each kernel's source with one guard or fence taken out: (kernel, what is replaced, by what, sanitizer, its report)
+BROKEN = {
+    "kept reads past its values": ("kept", "held[i] = lane + 32 * i < total ? __ldg(chunk_values + lane + 32 * i) : (unsigned short)0;",
+                                   "held[i] = __ldg(chunk_values + lane + 32 * i);", "address", "heap-buffer-overflow"),
+    "kept without the fence before its list is read": ("kept", "    __syncwarp();\n    const unsigned long long chunk_x",
+                                                       "    const unsigned long long chunk_x", "thread", "data race"),
+    "walk copies whole pieces past its values": ("walk", "if (index + 8 <= n_values) copy_16_bytes(destination, source);\n"
+                                                 "      else copy_last_bytes(destination, source, 2 * (n_values - index));",
+                                                 "copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
+    "walk without the fence after its copies": ("walk", "    wait_for_copies();\n    __syncwarp();\n", "    wait_for_copies();\n",
+                                                "thread", "data race"),
+}
 
 
-def test_a_missing_syncwarp_is_reported(tmp_path_factory, tmp_path):
-    fence = "    __syncwarp();\n    const unsigned long long chunk_x"
-    assert fence in SOURCE
-    broken = SOURCE.replace(fence, "    const unsigned long long chunk_x")
-    weight = _weight(3, 1024, 0.5, torch.float16, seed=6)
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_source_is_reported_by_its_sanitizer(tmp_path_factory, tmp_path, case):
+    kernel, guarded, unguarded, sanitizer, report = BROKEN[case]
+    source = KERNELS[kernel].SOURCE
+    assert source.count(guarded) == 1
+    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # two sparse rows: the last row's over-read leaves the buffer
     x = torch.ones(1024, dtype=torch.float16)
-    with pytest.raises(HostKernelError, match="data race"):
-        _run(_program(tmp_path_factory, torch.float16, 1, "thread", broken), tmp_path, weight, x, None)
+    with pytest.raises(HostKernelError, match=report):
+        _run(_program(tmp_path_factory, kernel, torch.float16, 1, sanitizer, source.replace(guarded, unguarded)), tmp_path, weight, x, None)

@@ -118,7 +118,7 @@ def _efficiency_columns(config: dict) -> list[str]:
     columns += [column for mode in modes for column in ([f"prefill tok/s ({mode})"] if mode != "static_eager" else []) + [f"decode b{b} tok/s ({mode})" for b in batches]]
     columns.append("peak MB")
     if pruned:
-        for path in paths_for(pattern):
+        for path in paths_for(pattern, efficiency.get("paths")):
             for mode in efficiency["modes"]:
                 steps = ([] if mode == "static_eager" else ["prefill"]) + [f"decode b{b}" for b in batches]
                 columns += [f"{path.name} {mode} {step} {SPEEDUP}" for step in steps]

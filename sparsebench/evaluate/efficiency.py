@@ -44,7 +44,7 @@ from sparsebench.evaluate.compiled import causal_prefill_attention, compile_prob
 from sparsebench.evaluate.cuda_graphs import StaticDecoder, graphed
 from sparsebench.evaluate.measure import PeakMemory, conditions, timed
 from sparsebench.kernels.fused_inputs import fused_inputs
-from sparsebench.kernels.paths import converter, paths_for, swapped, weight_bytes_in_memory
+from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped, weight_bytes_in_memory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class EfficiencySpec:
     sparse_kernels: str
     modes: tuple[str, ...] = ("eager", "cuda_graph", "compiled_graph")
     fuse_projections: bool = False  # linears reading one input as one product, on every side (sparsebench.kernels.fused_inputs)
+    paths: tuple[str, ...] | None = None  # the sparse paths measured (sparsebench.kernels.paths); None: the pattern's default ones
 
 
 def validate_efficiency(config: dict) -> EfficiencySpec | None:
@@ -95,9 +96,15 @@ def validate_efficiency(config: dict) -> EfficiencySpec | None:
     fuse = config.get("fuse_projections")
     if fuse is not None and not isinstance(fuse, bool):
         raise ConfigError(f"eval.efficiency.fuse_projections={fuse!r}: must be true, false or null (false)")
+    paths = config.get("paths")
+    if paths is not None:
+        paths = list(paths)
+        if not paths or any(name not in PATHS for name in paths) or len(set(paths)) != len(paths):
+            raise ConfigError(f"eval.efficiency.paths={paths!r}: null (each pattern's default paths) or a list of distinct values from "
+                              f"{', '.join(PATHS)}")
     return EfficiencySpec(
         config["prefill_batch"], config["prefill_seqlen"], tuple(batches), config["decode_prompt"], config["decode_tokens"],
-        config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes), bool(fuse),
+        config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes), bool(fuse), None if paths is None else tuple(paths),
     )
 
 
@@ -302,20 +309,20 @@ def one_token_kernels(model: nn.Module) -> dict[str, int]:
 
 def evaluate_efficiency(
     model: nn.Module, linears: list[nn.Linear], spec: EfficiencySpec, execution: Execution, pattern, context: int | None,
-    only_paths: tuple[str, ...] | None = None, features_major: list[nn.Linear] = (), groups: list[tuple[nn.Linear, ...]] = (),
+    features_major: list[nn.Linear] = (), groups: list[tuple[nn.Linear, ...]] = (),
 ) -> dict:
     """The result document's ``metrics.efficiency`` section for a model already on ``execution.device``, in the
     dtype of its parameters.
 
-    ``only_paths`` (benchmarks): measure only these of the pattern's sparse paths; None: all of them.
-    ``features_major``: those of ``linears`` whose outputs a path may hand on in its product's own layout (the MLP's input
+    The sparse paths measured are the pattern's default ones, or those of ``spec.paths`` (a named path of another
+    pattern is listed in ``skipped``). ``features_major``: those of ``linears`` whose outputs a path may hand on in its product's own layout (the MLP's input
     projections; ``sparsebench.kernels.paths.swapped``). ``groups``: the linears that read one input, block by block (the
     adapter's ``input_groups``), run as one product each when ``spec.fuse_projections`` (``sparsebench.kernels.fused_inputs``).
     """
     with fused_inputs(model, list(groups) if spec.fuse_projections else []) as computing:
         measured = _unique([computing.get(id(linear), linear) for linear in linears])
         handed_on = _unique([computing.get(id(linear), linear) for linear in features_major])
-        result = _evaluate(model, measured, spec, execution, pattern, context, only_paths, handed_on)
+        result = _evaluate(model, measured, spec, execution, pattern, context, handed_on)
     result["fused_projections"] = sum(len(group) > 1 for group in groups) if spec.fuse_projections else 0
     return result
 
@@ -324,7 +331,7 @@ def _unique(modules: list[nn.Module]) -> list[nn.Module]:
     return list({id(module): module for module in modules}.values())
 
 
-def _evaluate(model, linears, spec, execution, pattern, context, only_paths, features_major) -> dict:
+def _evaluate(model, linears, spec, execution, pattern, context, features_major) -> dict:
     device, progress = execution.device, execution.progress
     dtype = next(model.parameters()).dtype
     memory = PeakMemory(device)
@@ -348,13 +355,16 @@ def _evaluate(model, linears, spec, execution, pattern, context, only_paths, fea
     modes, mode_skips = measure_modes(model, spec, device, context, memory, progress, DENSE_PATH)
     result["runs"][DENSE_PATH] = {"path": "the pruned weights stored dense (nn.Linear, cuBLAS on a GPU)", "weight_bytes_in_memory": weight_bytes_in_memory(model), "modes": modes}
     skipped += mode_skips
+    paths = paths_for(pattern_name(pattern), spec.paths)
+    for name in spec.paths or ():
+        if name not in {path.name for path in paths}:
+            skipped.append({"what": f"sparse path {name}", "why": f"a path for {', '.join(PATHS[name].patterns)} sparsity; this case is "
+                                                                  f"{pattern_name(pattern)}"})
     problem = "eval.efficiency.sparse_kernels=off" if spec.sparse_kernels == "off" else sparse_path_problem(device, pattern, dtype, linears)
     if problem is not None:
         skipped.append({"what": "sparse kernels", "why": problem})
     else:
-        for path in paths_for(pattern_name(pattern)):
-            if only_paths is not None and path.name not in only_paths:
-                continue
+        for path in paths:
             log.info("efficiency: sparse path %s in %d linears", path.name, len(linears))
             run, path_skips = _path_run(model, linears, tuple(features_major), path, spec, device, context, memory, progress)
             skipped += path_skips

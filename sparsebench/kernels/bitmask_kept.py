@@ -48,65 +48,25 @@ under AddressSanitizer and ThreadSanitizer.
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import torch
 from torch import Tensor
 
-from sparsebench.kernels.launching import INDEX_BYTES
-from sparsebench.kernels.nvrtc import CompiledKernel, compile_cubin
+from sparsebench.kernels.nvrtc import CompiledKernel
+from sparsebench.kernels.one_token_cuda import CHUNK_COLUMNS, PRELUDE, OneTokenKernel
 
 KERNEL_NAME = "bitmask_kept_gemv"
-CHUNK_COLUMNS = 8 * INDEX_BYTES  # one chunk_offsets entry, one warp's list
 WARPS_PER_BLOCK = 8
 VALUES_PER_LANE = 16  # values of a chunk a lane loads ahead of use (512 a chunk; a denser chunk reads the rest after)
-MIN_CAPABILITY = (8, 0)  # __reduce_max_sync (a warp's largest bit count) needs compute capability 8.0
+MIN_CAPABILITY = (8, 0)
 
-SOURCE = r"""
-#ifndef IS_BF16
-#define IS_BF16 0
-#endif
-#ifndef WARPS_PER_BLOCK
-#define WARPS_PER_BLOCK 8
-#endif
+SOURCE = PRELUDE + r"""
 #ifndef VALUES_PER_LANE
 #define VALUES_PER_LANE 16
 #endif
 #if VALUES_PER_LANE % 4
 #error VALUES_PER_LANE must be a multiple of 4
 #endif
-#ifndef CHUNK_COLUMNS
-#define CHUNK_COLUMNS 1024
-#endif
-#define FULL 0xffffffffu
-
-__device__ __forceinline__ float as_float(unsigned short bits) {
-#if IS_BF16
-  return __uint_as_float(((unsigned int)bits) << 16);
-#elif defined(__CUDA_ARCH__)
-  float value;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
-  return value;
-#else
-  return emu_half_to_float(bits);
-#endif
-}
-
-__device__ __forceinline__ unsigned short from_float(float value) {
-#if defined(__CUDA_ARCH__)
-  unsigned short bits;
-#if IS_BF16
-  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(bits) : "f"(value));
-#else
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(value));
-#endif
-  return bits;
-#elif IS_BF16
-  return emu_float_to_bf16(value);
-#else
-  return emu_float_to_half(value);
-#endif
-}
 
 __device__ __forceinline__ unsigned int shift_left(unsigned int value, unsigned int amount) {
 #if defined(__CUDA_ARCH__)
@@ -142,12 +102,7 @@ bitmask_kept_gemv(const unsigned short* __restrict__ x, const unsigned short* __
     next_bits = next < chunks && next * 32 + lane < words_per_row ? __ldg(row_words + next * 32 + lane) : 0u;
     next_base = next < chunks ? __ldg(row_chunks + next) : 0;
     const int count = __popc(bits);
-    int end = count;  // inclusive scan: where this lane's kept weights end in the chunk's list
-#pragma unroll
-    for (int step = 1; step < 32; step <<= 1) {
-      const int before = __shfl_up_sync(FULL, end, step);
-      if (lane >= step) end += before;
-    }
+    const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's list
     const int total = __shfl_sync(FULL, end, 31);
     const int most = (int)__reduce_max_sync(FULL, (unsigned int)count);
     // the chunk's values (32 consecutive a load) are requested before the list is built, to arrive meanwhile
@@ -189,56 +144,28 @@ bitmask_kept_gemv(const unsigned short* __restrict__ x, const unsigned short* __
     }
     __syncwarp();
   }
-#pragma unroll
-  for (int step = 16; step > 0; step >>= 1) sum += __shfl_xor_sync(FULL, sum, step);
-  if (lane == 0) {
-    if (has_bias) sum += as_float(bias[row]);
-    out[row] = from_float(sum);
-  }
+  store_row(sum, lane, row, bias, has_bias, out);
 }
 """
+
+KERNEL = OneTokenKernel(KERNEL_NAME, SOURCE, "kept", "the kept-weights kernel", MIN_CAPABILITY,
+                        "__reduce_max_sync, a warp's largest bit count", (("VALUES_PER_LANE", VALUES_PER_LANE),))
 
 
 def defines(dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> dict[str, int]:
     """The source's macros for ``dtype`` (float16 or bfloat16) and ``warps_per_block``."""
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise TypeError(f"the kept-weights kernel supports torch.float16 and torch.bfloat16, got {dtype}")
-    return {"IS_BF16": int(dtype == torch.bfloat16), "WARPS_PER_BLOCK": warps_per_block, "VALUES_PER_LANE": VALUES_PER_LANE,
-            "CHUNK_COLUMNS": CHUNK_COLUMNS}
-
-
-@lru_cache(maxsize=None)
-def _kernel(arch: str, dtype: torch.dtype, warps_per_block: int) -> CompiledKernel:
-    return CompiledKernel(compile_cubin(SOURCE, arch, defines(dtype, warps_per_block), name="bitmask_kept.cu"), KERNEL_NAME)
+    return KERNEL.defines(dtype, warps_per_block)
 
 
 def check_kept_operands(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor) -> None:
     """Raise ValueError naming what the kept-weights kernel needs and the operands lack."""
-    if x2d.shape[0] != 1:
-        raise ValueError(f"the kept-weights kernel (Launch.one_token='kept') multiplies one token, got {x2d.shape[0]}")
-    if bitmask.shape[1] % 4:
-        raise ValueError(f"the kept-weights kernel reads the mask as 32-bit words: it needs a multiple of 32 input columns "
-                         f"(mask bytes per row a multiple of 4), got {bitmask.shape[1]} bytes per row; use Launch.one_token='chunks'")
-    if not bitmask.is_contiguous() or bitmask.data_ptr() % 4:
-        raise ValueError("the kept-weights kernel needs a contiguous, 4-byte aligned bitmask")
-    if not values.is_contiguous() or not offsets.is_contiguous():
-        raise ValueError("the kept-weights kernel needs contiguous values and chunk_offsets")
-    if offsets.shape[1] != -(-bitmask.shape[1] // (CHUNK_COLUMNS // 8)):
-        raise ValueError(f"chunk_offsets must have one entry per {CHUNK_COLUMNS} columns, got {offsets.shape[1]} for {bitmask.shape[1]} mask bytes")
+    KERNEL.check_operands(x2d, values, bitmask, offsets)
 
 
 def load_kernel(device: torch.device, dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> CompiledKernel:
     """The kernel for ``dtype`` on ``device``, compiled and loaded (once); ``BitmaskLinear`` calls it when it is built,
     so that neither compiling nor loading happens inside a timed call or a CUDA graph's capture."""
-    if warps_per_block not in (1, 2, 4, 8, 16):
-        raise ValueError(f"the kept-weights kernel runs 1, 2, 4, 8 or 16 warps a block (2 KB of shared memory each), got {warps_per_block}")
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < MIN_CAPABILITY:
-        raise RuntimeError(f"the kept-weights kernel needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer, "
-                           f"this GPU has {major}.{minor}; use Launch.one_token='chunks'")
-    kernel = _kernel(f"sm_{major}{minor}", dtype, warps_per_block)
-    kernel.load(device)
-    return kernel
+    return KERNEL.load(device, dtype, warps_per_block)
 
 
 def kept_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bias: Tensor | None,

@@ -2,8 +2,10 @@
 
 One token at 65 % sparsity or more (a density of at most ``KEPT_DENSITY_LIMIT``) runs ``bitmask_kept``'s CUDA C++
 kernel, which walks only the kept weights; denser weights, and shapes or GPUs it does not take, run the Triton
-``chunks`` kernel below (``default_launch``). 2 to 64 tokens run the Triton tensor-core kernel; more (a prefill)
-unpack the weight for the call (``bitmask_unpack``) and take the dense product, whatever the launch.
+``chunks`` kernel below (``default_launch``). ``Launch.one_token="walk"`` (``BitmaskLinear.walking``, the
+``bitmask_walk`` path) runs ``bitmask_walk``'s CUDA C++ kernel instead, not yet timed. 2 to 64 tokens run the Triton
+tensor-core kernel; more (a prefill) unpack the weight for the call (``bitmask_unpack``) and take the dense product,
+whatever the launch.
 
 What it computes: ``y = x @ W^T (+ bias)`` for ``x [T, in]`` in float16 or bfloat16 (any ``T``; made
 for decode, 1 to 64 tokens), with ``W [out, in]`` given as compressed-tensors 0.13's
@@ -85,6 +87,7 @@ import triton.language as tl
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from sparsebench.kernels import bitmask_walk
 from sparsebench.kernels.bitmask_kept import MIN_CAPABILITY as KEPT_CAPABILITY
 from sparsebench.kernels.bitmask_kept import WARPS_PER_BLOCK as KEPT_WARPS_PER_BLOCK
 from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
@@ -94,7 +97,8 @@ from sparsebench.kernels.launching import INDEX_BYTES, check_one_device, check_p
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept")
+ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk")
+CUDA_ONE_TOKEN_KERNELS = ("kept", "walk")  # CUDA C++ (NVRTC), one warp a row: Triton's interpreter cannot run them
 # the kept kernel's cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
 # shapes (docs/data/efficiency_gpu/h100_2026-12-05g_bitmask_one_token.txt) kept is 1.05-1.14x as fast at 70 %, 1.25-1.31x
 # at 80 %, 0.84-0.94x at 50-60 %; so the default takes kept from 65 % sparsity
@@ -116,9 +120,10 @@ class Launch:
     ``splits``: programs along the input dimension, whose float32 partial sums are added afterwards;
     ``prefetch``: load the next step's mask bytes before gathering this step's values (``bytes`` and
     several tokens); ``one_token``: the one-token kernel, ``chunks`` (``_chunk_kernel``), ``bytes``
-    (``_one_token_kernel``, the first kernel) or ``kept`` (``bitmask_kept``: the CUDA C++ kernel that walks
+    (``_one_token_kernel``, the first kernel), ``kept`` (``bitmask_kept``: the CUDA C++ kernel that walks
     only the kept weights, one warp a row and ``warps`` rows a block; ``block_rows=1``,
-    ``block_bytes=INDEX_BYTES``, one split, no prefetch).
+    ``block_bytes=INDEX_BYTES``, one split, no prefetch) or ``walk`` (``bitmask_walk``: CUDA C++ too, each
+    lane multiplying as it walks its mask word, no column list; the same launch as ``kept``; not yet timed on a GPU).
     """
 
     block_rows: int
@@ -134,6 +139,18 @@ class Launch:
             raise ValueError(f"Launch.block_bytes must divide {INDEX_BYTES}, got {self.block_bytes}")
         if self.one_token not in ONE_TOKEN_KERNELS:
             raise ValueError(f"Launch.one_token must be one of {ONE_TOKEN_KERNELS}, got {self.one_token!r}")
+
+
+def one_token_launch(kernel: str, rows: int) -> Launch:
+    """The launch of the one-token kernel ``kernel`` (``ONE_TOKEN_KERNELS``) for a weight of ``rows`` rows: the CUDA kernels
+    eight warps (rows) a block, ``chunks`` one warp of two rows from 8,192 rows or of one below, ``bytes`` 32 bytes a step."""
+    if kernel in CUDA_ONE_TOKEN_KERNELS:
+        return Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=KEPT_WARPS_PER_BLOCK, one_token=kernel)
+    if kernel == "chunks":
+        return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
+    if kernel == "bytes":
+        return Launch(block_rows=1, block_bytes=32, warps=1, one_token="bytes")
+    raise ValueError(f"the one-token kernel must be one of {ONE_TOKEN_KERNELS}, got {kernel!r}")
 
 
 def default_launch(tokens: int, rows: int, cols: int, capability: tuple[int, int] | None = None,
@@ -153,9 +170,9 @@ def default_launch(tokens: int, rows: int, cols: int, capability: tuple[int, int
     """
     if (tokens == 1 and cols % 32 == 0 and not interpreted() and (capability is None or capability >= KEPT_CAPABILITY)
             and (density is None or density <= KEPT_DENSITY_LIMIT)):
-        return Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=KEPT_WARPS_PER_BLOCK, one_token="kept")
+        return one_token_launch("kept", rows)
     if tokens == 1:
-        return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
+        return one_token_launch("chunks", rows)
     return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
 
 
@@ -442,10 +459,10 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
         raise ValueError(f"one token on the 'chunks' kernel runs one warp of one or two rows, {INDEX_BYTES} mask bytes a step, "
                          f"no prefetch: the launch needs block_rows in (1, 2), block_bytes={INDEX_BYTES}, warps=1, "
                          f"prefetch=False, got {launch}")
-    if tokens == 1 and launch.one_token == "kept" and (launch.block_rows != 1 or launch.block_bytes != INDEX_BYTES
-                                                       or launch.splits != 1 or launch.prefetch):
-        raise ValueError(f"one token on the 'kept' kernel runs one warp a row and `warps` rows a block, {INDEX_BYTES} mask bytes "
-                         f"a step: the launch needs block_rows=1, block_bytes={INDEX_BYTES}, splits=1, prefetch=False, got {launch}")
+    if tokens == 1 and launch.one_token in CUDA_ONE_TOKEN_KERNELS and (launch.block_rows != 1 or launch.block_bytes != INDEX_BYTES
+                                                                       or launch.splits != 1 or launch.prefetch):
+        raise ValueError(f"one token on the '{launch.one_token}' kernel runs one warp a row and `warps` rows a block, {INDEX_BYTES} "
+                         f"mask bytes a step: the launch needs block_rows=1, block_bytes={INDEX_BYTES}, splits=1, prefetch=False, got {launch}")
     if tokens == 1 and launch.one_token == "bytes" and launch.block_rows != 1:
         raise ValueError(f"one token on the 'bytes' kernel runs one output row per program: the launch needs block_rows=1, got {launch}")
     if tokens > 1 and (launch.block_rows < 16 or launch.block_bytes < 16):
@@ -455,10 +472,12 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
         return x2d.new_empty(0, rows)
     if tokens > UNPACK_ABOVE_TOKENS:  # a prefill: the dense product on the weight unpacked for this call (bitmask_unpack)
         return F.linear(x2d, unpack_dense(packed.values, packed.bitmask, offsets, cols), bias)
-    if tokens == 1 and launch.one_token == "kept":
+    if tokens == 1 and launch.one_token in CUDA_ONE_TOKEN_KERNELS:
         if interpreted():
-            raise RuntimeError("the 'kept' kernel is CUDA C++ (NVRTC), which Triton's interpreter cannot run; use one_token='chunks' there")
-        return kept_gemv(x2d, packed.values, packed.bitmask, offsets, bias, launch.warps)
+            raise RuntimeError(f"the '{launch.one_token}' kernel is CUDA C++ (NVRTC), which Triton's interpreter cannot run; "
+                               "use one_token='chunks' there")
+        product = kept_gemv if launch.one_token == "kept" else bitmask_walk.walk_gemv
+        return product(x2d, packed.values, packed.bitmask, offsets, bias, launch.warps)
     x2d = x2d.contiguous()
     n_bytes = packed.bitmask.shape[1]
     # every split but the last covers a whole number of index chunks
@@ -517,24 +536,31 @@ def launch_arguments(launch: Launch | None) -> list[int] | None:
 
 
 class BitmaskLinear(nn.Module):
-    """A drop-in for a pruned ``nn.Linear`` that keeps only the ``sparse-bitmask`` layout (no dense copy) and multiplies with ``bitmask_matmul``."""
+    """A drop-in for a pruned ``nn.Linear`` that keeps only the ``sparse-bitmask`` layout (no dense copy) and multiplies with ``bitmask_matmul``.
 
-    def __init__(self, packed: Bitmask, bias: Tensor | None = None, launch: Launch | None = None) -> None:
+    ``launch``: one launch for every call (None: ``default_launch`` per call); ``one_token``: the kernel of one-token
+    calls (``ONE_TOKEN_KERNELS``, in ``one_token_launch``), the default launch for the others."""
+
+    def __init__(self, packed: Bitmask, bias: Tensor | None = None, launch: Launch | None = None, one_token: str | None = None) -> None:
         super().__init__()
         if packed.values.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"BitmaskLinear supports weights in (torch.float16, torch.bfloat16), got {packed.values.dtype}")
+        if launch is not None and one_token is not None:
+            raise ValueError("BitmaskLinear takes a launch for every call or a one_token kernel, not both")
         self.out_features, self.in_features = packed.shape
         self.launch = launch
+        self.one_token_override = None if one_token is None else one_token_launch(one_token, self.out_features)
         self.register_buffer("values", packed.values)
         self.register_buffer("bitmask", packed.bitmask)
         self.register_buffer("row_offsets", packed.row_offsets)
         self.register_buffer("chunk_offsets", chunk_offsets(packed))
         self.register_buffer("bias", None if bias is None else bias.detach().to(packed.values.dtype))
-        one_token = launch or default_launch(1, self.out_features, self.in_features, _capability(packed.values.device),
-                                             packed.values.numel() / (self.out_features * self.in_features))
+        one_token = launch or self.one_token_override or default_launch(1, self.out_features, self.in_features, _capability(packed.values.device),
+                                                                      packed.values.numel() / (self.out_features * self.in_features))
         self.one_token_kernel = one_token.one_token  # which kernel a one-token product runs (recorded by eval=efficiency)
-        if one_token.one_token == "kept" and packed.values.device.type == "cuda":
-            load_kernel(packed.values.device, packed.values.dtype, one_token.warps)  # compiled and loaded now, not in a timed call
+        if one_token.one_token in CUDA_ONE_TOKEN_KERNELS and packed.values.device.type == "cuda":  # compiled and loaded now, not in a timed call
+            loader = load_kernel if one_token.one_token == "kept" else bitmask_walk.load_kernel
+            loader(packed.values.device, packed.values.dtype, one_token.warps)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, launch: Launch | None = None) -> BitmaskLinear:
@@ -542,6 +568,13 @@ class BitmaskLinear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"BitmaskLinear.from_linear takes an nn.Linear, got {type(linear).__name__}")
         return cls(pack_bitmask(linear.weight.detach()), linear.bias, launch)
+
+    @classmethod
+    def walking(cls, linear: nn.Linear) -> BitmaskLinear:
+        """``from_linear`` with one-token calls through the walking CUDA kernel at any density (the ``bitmask_walk`` path)."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"BitmaskLinear.walking takes an nn.Linear, got {type(linear).__name__}")
+        return cls(pack_bitmask(linear.weight.detach()), linear.bias, one_token="walk")
 
     def packed(self) -> Bitmask:
         """The weight in the ``sparse-bitmask`` layout (the module's own tensors, not copies)."""
@@ -555,11 +588,12 @@ class BitmaskLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"BitmaskLinear expects inputs [..., {self.in_features}], got {tuple(x.shape)}")
         rows = x.reshape(-1, self.in_features)
+        launch = self.launch or (self.one_token_override if rows.shape[0] == 1 else None)
         if torch.compiler.is_compiling():
             y = torch.ops.sparsebench.bitmask_matmul.default(rows, self.values, self.bitmask, self.row_offsets, self.chunk_offsets, self.bias,
-                                                             self.in_features, launch_arguments(self.launch))
+                                                             self.in_features, launch_arguments(launch))
         else:
-            y = bitmask_matmul(rows, self.packed(), self.chunk_offsets, self.bias, self.launch)
+            y = bitmask_matmul(rows, self.packed(), self.chunk_offsets, self.bias, launch)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ import torch
 
 _NVRTC_SUCCESS = 0
 _CUDA_SUCCESS = 0
+_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 
 
 class NvrtcError(RuntimeError):
@@ -115,14 +116,16 @@ def _check_driver(result: int, call: str) -> None:
 class CompiledKernel:
     """The ``extern "C"`` kernel ``name`` of ``cubin``, loaded into each device's context on first use.
 
-    ``launch(grid, block, args)``: ``args`` are tensors (passed as device pointers) and Python ints (as C
-    ``int``), in the kernel's order; the launch goes to torch's current stream on the tensors' device.
+    ``launch(grid, block, args, device, shared_bytes)``: ``args`` are tensors (passed as device pointers) and Python
+    ints (as C ``int``), in the kernel's order; ``shared_bytes`` of dynamic shared memory (``extern __shared__``); the
+    launch goes to torch's current stream on the tensors' device.
     """
 
     def __init__(self, cubin: bytes, name: str) -> None:
         self.cubin = cubin
         self.name = name
         self._functions: dict[int, ctypes.c_void_p] = {}
+        self._dynamic_shared_limit: dict[int, int] = {}
 
     def load(self, device: torch.device) -> ctypes.c_void_p:
         """The kernel's handle in ``device``'s context, loading the cubin there the first time."""
@@ -138,8 +141,20 @@ class CompiledKernel:
             self._functions[index] = function
         return self._functions[index]
 
-    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device) -> None:
+    def allow_dynamic_shared(self, device: torch.device, shared_bytes: int) -> None:
+        """Let launches on ``device`` take ``shared_bytes`` of dynamic shared memory (above 48 KB the driver asks for this)."""
         function = self.load(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if shared_bytes > self._dynamic_shared_limit.get(index, 48 * 1024):
+            _check_driver(_driver().cuFuncSetAttribute(function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)),
+                          f"cuFuncSetAttribute({self.name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {shared_bytes})")
+            self._dynamic_shared_limit[index] = shared_bytes
+
+    def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device,
+               shared_bytes: int = 0) -> None:
+        function = self.load(device)
+        if shared_bytes > 48 * 1024:
+            self.allow_dynamic_shared(device, shared_bytes)
         holders = []
         for arg in args:
             if isinstance(arg, torch.Tensor):
@@ -150,5 +165,5 @@ class CompiledKernel:
                 raise TypeError(f"kernel arguments are tensors or ints, got {type(arg).__name__}")
         params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(holder), ctypes.c_void_p) for holder in holders])
         stream = torch.cuda.current_stream(device).cuda_stream
-        _check_driver(_driver().cuLaunchKernel(function, *grid, *block, 0, ctypes.c_void_p(stream), params, None),
+        _check_driver(_driver().cuLaunchKernel(function, *grid, *block, shared_bytes, ctypes.c_void_p(stream), params, None),
                       f"cuLaunchKernel({self.name})")

@@ -10,7 +10,12 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
   (``sparsebench.kernels.bitmask_linear``, ``bitmask_kept``, ``bitmask_unpack``);
 - ``cusparselt_gemv24``: 2:4, both cuSPARSELt's packed weight and the ``sparse-24-bitmask`` layout held, the
   kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
-- ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count.
+- ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count;
+- ``bitmask_walk``: ``bitmask`` with the walking CUDA kernel at one token at any density
+  (``sparsebench.kernels.bitmask_walk``); measured only where named (``eval.efficiency.paths``), since it has not
+  been timed on a GPU yet.
+
+``paths_for(pattern)`` gives a pattern's paths measured by default; ``paths_for(pattern, names)`` those named.
 
 ``swapped(model, linears, convert)`` replaces the modules and parks the dense linears on the CPU, so the GPU holds
 only what the path stores, then puts everything back.
@@ -39,6 +44,7 @@ class SparsePath:
     patterns: tuple[str, ...]  # "2:4" and/or "unstructured"
     module: str  # where its converter lives (imported when the path is used)
     converter: str  # module attribute: a function nn.Linear -> nn.Module
+    by_default: bool = True  # measured unless eval.efficiency.paths names others
 
 
 PATHS = {
@@ -58,13 +64,19 @@ PATHS = {
         SparsePath("gemv24", "2:4, the Triton kernel on the sparse-24-bitmask layout at every token count (made for 1-16; more tokens "
                    "run as tiles of 16, each decoding the weight again: slow prefill)", ("2:4",), "sparsebench.kernels.gemv24",
                    "Gemv24Linear.any_tokens"),
+        SparsePath("bitmask_walk", "the bitmask path with one token through the walking CUDA kernel (each lane multiplies as it walks "
+                   "its mask word: no column list) at any density; not yet timed on a GPU, so measured only where named",
+                   ("unstructured",), "sparsebench.kernels.bitmask_linear", "BitmaskLinear.walking", by_default=False),
     )
 }
 
 
-def paths_for(pattern_name: str) -> list[SparsePath]:
-    """The paths for a sparsity pattern (``"2:4"``, ``"unstructured"``, or another N:M name: none)."""
-    return [path for path in PATHS.values() if pattern_name in path.patterns]
+def paths_for(pattern_name: str, names: tuple[str, ...] | list[str] | None = None) -> list[SparsePath]:
+    """The paths for a sparsity pattern (``"2:4"``, ``"unstructured"``, or another N:M name: none): those measured by
+    default, or, given ``names``, those of them named (paths measured only where named included)."""
+    if names is None:
+        return [path for path in PATHS.values() if pattern_name in path.patterns and path.by_default]
+    return [path for path in PATHS.values() if pattern_name in path.patterns and path.name in names]
 
 
 def converter(path: SparsePath):

@@ -2,16 +2,20 @@
 // (sparsebench/testing/host_cuda.py builds them; tests/test_kernels_on_the_host.py uses it).
 //
 // What it gives a kernel source: threadIdx and blockIdx; __shared__ arrays (one copy, shared by the block's threads: the
-// launcher runs one block at a time); the warp collectives __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync,
+// launcher runs one block at a time) and dynamic shared memory (emu::dynamic_shared(), the launch's shared_bytes, 16-byte
+// aligned); __syncthreads; the warp collectives __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync,
 // __reduce_max_sync, __reduce_add_sync, __ballot_sync and __syncwarp, for the full warp only (any other mask aborts with
-// a message); __popc, __clz, __ldg, __uint_as_float, __float_as_uint; and host versions of the conversions that kernels
+// a message); __popc, __clz, __ldg, __uint_as_float, __float_as_uint, min and max of ints; and host versions of the conversions that kernels
 // write in PTX (emu_half_to_float, emu_float_to_half, emu_float_to_bf16: round to nearest even).
 //
 // Each collective is two barrier phases of the warp's 32 threads (publish, then read), so lanes that a kernel lets run
 // ahead or fall behind meet there, as on a GPU since Volta; lanes of a warp that take part in different numbers of
-// collectives (one exits while the others wait) end the run with a message instead of hanging. Shared memory written by one lane and read by another without a
-// __syncwarp between is a data race, which a build with ThreadSanitizer reports; reads and writes outside the caller's
-// buffers are reported by AddressSanitizer (the test harness allocates each buffer at its exact size).
+// collectives (one exits while the others wait) end the run with a message instead of hanging. Shared memory written by
+// one lane and read by another with no barrier between is a data race, which a build with ThreadSanitizer reports;
+// reads and writes outside the caller's buffers are reported by AddressSanitizer (the test harness allocates each
+// buffer at its exact size). Limits: here every collective also orders memory, which on a GPU only __syncwarp and
+// __syncthreads do, so a missing __syncwarp is reported only where no shuffle stands between the write and the read;
+// cp.async copies (written by a kernel's host branch as plain copies) complete at once.
 #pragma once
 
 #include <atomic>
@@ -46,6 +50,11 @@ inline thread_local unsigned int current_lane = 0;
 inline thread_local long phases_taken = 0;
 inline thread_local uint3 thread_index;
 inline thread_local uint3 block_index;
+inline thread_local std::barrier<>* current_block = nullptr;
+inline thread_local unsigned char* current_dynamic_shared = nullptr;
+inline thread_local long block_phases_taken = 0;
+
+inline void* dynamic_shared() { return current_dynamic_shared; }
 
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "warp emulation: %s (block %u, thread %u)\n", what, block_index.x, thread_index.x);
@@ -102,14 +111,20 @@ inline unsigned short float_to_bf16(float value) {
   return static_cast<unsigned short>(bits >> 16);
 }
 
-// runs `kernel` for every thread of `grid` x `block` (x dimensions only), one block at a time, a host thread a GPU thread
+// runs `kernel` for every thread of `grid` x `block` (x dimensions only), one block at a time, a host thread a GPU thread,
+// with `shared_bytes` of dynamic shared memory
 template <class Kernel>
-void launch(dim3 grid, dim3 block, Kernel kernel) {
+void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel) {
   if (grid.y != 1 || grid.z != 1 || block.y != 1 || block.z != 1 || block.x % 32 != 0 || block.x == 0)
     fail("launch: one-dimensional grids of whole warps only");
   for (unsigned int b = 0; b < grid.x; ++b) {
     const unsigned int warps = block.x / 32;
     std::unique_ptr<Warp[]> block_warps(new Warp[warps]);
+    std::barrier<> block_barrier(static_cast<std::ptrdiff_t>(block.x));
+    std::unique_ptr<long[]> block_phases(new long[block.x]);
+    // exactly the bytes asked for (so that AddressSanitizer reports an access past them), 16-byte aligned
+    void* shared = shared_bytes ? std::malloc(shared_bytes) : nullptr;
+    if (reinterpret_cast<uintptr_t>(shared) % 16) fail("malloc gave dynamic shared memory that is not 16-byte aligned");
     std::vector<std::thread> threads;
     threads.reserve(block.x);
     for (unsigned int t = 0; t < block.x; ++t) {
@@ -117,14 +132,26 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
         current_warp = &block_warps[t / 32];
         current_lane = t % 32;
         phases_taken = 0;
+        block_phases_taken = 0;
+        current_block = &block_barrier;
+        current_dynamic_shared = static_cast<unsigned char*>(shared);
         thread_index = {t, 0, 0};
         block_index = {b, 0, 0};
         kernel();
         current_warp->phases_of_lane[current_lane] = phases_taken;
+        block_phases[t] = block_phases_taken;
         current_warp->phase.arrive_and_drop();  // lanes still in a collective go on (and are caught below)
+        block_barrier.arrive_and_drop();
       });
     }
     for (auto& thread : threads) thread.join();
+    std::free(shared);
+    for (unsigned int t = 1; t < block.x; ++t)
+      if (block_phases[t] != block_phases[0]) {
+        block_index = {b, 0, 0};
+        thread_index = {t, 0, 0};
+        fail("the threads of a block reached different numbers of __syncthreads (one exited before one)");
+      }
     for (unsigned int w = 0; w < warps; ++w)
       for (int lane = 1; lane < 32; ++lane)
         if (block_warps[w].phases_of_lane[lane] != block_warps[w].phases_of_lane[0]) {
@@ -133,6 +160,11 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
           fail("the lanes of a warp took part in different numbers of collectives (one exited or skipped one while others waited)");
         }
   }
+}
+
+template <class Kernel>
+void launch(dim3 grid, dim3 block, Kernel kernel) {
+  launch(grid, block, 0, kernel);
 }
 
 }  // namespace emu
@@ -145,6 +177,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 inline float emu_half_to_float(unsigned short bits) { return emu::half_to_float(bits); }
 inline unsigned short emu_float_to_half(float value) { return emu::float_to_half(value); }
@@ -207,12 +240,19 @@ inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
   return bits;
 }
 
+inline void __syncthreads() {
+  emu::current_block->arrive_and_wait();
+  ++emu::block_phases_taken;
+}
+
 inline void __syncwarp(unsigned int mask = emu::kFullWarp) {
   emu::check_mask(mask);
   emu::wait_for_warp();
 }
 
 inline int __popc(unsigned int value) { return __builtin_popcount(value); }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline int __clz(unsigned int value) { return value == 0 ? 32 : __builtin_clz(value); }
 
 template <class T>

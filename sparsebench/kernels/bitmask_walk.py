@@ -1,0 +1,231 @@
+"""One-token products on the ``sparse-bitmask`` layout in which each lane multiplies as it walks its own mask word: a
+CUDA C++ kernel (NVRTC), ``Launch.one_token="walk"``. Not a default: it has not been timed on a GPU yet.
+
+What it computes: ``y = x @ W^T (+ bias)`` for one token, as ``bitmask_kept`` does, from the same operands (``values``,
+``bitmask`` and its ``chunk_offsets``).
+
+Why a second kernel: the kept-weights kernel (``bitmask_kept``) first writes each chunk's kept columns to a list in
+shared memory and then reads them back, one store and one load per kept weight besides the product, and reads ``x``
+from the L1 cache with a 64-bit address a product (about 22 instructions a kept weight at 70 % in its sm_90 code,
+``benchmarks/bitmask_kernel_sass.py``). Here the bit found is the column: a lane multiplies at once.
+
+How: a block of ``WARPS_PER_BLOCK`` rows first copies ``x`` to shared memory (float16 or bfloat16, two halves of padding
+after every 32 columns, so that lanes reading their own 32 columns hit different banks); then one warp per row, one
+1,024-column chunk at a time:
+
+1. Lane ``i`` holds the chunk's mask word ``i`` (loaded a chunk ahead), counts its bits, and an inclusive scan over
+   the lanes gives where its kept weights end in the chunk's run of values.
+2. The chunk's values are copied to the warp's shared memory with ``cp.async`` (16-byte pieces from the aligned address
+   at or below the chunk's first value; a piece past the end of ``values`` is cut short by its source size and filled
+   with zeros).
+3. Each lane walks its word from the highest set bit down (find-leading-one, clear it): the bit is the column, its value
+   the next one down from the end of the lane's run; ``x`` at the column comes from shared memory. The warp takes as
+   many steps as its densest word has bits (at 70 % about 15 for 9.6 on average); a lane whose bits are spent idles.
+
+Sums are float32, reduced over the warp by shuffles. Requirements, checked before the launch with an error that names
+them: one token on a CUDA tensor, columns a multiple of 32, ``values`` 16-byte aligned (``cp.async``), compute
+capability 8.0 or newer, and ``x`` small enough for shared memory (``max_columns``). The source also builds for the
+CPU with ``sparsebench/testing/warp_emulation.h`` (tests/test_kernels_on_the_host.py runs it under AddressSanitizer
+and ThreadSanitizer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sparsebench.kernels.nvrtc import CompiledKernel
+from sparsebench.kernels.one_token_cuda import CHUNK_COLUMNS, PRELUDE, OneTokenKernel
+
+KERNEL_NAME = "bitmask_walk_gemv"
+WARPS_PER_BLOCK = 8
+VALUE_SLOTS = CHUNK_COLUMNS + 8  # a chunk's values and up to 7 before its first (the 16-byte aligned copy)
+MIN_CAPABILITY = (8, 0)  # cp.async
+SHARED_MEMORY_LIMIT = 227 * 1024  # a block's shared memory on compute capability 8.0 and 9.0
+
+SOURCE = PRELUDE + r"""
+#define VALUE_SLOTS (CHUNK_COLUMNS + 8)
+#define GROUP_SLOTS 34  // shared-memory halves a group of 32 columns of x takes: 32 and 2 of padding
+
+// a row's mask words (one a lane, 32 a chunk) and chunk_offsets entries: each chunk's are loaded while the chunk
+// before is worked on
+struct RowChunks {
+  const unsigned int* row_words;
+  const int* row_chunks;
+  int words_per_row, chunks, lane;
+  unsigned int next_bits;
+  int next_base;
+
+  __device__ __forceinline__ RowChunks(const unsigned int* words, const int* chunk_offsets, int row, int words_per_row_,
+                                       int chunks_, int lane_)
+      : row_words(words + (size_t)row * words_per_row_), row_chunks(chunk_offsets + (size_t)row * chunks_),
+        words_per_row(words_per_row_), chunks(chunks_), lane(lane_) {
+    next_bits = lane < words_per_row ? __ldg(row_words + lane) : 0u;
+    next_base = __ldg(row_chunks);
+  }
+
+  // chunk `chunk`'s mask word of this lane and the index in values of its first kept weight; asks for the next chunk's
+  __device__ __forceinline__ void take(int chunk, unsigned int& bits, int& base) {
+    bits = next_bits;
+    base = next_base;
+    const int next = chunk + 1;
+    next_bits = next < chunks && next * 32 + lane < words_per_row ? __ldg(row_words + next * 32 + lane) : 0u;
+    next_base = next < chunks ? __ldg(row_chunks + next) : 0;
+  }
+};
+
+// where column `column` of x sits in shared memory
+__device__ __forceinline__ int x_slot(int column) { return column + 2 * (column >> 5); }
+
+__device__ __forceinline__ unsigned int shared_address(const void* pointer) {
+#if defined(__CUDA_ARCH__)
+  unsigned long long address;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(address) : "l"((unsigned long long)pointer));
+  return (unsigned int)address;
+#else
+  return 0u;
+#endif
+}
+
+// 16 bytes from global `source` to shared `destination`, asynchronously
+__device__ __forceinline__ void copy_16_bytes(unsigned short* destination, const unsigned short* source) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(shared_address(destination)), "l"(source) : "memory");
+#else  // element by element, so that ThreadSanitizer sees each store (it missed the stores of a memcpy here)
+  for (int i = 0; i < 8; ++i) destination[i] = source[i];
+#endif
+}
+
+// the same for the last piece of `values`: only `source_bytes` (2 to 14) are read, the rest are zeros
+__device__ __forceinline__ void copy_last_bytes(unsigned short* destination, const unsigned short* source, int source_bytes) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
+               :: "r"(shared_address(destination)), "l"(source), "r"(source_bytes) : "memory");
+#else
+  for (int i = 0; i < 8; ++i) destination[i] = 2 * i < source_bytes ? source[i] : (unsigned short)0;
+#endif
+}
+
+__device__ __forceinline__ void wait_for_copies() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS_PER_BLOCK * 32)
+bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __restrict__ values,
+                  const unsigned int* __restrict__ words, const int* __restrict__ chunk_offsets,
+                  const unsigned short* __restrict__ bias, unsigned short* __restrict__ out,
+                  int rows, int words_per_row, int chunks, int has_bias, int n_values) {
+#if defined(__CUDA_ARCH__)
+  extern __shared__ __align__(16) unsigned short x_shared[];
+#else
+  unsigned short* x_shared = static_cast<unsigned short*>(emu::dynamic_shared());
+#endif
+  __shared__ __align__(16) unsigned short value_slots[WARPS_PER_BLOCK][VALUE_SLOTS];
+  // x to shared memory, two columns (4 bytes) a copy, by the whole block
+  const unsigned int* x_pairs = (const unsigned int*)x;
+  for (int pair = threadIdx.x; pair < words_per_row * 16; pair += WARPS_PER_BLOCK * 32)
+    *(unsigned int*)(x_shared + x_slot(2 * pair)) = __ldg(x_pairs + pair);
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int row = blockIdx.x * WARPS_PER_BLOCK + warp;
+  if (row >= rows) return;  // the whole warp: one row a warp
+  unsigned short* slots = value_slots[warp];
+  RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
+  const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;  // this lane's 32 columns of the chunk
+  float sum = 0.0f;
+  for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
+    unsigned int walking;
+    int base;
+    row_chunks.take(chunk, walking, base);
+    const int count = __popc(walking);
+    const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's run
+    const int total = __shfl_sync(FULL, end, 31);
+    if (total == 0) continue;  // the same for the whole warp
+    // step 2: the chunk's values, from the 16-byte aligned index at or below `base`
+    const int first = base & ~7;
+    const int stop = base + total;
+    const unsigned short* source = values + first + 8 * lane;
+    unsigned short* destination = slots + 8 * lane;
+    for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
+      if (index + 8 <= n_values) copy_16_bytes(destination, source);
+      else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
+    }
+    wait_for_copies();
+    __syncwarp();
+    // step 3: the lane's word from its highest bit down, its values from the end of its run down (a lane whose bits are
+    // spent waits for the others: the warp takes as many steps as its densest word has bits)
+    const unsigned short* value = slots + (base - first) + end - 1;
+#pragma unroll 4
+    for (int k = 0; k < count; ++k) {
+      const int bit = 31 - __clz(walking);
+      sum += as_float(value[-k]) * as_float(x_word[bit]);
+      walking &= (1u << bit) - 1u;  // the bits below it
+    }
+    __syncwarp();  // the slots are written again for the next chunk
+  }
+  store_row(sum, lane, row, bias, has_bias, out);
+}
+"""
+
+
+KERNEL = OneTokenKernel(KERNEL_NAME, SOURCE, "walk", "the walking kernel", MIN_CAPABILITY, "cp.async")
+
+
+def defines(dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> dict[str, int]:
+    """The source's macros for ``dtype`` (float16 or bfloat16) and ``warps_per_block``."""
+    return KERNEL.defines(dtype, warps_per_block)
+
+
+def x_shared_bytes(cols: int) -> int:
+    """The dynamic shared memory a block takes for ``x`` of ``cols`` columns (two halves of padding every 32)."""
+    return 2 * (cols + 2 * (cols // 32))
+
+
+def static_shared_bytes(warps_per_block: int = WARPS_PER_BLOCK) -> int:
+    """The shared memory a block takes besides ``x``: each warp's value slots."""
+    return warps_per_block * 2 * VALUE_SLOTS
+
+
+def max_columns(warps_per_block: int = WARPS_PER_BLOCK) -> int:
+    """The most input columns whose ``x`` fits a block's shared memory beside the warps' slots."""
+    room = SHARED_MEMORY_LIMIT - static_shared_bytes(warps_per_block)
+    return room // (2 * 34) * 32
+
+
+def check_walk_operands(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, warps_per_block: int = WARPS_PER_BLOCK) -> None:
+    """Raise ValueError naming what the walking kernel needs and the operands lack."""
+    KERNEL.check_operands(x2d, values, bitmask, offsets)
+    if values.data_ptr() % 16:
+        raise ValueError("the walking kernel copies values in 16-byte pieces (cp.async): it needs values starting on a "
+                         f"16-byte boundary, got address {values.data_ptr():#x}")
+    cols = 8 * bitmask.shape[1]
+    if cols > max_columns(warps_per_block):
+        raise ValueError(f"the walking kernel keeps x in shared memory: at most {max_columns(warps_per_block)} columns with "
+                         f"{warps_per_block} warps a block, got {cols}; use Launch.one_token='kept'")
+
+
+def load_kernel(device: torch.device, dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> CompiledKernel:
+    """The kernel for ``dtype`` on ``device``, compiled and loaded (once), so that neither happens inside a timed call
+    or a CUDA graph's capture."""
+    return KERNEL.load(device, dtype, warps_per_block)
+
+
+def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bias: Tensor | None,
+              warps_per_block: int = WARPS_PER_BLOCK) -> Tensor:
+    """``x2d [1, in] @ W^T (+ bias)``: ``[1, out]`` in x's dtype; operands as ``bitmask_linear`` checks them, plus ``check_walk_operands``."""
+    check_walk_operands(x2d, values, bitmask, offsets, warps_per_block)
+    rows, cols = bitmask.shape[0], 8 * bitmask.shape[1]
+    device = x2d.device
+    kernel = load_kernel(device, x2d.dtype, warps_per_block)
+    x2d = x2d.contiguous()
+    if x2d.data_ptr() % 4:  # x is copied to shared memory two columns at a time
+        x2d = x2d.clone()
+    out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
+    words = bitmask.view(torch.int32)
+    kernel.launch((-(-rows // warps_per_block), 1, 1), (32 * warps_per_block, 1, 1),
+                  [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
+                   int(bias is not None), values.numel()], device, shared_bytes=x_shared_bytes(cols))
+    return out
