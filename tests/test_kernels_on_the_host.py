@@ -47,7 +47,7 @@ def _weight(rows: int, cols: int, density: float, dtype: torch.dtype, seed: int)
     return weight
 
 
-def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, blocks: int | None = None) -> torch.Tensor:
     """``program`` (a kernel's host build, ``_program``) on ``weight`` packed as ``bitmask_linear`` packs it: ``W x + bias``."""
     packed = pack_bitmask(weight)
     offsets = chunk_offsets(packed)
@@ -59,7 +59,7 @@ def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bia
         (folder / f"{name}.bin").write_bytes(tensor.contiguous().numpy().tobytes())
     arguments = [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))]
     if program.name.startswith("bitmask_walk"):
-        arguments.append(str(bitmask_walk.x_shared_bytes(cols)))
+        arguments += [str(bitmask_walk.x_shared_bytes(cols))] + ([] if blocks is None else [str(blocks)])
     run_host_program(program, arguments)
     out = torch.frombuffer(bytearray((folder / "out.bin").read_bytes()), dtype=torch.int16)
     return out.view(x.dtype)
@@ -87,6 +87,15 @@ def test_each_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, t
     _expect_product(out, weight, x, b)
 
 
+def test_the_walking_kernels_warps_take_every_row_of_a_smaller_grid(tmp_path_factory, tmp_path):
+    """On a GPU the grid is the blocks it runs at once (``bitmask_walk._resident_blocks``), each warp taking several rows."""
+    weight = _weight(21, 2080, 0.3, torch.float16, seed=7)
+    x = torch.randn(2080, generator=torch.Generator().manual_seed(8)).to(torch.float16)
+    bias = torch.randn(21, generator=torch.Generator().manual_seed(9)).to(torch.float16)
+    out = _run(_program(tmp_path_factory, "walk", torch.float16, 2, "address"), tmp_path, weight, x, bias, blocks=3)
+    _expect_product(out, weight, x, bias)
+
+
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_each_kernels_threads_share_memory_only_across_a_barrier(tmp_path_factory, tmp_path, kernel):
     weight = _weight(3, 2048, 0.4, torch.float16, seed=3)
@@ -101,11 +110,9 @@ BROKEN = {
                                    "held[i] = __ldg(chunk_values + lane + 32 * i);", "address", "heap-buffer-overflow"),
     "kept without the fence before its list is read": ("kept", "    __syncwarp();\n    const unsigned long long chunk_x",
                                                        "    const unsigned long long chunk_x", "thread", "data race"),
-    "walk copies whole pieces past its values": ("walk", "if (index + 8 <= n_values) copy_16_bytes(destination, source);\n"
-                                                 "      else copy_last_bytes(destination, source, 2 * (n_values - index));",
-                                                 "copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
-    "walk without the fence after its copies": ("walk", "    wait_for_copies();\n    __syncwarp();\n", "    wait_for_copies();\n",
-                                                "thread", "data race"),
+    "walk copies whole pieces past its values": ("walk", "else copy_last_bytes(destination, source, 2 * (n_values - index));",
+                                                 "else copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
+    "walk without the fence after its copies": ("walk", "wait_for_copies();", "wait_for_copies(); if (false)", "thread", "data race"),
 }
 
 

@@ -9,9 +9,10 @@ shared memory and then reads them back, one store and one load per kept weight b
 from the L1 cache with a 64-bit address a product (about 22 instructions a kept weight at 70 % in its sm_90 code,
 ``benchmarks/bitmask_kernel_sass.py``). Here the bit found is the column: a lane multiplies at once.
 
-How: a block of ``WARPS_PER_BLOCK`` rows first copies ``x`` to shared memory (float16 or bfloat16, two halves of padding
-after every 32 columns, so that lanes reading their own 32 columns hit different banks); then one warp per row, one
-1,024-column chunk at a time:
+How: a block of ``WARPS_PER_BLOCK`` warps first copies ``x`` to shared memory (float16 or bfloat16, two halves of
+padding after every 32 columns, so that lanes reading their own 32 columns hit different banks); then one warp per row,
+one 1,024-column chunk at a time. The grid is as many blocks as the GPU runs at once (the driver's occupancy), each warp
+taking every ``grid * WARPS_PER_BLOCK``-th row, so that ``x`` is copied once a block rather than once every eight rows:
 
 1. Lane ``i`` holds the chunk's mask word ``i`` (loaded a chunk ahead), counts its bits, and an inclusive scan over
    the lanes gives where its kept weights end in the chunk's run of values.
@@ -130,43 +131,44 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  const int row = blockIdx.x * WARPS_PER_BLOCK + warp;
-  if (row >= rows) return;  // the whole warp: one row a warp
   unsigned short* slots = value_slots[warp];
-  RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
-  const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;  // this lane's 32 columns of the chunk
-  float sum = 0.0f;
-  for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
-    unsigned int walking;
-    int base;
-    row_chunks.take(chunk, walking, base);
-    const int count = __popc(walking);
-    const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's run
-    const int total = __shfl_sync(FULL, end, 31);
-    if (total == 0) continue;  // the same for the whole warp
-    // step 2: the chunk's values, from the 16-byte aligned index at or below `base`
-    const int first = base & ~7;
-    const int stop = base + total;
-    const unsigned short* source = values + first + 8 * lane;
-    unsigned short* destination = slots + 8 * lane;
-    for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
-      if (index + 8 <= n_values) copy_16_bytes(destination, source);
-      else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
-    }
-    wait_for_copies();
-    __syncwarp();
-    // step 3: the lane's word from its highest bit down, its values from the end of its run down (a lane whose bits are
-    // spent waits for the others: the warp takes as many steps as its densest word has bits)
-    const unsigned short* value = slots + (base - first) + end - 1;
+  // a warp a row, the grid's warps taking every (gridDim.x * WARPS_PER_BLOCK)-th row: a block copies x once for all its rows
+  for (int row = blockIdx.x * WARPS_PER_BLOCK + warp; row < rows; row += gridDim.x * WARPS_PER_BLOCK) {
+    RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
+    const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;  // this lane's 32 columns of the chunk
+    float sum = 0.0f;
+    for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
+      unsigned int walking;
+      int base;
+      row_chunks.take(chunk, walking, base);
+      const int count = __popc(walking);
+      const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's run
+      const int total = __shfl_sync(FULL, end, 31);
+      if (total == 0) continue;  // the same for the whole warp
+      // step 2: the chunk's values, from the 16-byte aligned index at or below `base`
+      const int first = base & ~7;
+      const int stop = base + total;
+      const unsigned short* source = values + first + 8 * lane;
+      unsigned short* destination = slots + 8 * lane;
+      for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
+        if (index + 8 <= n_values) copy_16_bytes(destination, source);
+        else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
+      }
+      wait_for_copies();
+      __syncwarp();
+      // step 3: the lane's word from its highest bit down, its values from the end of its run down (a lane whose bits are
+      // spent waits for the others: the warp takes as many steps as its densest word has bits)
+      const unsigned short* value = slots + (base - first) + end - 1;
 #pragma unroll 4
-    for (int k = 0; k < count; ++k) {
-      const int bit = 31 - __clz(walking);
-      sum += as_float(value[-k]) * as_float(x_word[bit]);
-      walking &= (1u << bit) - 1u;  // the bits below it
+      for (int k = 0; k < count; ++k) {
+        const int bit = 31 - __clz(walking);
+        sum += as_float(value[-k]) * as_float(x_word[bit]);
+        walking &= (1u << bit) - 1u;  // the bits below it
+      }
+      __syncwarp();  // the slots are written again for the next chunk
     }
-    __syncwarp();  // the slots are written again for the next chunk
+    store_row(sum, lane, row, bias, has_bias, out);
   }
-  store_row(sum, lane, row, bias, has_bias, out);
 }
 """
 
@@ -225,7 +227,19 @@ def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bia
         x2d = x2d.clone()
     out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
     words = bitmask.view(torch.int32)
-    kernel.launch((-(-rows // warps_per_block), 1, 1), (32 * warps_per_block, 1, 1),
+    threads, shared = 32 * warps_per_block, x_shared_bytes(cols)
+    kernel.launch((min(-(-rows // warps_per_block), _resident_blocks(kernel, device, threads, shared)), 1, 1), (threads, 1, 1),
                   [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
-                   int(bias is not None), values.numel()], device, shared_bytes=x_shared_bytes(cols))
+                   int(bias is not None), values.numel()], device, shared_bytes=shared)
     return out
+
+
+_RESIDENT: dict[tuple, int] = {}
+
+
+def _resident_blocks(kernel: CompiledKernel, device: torch.device, threads: int, shared_bytes: int) -> int:
+    """The grid that fills the GPU once (asked of the driver once per kernel, device and shared memory)."""
+    key = (id(kernel), device.index, threads, shared_bytes)
+    if key not in _RESIDENT:
+        _RESIDENT[key] = max(1, kernel.resident_blocks(device, threads, shared_bytes))
+    return _RESIDENT[key]

@@ -118,7 +118,8 @@ class CompiledKernel:
 
     ``launch(grid, block, args, device, shared_bytes)``: ``args`` are tensors (passed as device pointers) and Python
     ints (as C ``int``), in the kernel's order; ``shared_bytes`` of dynamic shared memory (``extern __shared__``); the
-    launch goes to torch's current stream on the tensors' device.
+    launch goes to torch's current stream on the tensors' device. ``resident_blocks``: how many such blocks the GPU
+    runs at once (for kernels that loop over their work in a grid of that size).
     """
 
     def __init__(self, cubin: bytes, name: str) -> None:
@@ -149,6 +150,18 @@ class CompiledKernel:
             _check_driver(_driver().cuFuncSetAttribute(function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)),
                           f"cuFuncSetAttribute({self.name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {shared_bytes})")
             self._dynamic_shared_limit[index] = shared_bytes
+
+    def resident_blocks(self, device: torch.device, block_threads: int, shared_bytes: int = 0) -> int:
+        """How many blocks of ``block_threads`` threads and ``shared_bytes`` of dynamic shared memory the whole GPU runs
+        at once: the driver's occupancy for one multiprocessor (registers, shared memory, warps) times their number."""
+        function = self.load(device)
+        if shared_bytes > 48 * 1024:
+            self.allow_dynamic_shared(device, shared_bytes)
+        blocks = ctypes.c_int()
+        _check_driver(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(blocks), function, ctypes.c_int(block_threads),
+                                                                           ctypes.c_size_t(shared_bytes)),
+                      f"cuOccupancyMaxActiveBlocksPerMultiprocessor({self.name})")
+        return blocks.value * torch.cuda.get_device_properties(device).multi_processor_count
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device,
                shared_bytes: int = 0) -> None:

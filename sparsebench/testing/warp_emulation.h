@@ -1,7 +1,7 @@
 // CUDA C++ kernels run on the CPU, one host thread a GPU thread, so that a kernel's own source is checked without a GPU
 // (sparsebench/testing/host_cuda.py builds them; tests/test_kernels_on_the_host.py uses it).
 //
-// What it gives a kernel source: threadIdx and blockIdx; __shared__ arrays (one copy, shared by the block's threads: the
+// What it gives a kernel source: threadIdx, blockIdx, blockDim and gridDim; __shared__ arrays (one copy, shared by the block's threads: the
 // launcher runs one block at a time) and dynamic shared memory (emu::dynamic_shared(), the launch's shared_bytes, 16-byte
 // aligned); __syncthreads; the warp collectives __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync,
 // __reduce_max_sync, __reduce_add_sync, __ballot_sync and __syncwarp, for the full warp only (any other mask aborts with
@@ -50,6 +50,8 @@ inline thread_local unsigned int current_lane = 0;
 inline thread_local long phases_taken = 0;
 inline thread_local uint3 thread_index;
 inline thread_local uint3 block_index;
+inline thread_local dim3 grid_size;
+inline thread_local dim3 block_size;
 inline thread_local std::barrier<>* current_block = nullptr;
 inline thread_local unsigned char* current_dynamic_shared = nullptr;
 inline thread_local long block_phases_taken = 0;
@@ -137,6 +139,8 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel) {
         current_dynamic_shared = static_cast<unsigned char*>(shared);
         thread_index = {t, 0, 0};
         block_index = {b, 0, 0};
+        grid_size = grid;
+        block_size = block;
         kernel();
         current_warp->phases_of_lane[current_lane] = phases_taken;
         block_phases[t] = block_phases_taken;
@@ -171,6 +175,8 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
 
 #define threadIdx emu::thread_index
 #define blockIdx emu::block_index
+#define gridDim emu::grid_size
+#define blockDim emu::block_size
 #define __global__
 #define __device__
 #define __forceinline__ inline
