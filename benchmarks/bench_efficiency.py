@@ -482,8 +482,8 @@ def main() -> None:
     g.add_argument("--sparsity", nargs="+", default=["2:4", "0.7"], help="2:4 and/or unstructured ratios such as 0.5 0.6 0.7 0.8")
     g.add_argument("--modes", nargs="+", default=["eager", "static_eager", "cuda_graph"], choices=MODES,
                    help="whole-model modes; compiled_graph also adds the compiled block to the per-block figures")
-    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask, bitmask_walk)")
-    g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity, bitmask_walk included)")
+    g.add_argument("--e2e-paths", nargs="+", default=["cusparselt", "bitmask"], help="sparse paths measured on the whole model (2:4: cusparselt, semi_structured, cusparselt_gemv24, gemv24; unstructured: bitmask, bitmask_kept)")
+    g.add_argument("--block-paths", nargs="+", default=list(PATHS), help="sparse paths measured on one block (default: every path of the sparsity, bitmask_kept included)")
     g.add_argument("--block-tokens", type=int, nargs="+", default=list(BLOCK_TOKENS), help="token counts of the per-block figures")
     g.add_argument("--block-layouts", nargs="+", default=["token_major", "features_major"], choices=["token_major", "features_major"],
                    help="per block, cuSPARSELt paths: every linear's output token-major, and/or the MLP's input projections' features-major")

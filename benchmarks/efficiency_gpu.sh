@@ -6,7 +6,7 @@
 #   sh benchmarks/efficiency_gpu.sh linear OUT  per linear: each LLaMA-2-7B shape at 1, 16, 2,048, 8,192 tokens, every 2:4 path and bitmask at 70 %
 #   sh benchmarks/efficiency_gpu.sh bitmask OUT one token per linear at 50, 60, 70, 80 %: the kept and walk (CUDA C++), chunks and bytes (Triton) kernels
 #   sh benchmarks/efficiency_gpu.sh memcheck OUT the CUDA C++ kernels' GPU tests under compute-sanitizer (out-of-bounds and misaligned accesses)
-#   sh benchmarks/efficiency_gpu.sh e2e70_b1 OUT whole model, 70 %, decode at batch 1, compiled and graphed: bitmask and bitmask_walk
+#   sh benchmarks/efficiency_gpu.sh e2e70_b1 OUT whole model, 70 %, decode at batch 1, compiled and graphed: bitmask (the walking kernel) and bitmask_kept
 #   sh benchmarks/efficiency_gpu.sh e2e OUT     whole model, 2:4: cusparselt graphed and compiled
 #   sh benchmarks/efficiency_gpu.sh e2e_gemv24 OUT  whole model, 2:4: cusparselt_gemv24 compiled
 #   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled
@@ -46,7 +46,7 @@ e2e_gemv24)
         --out "$out/figures_2of4_gemv24_compiled.json" 2>&1 | tee "$out/bench_2of4_gemv24_compiled.txt"
     ;;
 e2e70_b1)
-    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 0.7 --e2e-paths bitmask bitmask_walk --decode-batches 1 \
+    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 0.7 --e2e-paths bitmask bitmask_kept --decode-batches 1 \
         --out "$out/figures_70_b1.json" 2>&1 | tee "$out/bench_70_b1.txt"
     ;;
 e2e70)

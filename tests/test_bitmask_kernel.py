@@ -81,15 +81,24 @@ def test_module_compiles_to_the_opaque_operator_with_the_eager_result(interprete
     assert compiled["out_shape"] == [1, 1, 40] and "sparsebench.bitmask_matmul.default" in compiled["ops"] and compiled["equal_to_eager"]
 
 
-@pytest.mark.parametrize("rows, cols", [(4096, 4096), (11008, 4096), (4096, 11008), (12, 320)])
-def test_one_token_defaults_to_the_kept_kernel_and_several_to_the_tensor_cores(rows, cols, monkeypatch):
+@pytest.mark.parametrize("rows, cols", [(4096, 4096), (11008, 4096), (4096, 11008), (12, 320), (8192, 28672)])
+def test_one_token_defaults_to_the_walking_kernel_and_several_to_the_tensor_cores(rows, cols, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    for density in (None, 0.3, 0.2, 0.35):
-        assert default_launch(1, rows, cols, (9, 0), density) == Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=8, one_token="kept")
+    for density in (None, 0.3, 0.2, 0.4, 0.45):
+        assert default_launch(1, rows, cols, (9, 0), density) == Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=8, one_token="walk")
     assert default_launch(16, rows, cols).block_rows >= 16
 
 
-@pytest.mark.parametrize("density, capability", [(0.5, (9, 0)), (0.4, None), (0.3, (7, 5))])
+def test_one_token_takes_the_kept_kernel_where_x_is_too_wide_for_the_walking_kernels_shared_memory(monkeypatch):
+    from sparsebench.kernels.bitmask_walk import max_columns
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    widest = max_columns(8)
+    assert default_launch(1, 4096, widest, (9, 0), 0.3).one_token == "walk"
+    assert default_launch(1, 4096, widest + 32, (9, 0), 0.3) == Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=8, one_token="kept")
+
+
+@pytest.mark.parametrize("density, capability", [(0.5, (9, 0)), (0.46, None), (0.3, (7, 5))])
 def test_one_token_takes_the_chunks_kernel_for_denser_weights_and_older_gpus(density, capability, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert default_launch(1, 4096, 4096, capability, density).one_token == "chunks"
@@ -193,9 +202,9 @@ def test_each_module_says_which_one_token_kernel_it_runs_and_the_stage_counts_th
         with torch.no_grad():
             linear.weight[torch.rand(16, 256, generator=g) < sparsity] = 0
         modules.append(BitmaskLinear.from_linear(linear))
-    assert [module.one_token_kernel for module in modules] == ["kept", "kept", "chunks"]  # kept up to a density of 0.35
+    assert [module.one_token_kernel for module in modules] == ["walk", "walk", "chunks"]  # walk up to a density of 0.45
     assert BitmaskLinear.from_linear(torch.nn.Linear(256, 16, dtype=torch.float16), Launch(2, 128, 1)).one_token_kernel == "chunks"
-    assert one_token_kernels(torch.nn.Sequential(*modules, torch.nn.ReLU())) == {"chunks": 1, "kept": 2}
+    assert one_token_kernels(torch.nn.Sequential(*modules, torch.nn.ReLU())) == {"chunks": 1, "walk": 2}
     assert one_token_kernels(torch.nn.Sequential(torch.nn.Linear(4, 4))) == {}
 
 
@@ -204,14 +213,14 @@ def test_a_module_can_name_its_one_token_kernel_and_keeps_the_default_launch_for
     linear = torch.nn.Linear(256, 16, bias=False, dtype=torch.float16)
     module = BitmaskLinear.from_linear(linear)
     assert module.one_token_kernel == "chunks" and module.one_token_override is None  # dense: the default takes chunks
-    walking = BitmaskLinear.walking(linear)  # the bitmask_walk path's converter
-    assert walking.one_token_kernel == "walk" and walking.launch is None
-    assert walking.one_token_override == one_token_launch("walk", 16) == Launch(1, INDEX_BYTES, 8, one_token="walk")
+    kept = BitmaskLinear.kept_weights(linear)  # the bitmask_kept path's converter
+    assert kept.one_token_kernel == "kept" and kept.launch is None
+    assert kept.one_token_override == one_token_launch("kept", 16) == Launch(1, INDEX_BYTES, 8, one_token="kept")
     assert one_token_launch("chunks", 8192) == Launch(2, INDEX_BYTES, 1) and one_token_launch("chunks", 100) == Launch(1, INDEX_BYTES, 1)
     assert one_token_launch("bytes", 100) == Launch(1, 32, 1, one_token="bytes")
     with pytest.raises(ValueError, match=r"the one-token kernel must be one of \('chunks', 'bytes', 'kept', 'walk'\), got 'fast'"):
         one_token_launch("fast", 16)
     with pytest.raises(ValueError, match="a launch for every call or a one_token kernel, not both"):
         BitmaskLinear(pack_bitmask(linear.weight.detach()), launch=Launch(1, 128, 1), one_token="walk")
-    with pytest.raises(TypeError, match="BitmaskLinear.walking takes an nn.Linear, got Identity"):
-        BitmaskLinear.walking(torch.nn.Identity())
+    with pytest.raises(TypeError, match="BitmaskLinear.kept_weights takes an nn.Linear, got Identity"):
+        BitmaskLinear.kept_weights(torch.nn.Identity())

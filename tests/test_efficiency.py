@@ -98,7 +98,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
         (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph, compiled_graph"),
         (["eval=efficiency", "eval.efficiency.paths=[bitmask,kept]"],
          r"eval.efficiency.paths=\['bitmask', 'kept'\]: null \(each pattern's default paths\) or a list of distinct values from cusparselt, "
-         r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_walk"),
+         r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_kept"),
         (["eval=efficiency", "eval.efficiency.paths=[]"], r"eval.efficiency.paths=\[\]: null"),
     ],
 )
@@ -147,11 +147,11 @@ def test_named_paths_are_measured_instead_of_the_default_ones_and_a_named_path_o
     settings = {"enabled": True, "prefill_batch": 1, "prefill_seqlen": 16, "decode_batches": [1], "decode_prompt": 8, "decode_tokens": 3,
                 "warmup": 0, "repeats": 1, "sparse_kernels": "auto"}
     assert validate_efficiency(settings).paths is None
-    spec = validate_efficiency({**settings, "paths": ["bitmask_walk", "cusparselt"]})
-    assert spec.paths == ("bitmask_walk", "cusparselt")
+    spec = validate_efficiency({**settings, "paths": ["bitmask_kept", "cusparselt"]})
+    assert spec.paths == ("bitmask_kept", "cusparselt")
     plain = compose_config(["device=cpu", "eval=efficiency"])
-    named = compose_config(["device=cpu", "eval=efficiency", "eval.efficiency.paths=[bitmask_walk]"])
-    assert plain["eval"]["efficiency"]["paths"] is None and named["eval"]["efficiency"]["paths"] == ["bitmask_walk"]
+    named = compose_config(["device=cpu", "eval=efficiency", "eval.efficiency.paths=[bitmask_kept]"])
+    assert plain["eval"]["efficiency"]["paths"] is None and named["eval"]["efficiency"]["paths"] == ["bitmask_kept"]
     earlier = compose_config(["device=cpu", "eval=efficiency"])
     del earlier["eval"]["efficiency"]["paths"]
     assert case_id(plain, "m", "cpu") == case_id(earlier, "m", "cpu") != case_id(named, "m", "cpu")

@@ -96,8 +96,8 @@ def test_the_unstructured_path_is_wired_to_bitmask_linear(monkeypatch):
     stand_in = types.ModuleType("sparsebench.kernels.bitmask_linear")
     stand_in.BitmaskLinear = _Kept
     monkeypatch.setitem(sys.modules, "sparsebench.kernels.bitmask_linear", stand_in)
-    assert [path.name for path in paths_for("unstructured")] == ["bitmask"]  # bitmask_walk only where named
-    assert [path.name for path in paths_for("unstructured", ["bitmask_walk", "cusparselt"])] == ["bitmask_walk"]
+    assert [path.name for path in paths_for("unstructured")] == ["bitmask"]  # bitmask_kept only where named
+    assert [path.name for path in paths_for("unstructured", ["bitmask_kept", "cusparselt"])] == ["bitmask_kept"]
     assert [path.name for path in paths_for("2:4")] == ["cusparselt", "semi_structured", "cusparselt_gemv24", "gemv24"] and paths_for("4:8") == []
     model = tiny_model("llama")
     linears = _linears(model)

@@ -25,6 +25,7 @@ KERNELS = {"kept": bitmask_kept, "walk": bitmask_walk}
 pytestmark = pytest.mark.skipif(host_compiler() is None, reason="needs a C++ compiler (g++ or clang++) to build kernels for the CPU")
 
 _BUILT: dict[tuple, Path] = {}
+_WARPS: dict[Path, int] = {}  # each program's warps a block
 
 
 def _program(tmp_path_factory, kernel: str, dtype: torch.dtype, warps: int, sanitizer: str, source: str | None = None) -> Path:
@@ -34,6 +35,7 @@ def _program(tmp_path_factory, kernel: str, dtype: torch.dtype, warps: int, sani
     if key not in _BUILT:
         folder = tmp_path_factory.mktemp(f"{kernel}_{str(dtype)[6:]}_{warps}_{sanitizer}")
         _BUILT[key] = build_host_program(source, MAINS / f"bitmask_{kernel}_main.cpp", module.defines(dtype, warps), sanitizer, folder)
+        _WARPS[_BUILT[key]] = warps
     return _BUILT[key]
 
 
@@ -59,7 +61,7 @@ def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bia
         (folder / f"{name}.bin").write_bytes(tensor.contiguous().numpy().tobytes())
     arguments = [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))]
     if program.name.startswith("bitmask_walk"):
-        arguments += [str(bitmask_walk.x_shared_bytes(cols))] + ([] if blocks is None else [str(blocks)])
+        arguments += [str(bitmask_walk.shared_bytes(cols, _WARPS[program]))] + ([] if blocks is None else [str(blocks)])
     run_host_program(program, arguments)
     out = torch.frombuffer(bytearray((folder / "out.bin").read_bytes()), dtype=torch.int16)
     return out.view(x.dtype)
@@ -112,7 +114,7 @@ BROKEN = {
                                                        "    const unsigned long long chunk_x", "thread", "data race"),
     "walk copies whole pieces past its values": ("walk", "else copy_last_bytes(destination, source, 2 * (n_values - index));",
                                                  "else copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
-    "walk without the fence after its copies": ("walk", "wait_for_copies();", "wait_for_copies(); if (false)", "thread", "data race"),
+    "walk without the barrier after copying x": ("walk", "  __syncthreads();\n", "", "thread", "data race"),
 }
 
 
@@ -121,7 +123,7 @@ def test_a_broken_source_is_reported_by_its_sanitizer(tmp_path_factory, tmp_path
     kernel, guarded, unguarded, sanitizer, report = BROKEN[case]
     source = KERNELS[kernel].SOURCE
     assert source.count(guarded) == 1
-    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # two sparse rows: the last row's over-read leaves the buffer
+    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # two sparse rows, a warp each: the last row's over-read leaves the buffer
     x = torch.ones(1024, dtype=torch.float16)
     with pytest.raises(HostKernelError, match=report):
-        _run(_program(tmp_path_factory, kernel, torch.float16, 1, sanitizer, source.replace(guarded, unguarded)), tmp_path, weight, x, None)
+        _run(_program(tmp_path_factory, kernel, torch.float16, 2, sanitizer, source.replace(guarded, unguarded)), tmp_path, weight, x, None)

@@ -54,9 +54,10 @@ from torch import Tensor
 
 from sparsebench.kernels.nvrtc import CompiledKernel
 from sparsebench.kernels.one_token_cuda import CHUNK_COLUMNS, PRELUDE, OneTokenKernel
+from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as DEFAULT_WARPS
 
 KERNEL_NAME = "bitmask_kept_gemv"
-WARPS_PER_BLOCK = 8
+WARPS_PER_BLOCK = DEFAULT_WARPS  # the default launch's warps (rows) a block
 VALUES_PER_LANE = 16  # values of a chunk a lane loads ahead of use (512 a chunk; a denser chunk reads the rest after)
 MIN_CAPABILITY = (8, 0)
 

@@ -1,11 +1,11 @@
 """A linear layer whose weight stays in the ``sparse-bitmask`` layout on the GPU, with kernels for skinny products.
 
-One token at 65 % sparsity or more (a density of at most ``KEPT_DENSITY_LIMIT``) runs ``bitmask_kept``'s CUDA C++
-kernel, which walks only the kept weights; denser weights, and shapes or GPUs it does not take, run the Triton
-``chunks`` kernel below (``default_launch``). ``Launch.one_token="walk"`` (``BitmaskLinear.walking``, the
-``bitmask_walk`` path) runs ``bitmask_walk``'s CUDA C++ kernel instead, not yet timed. 2 to 64 tokens run the Triton
-tensor-core kernel; more (a prefill) unpack the weight for the call (``bitmask_unpack``) and take the dense product,
-whatever the launch.
+One token at 55 % sparsity or more (a density of at most ``WALK_DENSITY_LIMIT``) runs ``bitmask_walk``'s CUDA C++
+kernel, in which each lane multiplies as it walks its mask word (``bitmask_kept``'s kernel where ``x`` is too wide for
+its shared memory); denser weights, and shapes or GPUs they do not take, run the Triton ``chunks`` kernel below
+(``default_launch``). ``Launch.one_token="kept"`` (``BitmaskLinear.kept_weights``, the ``bitmask_kept`` path) runs the
+kept-weights kernel, the default before. 2 to 64 tokens run the Triton tensor-core kernel; more (a prefill) unpack the
+weight for the call (``bitmask_unpack``) and take the dense product, whatever the launch.
 
 What it computes: ``y = x @ W^T (+ bias)`` for ``x [T, in]`` in float16 or bfloat16 (any ``T``; made
 for decode, 1 to 64 tokens), with ``W [out, in]`` given as compressed-tensors 0.13's
@@ -88,9 +88,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sparsebench.kernels import bitmask_walk
-from sparsebench.kernels.bitmask_kept import MIN_CAPABILITY as KEPT_CAPABILITY
-from sparsebench.kernels.bitmask_kept import WARPS_PER_BLOCK as KEPT_WARPS_PER_BLOCK
 from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
+from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as CUDA_WARPS_PER_BLOCK
 from sparsebench.kernels.bitmask_unpack import unpack_dense
 from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.kernels.launching import INDEX_BYTES, check_one_device, check_powers_of_two, interpreted, split_output, summed
@@ -99,10 +98,11 @@ from sparsebench.sparse_layout import Bitmask, pack_bitmask
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk")
 CUDA_ONE_TOKEN_KERNELS = ("kept", "walk")  # CUDA C++ (NVRTC), one warp a row: Triton's interpreter cannot run them
-# the kept kernel's cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
-# shapes (docs/data/efficiency_gpu/h100_2026-12-05g_bitmask_one_token.txt) kept is 1.05-1.14x as fast at 70 %, 1.25-1.31x
-# at 80 %, 0.84-0.94x at 50-60 %; so the default takes kept from 65 % sparsity
-KEPT_DENSITY_LIMIT = 0.35
+# the CUDA kernels' cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
+# shapes (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt) walk is 1.00-1.02x as fast as chunks at 60 %
+# for q/k/v/o and down, 0.99x for gate/up, 1.04-1.26x at 70-80 %, 0.87-0.93x at 50 % (and 1.01-1.15x as fast as
+# kept everywhere); so the default takes walk from 55 % sparsity
+WALK_DENSITY_LIMIT = 0.45
 _MAX_TOKENS_PER_PROGRAM = 64
 # more tokens than this (a prefill) unpack the weight and take the dense product: the tensor-core kernel would decode
 # the weight again for every 64 tokens (a 2,048-token prefill took about 50 times dense's time on an H100)
@@ -123,7 +123,7 @@ class Launch:
     (``_one_token_kernel``, the first kernel), ``kept`` (``bitmask_kept``: the CUDA C++ kernel that walks
     only the kept weights, one warp a row and ``warps`` rows a block; ``block_rows=1``,
     ``block_bytes=INDEX_BYTES``, one split, no prefetch) or ``walk`` (``bitmask_walk``: CUDA C++ too, each
-    lane multiplying as it walks its mask word, no column list; the same launch as ``kept``; not yet timed on a GPU).
+    lane multiplying as it walks its mask word, no column list; the same launch as ``kept``).
     """
 
     block_rows: int
@@ -145,7 +145,7 @@ def one_token_launch(kernel: str, rows: int) -> Launch:
     """The launch of the one-token kernel ``kernel`` (``ONE_TOKEN_KERNELS``) for a weight of ``rows`` rows: the CUDA kernels
     eight warps (rows) a block, ``chunks`` one warp of two rows from 8,192 rows or of one below, ``bytes`` 32 bytes a step."""
     if kernel in CUDA_ONE_TOKEN_KERNELS:
-        return Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=KEPT_WARPS_PER_BLOCK, one_token=kernel)
+        return Launch(block_rows=1, block_bytes=INDEX_BYTES, warps=CUDA_WARPS_PER_BLOCK, one_token=kernel)
     if kernel == "chunks":
         return Launch(block_rows=2 if rows >= 8192 else 1, block_bytes=INDEX_BYTES, warps=1)
     if kernel == "bytes":
@@ -168,9 +168,9 @@ def default_launch(tokens: int, rows: int, cols: int, capability: tuple[int, int
     program with the mask prefetched, the input dimension split in four (fewer than 8,192 rows) or two,
     so that a 132-multiprocessor GPU gets several programs each.
     """
-    if (tokens == 1 and cols % 32 == 0 and not interpreted() and (capability is None or capability >= KEPT_CAPABILITY)
-            and (density is None or density <= KEPT_DENSITY_LIMIT)):
-        return one_token_launch("kept", rows)
+    if (tokens == 1 and cols % 32 == 0 and not interpreted() and (capability is None or capability >= bitmask_walk.MIN_CAPABILITY)
+            and (density is None or density <= WALK_DENSITY_LIMIT)):
+        return one_token_launch("walk" if cols <= bitmask_walk.max_columns(CUDA_WARPS_PER_BLOCK) else "kept", rows)
     if tokens == 1:
         return one_token_launch("chunks", rows)
     return Launch(block_rows=32, block_bytes=32, warps=4, splits=4 if rows < 8192 else 2, prefetch=True)
@@ -570,11 +570,11 @@ class BitmaskLinear(nn.Module):
         return cls(pack_bitmask(linear.weight.detach()), linear.bias, launch)
 
     @classmethod
-    def walking(cls, linear: nn.Linear) -> BitmaskLinear:
-        """``from_linear`` with one-token calls through the walking CUDA kernel at any density (the ``bitmask_walk`` path)."""
+    def kept_weights(cls, linear: nn.Linear) -> BitmaskLinear:
+        """``from_linear`` with one-token calls through the kept-weights CUDA kernel at any density (the ``bitmask_kept`` path)."""
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"BitmaskLinear.walking takes an nn.Linear, got {type(linear).__name__}")
-        return cls(pack_bitmask(linear.weight.detach()), linear.bias, one_token="walk")
+            raise TypeError(f"BitmaskLinear.kept_weights takes an nn.Linear, got {type(linear).__name__}")
+        return cls(pack_bitmask(linear.weight.detach()), linear.bias, one_token="kept")
 
     def packed(self) -> Bitmask:
         """The weight in the ``sparse-bitmask`` layout (the module's own tensors, not copies)."""

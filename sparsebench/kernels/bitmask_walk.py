@@ -14,11 +14,12 @@ padding after every 32 columns, so that lanes reading their own 32 columns hit d
 one 1,024-column chunk at a time. The grid is as many blocks as the GPU runs at once (the driver's occupancy), each warp
 taking every ``grid * WARPS_PER_BLOCK``-th row, so that ``x`` is copied once a block rather than once every eight rows:
 
-1. Lane ``i`` holds the chunk's mask word ``i`` (loaded a chunk ahead), counts its bits, and an inclusive scan over
-   the lanes gives where its kept weights end in the chunk's run of values.
-2. The chunk's values are copied to the warp's shared memory with ``cp.async`` (16-byte pieces from the aligned address
-   at or below the chunk's first value; a piece past the end of ``values`` is cut short by its source size and filled
-   with zeros).
+1. The chunk's values were copied to the warp's shared memory with ``cp.async`` while the chunk before was multiplied
+   (two chunks' slots a warp; 16-byte pieces from the aligned address at or below the chunk's first value, their count
+   from the chunk's mask words, which were loaded a chunk earlier still; a piece past the end of ``values`` is cut short
+   by its source size and filled with zeros). The next chunk's copies are asked for now.
+2. Lane ``i`` holds the chunk's mask word ``i``, counts its bits, and an inclusive scan over the lanes gives where its
+   kept weights end in the chunk's run of values.
 3. Each lane walks its word from the highest set bit down (find-leading-one, clear it): the bit is the column, its value
    the next one down from the end of the lane's run; ``x`` at the column comes from shared memory. The warp takes as
    many steps as its densest word has bits (at 70 % about 15 for 9.6 on average); a lane whose bits are spent idles.
@@ -37,9 +38,10 @@ from torch import Tensor
 
 from sparsebench.kernels.nvrtc import CompiledKernel
 from sparsebench.kernels.one_token_cuda import CHUNK_COLUMNS, PRELUDE, OneTokenKernel
+from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as DEFAULT_WARPS
 
 KERNEL_NAME = "bitmask_walk_gemv"
-WARPS_PER_BLOCK = 8
+WARPS_PER_BLOCK = DEFAULT_WARPS  # the default launch's warps (rows) a block
 VALUE_SLOTS = CHUNK_COLUMNS + 8  # a chunk's values and up to 7 before its first (the 16-byte aligned copy)
 MIN_CAPABILITY = (8, 0)  # cp.async
 SHARED_MEMORY_LIMIT = 227 * 1024  # a block's shared memory on compute capability 8.0 and 9.0
@@ -107,10 +109,39 @@ __device__ __forceinline__ void copy_last_bytes(unsigned short* destination, con
 #endif
 }
 
-__device__ __forceinline__ void wait_for_copies() {
+// the copies this thread asked for, but for the last group (a chunk's copies are one group)
+__device__ __forceinline__ void wait_for_copies_but_one() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group 1;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_all_copies() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
+}
+
+__device__ __forceinline__ void end_copy_group() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// the `total` values from index `base` to the warp's shared slots, from the 16-byte aligned index at or below `base`,
+// this lane's 16-byte pieces (every 32nd); returns where the first lies in `slots`
+__device__ __forceinline__ int copy_chunk_values(unsigned short* slots, const unsigned short* values, int base, int total,
+                                                 int n_values, int lane) {
+  const int first = base & ~7;
+  const int stop = base + total;
+  const unsigned short* source = values + first + 8 * lane;
+  unsigned short* destination = slots + 8 * lane;
+  for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
+    if (index + 8 <= n_values) copy_16_bytes(destination, source);
+    else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
+  }
+  end_copy_group();
+  return base - first;
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS_PER_BLOCK * 32)
@@ -123,7 +154,8 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
 #else
   unsigned short* x_shared = static_cast<unsigned short*>(emu::dynamic_shared());
 #endif
-  __shared__ __align__(16) unsigned short value_slots[WARPS_PER_BLOCK][VALUE_SLOTS];
+  // after x (rounded up to 16 bytes), each warp's slots for two chunks' values
+  unsigned short* value_slots = x_shared + ((words_per_row * GROUP_SLOTS + 7) & ~7) + (threadIdx.x >> 5) * 2 * VALUE_SLOTS;
   // x to shared memory, two columns (4 bytes) a copy, by the whole block
   const unsigned int* x_pairs = (const unsigned int*)x;
   for (int pair = threadIdx.x; pair < words_per_row * 16; pair += WARPS_PER_BLOCK * 32)
@@ -131,41 +163,43 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  unsigned short* slots = value_slots[warp];
   // a warp a row, the grid's warps taking every (gridDim.x * WARPS_PER_BLOCK)-th row: a block copies x once for all its rows
   for (int row = blockIdx.x * WARPS_PER_BLOCK + warp; row < rows; row += gridDim.x * WARPS_PER_BLOCK) {
     RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
+    // chunk c's values are copied while chunk c - 1 is multiplied: its mask words (asked for a chunk before) give
+    // their count, chunk_offsets their start
+    unsigned int next_bits;
+    int next_base;
+    row_chunks.take(0, next_bits, next_base);
+    int next_lead = copy_chunk_values(value_slots, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)),
+                                      n_values, lane);
     const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;  // this lane's 32 columns of the chunk
     float sum = 0.0f;
     for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
-      unsigned int walking;
-      int base;
-      row_chunks.take(chunk, walking, base);
+      unsigned int walking = next_bits;
+      const int lead = next_lead;
+      const unsigned short* slots = value_slots + (chunk & 1) * VALUE_SLOTS;
+      if (chunk + 1 < chunks) {
+        row_chunks.take(chunk + 1, next_bits, next_base);
+        next_lead = copy_chunk_values(value_slots + ((chunk + 1) & 1) * VALUE_SLOTS, values, next_base,
+                                      (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
+        wait_for_copies_but_one();
+      } else {
+        wait_for_all_copies();
+      }
       const int count = __popc(walking);
       const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's run
-      const int total = __shfl_sync(FULL, end, 31);
-      if (total == 0) continue;  // the same for the whole warp
-      // step 2: the chunk's values, from the 16-byte aligned index at or below `base`
-      const int first = base & ~7;
-      const int stop = base + total;
-      const unsigned short* source = values + first + 8 * lane;
-      unsigned short* destination = slots + 8 * lane;
-      for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
-        if (index + 8 <= n_values) copy_16_bytes(destination, source);
-        else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
-      }
-      wait_for_copies();
-      __syncwarp();
-      // step 3: the lane's word from its highest bit down, its values from the end of its run down (a lane whose bits are
+      __syncwarp();  // every lane's copies of this chunk have landed
+      // the lane's word from its highest bit down, its values from the end of its run down (a lane whose bits are
       // spent waits for the others: the warp takes as many steps as its densest word has bits)
-      const unsigned short* value = slots + (base - first) + end - 1;
+      const unsigned short* value = slots + lead + end - 1;
 #pragma unroll 4
       for (int k = 0; k < count; ++k) {
         const int bit = 31 - __clz(walking);
         sum += as_float(value[-k]) * as_float(x_word[bit]);
         walking &= (1u << bit) - 1u;  // the bits below it
       }
-      __syncwarp();  // the slots are written again for the next chunk
+      __syncwarp();  // these slots take the chunk after next
     }
     store_row(sum, lane, row, bias, has_bias, out);
   }
@@ -181,19 +215,16 @@ def defines(dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> dict[
     return KERNEL.defines(dtype, warps_per_block)
 
 
-def x_shared_bytes(cols: int) -> int:
-    """The dynamic shared memory a block takes for ``x`` of ``cols`` columns (two halves of padding every 32)."""
-    return 2 * (cols + 2 * (cols // 32))
-
-
-def static_shared_bytes(warps_per_block: int = WARPS_PER_BLOCK) -> int:
-    """The shared memory a block takes besides ``x``: each warp's value slots."""
-    return warps_per_block * 2 * VALUE_SLOTS
+def shared_bytes(cols: int, warps_per_block: int = WARPS_PER_BLOCK) -> int:
+    """The shared memory a block takes (all of it dynamic): ``x`` of ``cols`` columns with two halves of padding every 32,
+    rounded up to 16 bytes, then each warp's slots for two chunks' values."""
+    x_halves = -(-(cols // 32 * 34) // 8) * 8
+    return 2 * (x_halves + warps_per_block * 2 * VALUE_SLOTS)
 
 
 def max_columns(warps_per_block: int = WARPS_PER_BLOCK) -> int:
     """The most input columns whose ``x`` fits a block's shared memory beside the warps' slots."""
-    room = SHARED_MEMORY_LIMIT - static_shared_bytes(warps_per_block)
+    room = SHARED_MEMORY_LIMIT - shared_bytes(0, warps_per_block)
     return room // (2 * 34) * 32
 
 
@@ -227,7 +258,7 @@ def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bia
         x2d = x2d.clone()
     out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
     words = bitmask.view(torch.int32)
-    threads, shared = 32 * warps_per_block, x_shared_bytes(cols)
+    threads, shared = 32 * warps_per_block, shared_bytes(cols, warps_per_block)
     kernel.launch((min(-(-rows // warps_per_block), _resident_blocks(kernel, device, threads, shared)), 1, 1), (threads, 1, 1),
                   [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
                    int(bias is not None), values.numel()], device, shared_bytes=shared)

@@ -28,6 +28,8 @@ import torch
 _NVRTC_SUCCESS = 0
 _CUDA_SUCCESS = 0
 _MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_SHARED_SIZE_BYTES = 1  # CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: the kernel's static shared memory
+_DEFAULT_SHARED_LIMIT = 48 * 1024  # static and dynamic shared memory a block may take without asking the driver for more
 
 
 class NvrtcError(RuntimeError):
@@ -139,14 +141,19 @@ class CompiledKernel:
                 _check_driver(_driver().cuModuleLoadData(ctypes.byref(module), self.cubin), "cuModuleLoadData")
                 _check_driver(_driver().cuModuleGetFunction(ctypes.byref(function), module, self.name.encode()),
                               f"cuModuleGetFunction({self.name})")
+                static = ctypes.c_int()
+                _check_driver(_driver().cuFuncGetAttribute(ctypes.byref(static), _SHARED_SIZE_BYTES, function),
+                              f"cuFuncGetAttribute({self.name}, SHARED_SIZE_BYTES)")
             self._functions[index] = function
+            self._dynamic_shared_limit[index] = _DEFAULT_SHARED_LIMIT - static.value
         return self._functions[index]
 
     def allow_dynamic_shared(self, device: torch.device, shared_bytes: int) -> None:
-        """Let launches on ``device`` take ``shared_bytes`` of dynamic shared memory (above 48 KB the driver asks for this)."""
+        """Let launches on ``device`` take ``shared_bytes`` of dynamic shared memory (above 48 KB with the kernel's static
+        shared memory, the driver asks for this)."""
         function = self.load(device)
         index = device.index if device.index is not None else torch.cuda.current_device()
-        if shared_bytes > self._dynamic_shared_limit.get(index, 48 * 1024):
+        if shared_bytes > self._dynamic_shared_limit[index]:
             _check_driver(_driver().cuFuncSetAttribute(function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)),
                           f"cuFuncSetAttribute({self.name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {shared_bytes})")
             self._dynamic_shared_limit[index] = shared_bytes
@@ -155,8 +162,7 @@ class CompiledKernel:
         """How many blocks of ``block_threads`` threads and ``shared_bytes`` of dynamic shared memory the whole GPU runs
         at once: the driver's occupancy for one multiprocessor (registers, shared memory, warps) times their number."""
         function = self.load(device)
-        if shared_bytes > 48 * 1024:
-            self.allow_dynamic_shared(device, shared_bytes)
+        self.allow_dynamic_shared(device, shared_bytes)
         blocks = ctypes.c_int()
         _check_driver(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(blocks), function, ctypes.c_int(block_threads),
                                                                            ctypes.c_size_t(shared_bytes)),
@@ -166,8 +172,7 @@ class CompiledKernel:
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device,
                shared_bytes: int = 0) -> None:
         function = self.load(device)
-        if shared_bytes > 48 * 1024:
-            self.allow_dynamic_shared(device, shared_bytes)
+        self.allow_dynamic_shared(device, shared_bytes)
         holders = []
         for arg in args:
             if isinstance(arg, torch.Tensor):

@@ -21,6 +21,7 @@ from sparsebench.kernels.nvrtc import CompiledKernel, compile_cubin
 
 CHUNK_COLUMNS = 8 * INDEX_BYTES  # the columns of one chunk_offsets entry, a warp's step
 WARP_COUNTS = (1, 2, 4, 8, 16)  # warps (rows) a block
+WARPS_PER_BLOCK = 8  # the default launch's (bitmask_linear.one_token_launch)
 
 PRELUDE = r"""
 #ifndef IS_BF16

@@ -5,15 +5,14 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
 - ``cusparselt``: 2:4 through cuSPARSELt called directly (``sparsebench.kernels.semi_sparse``);
 - ``semi_structured``: 2:4 through PyTorch's tensor subclass ``torch.sparse.to_sparse_semi_structured`` under an
   ``nn.Linear`` (cuSPARSELt too, but with the default algorithm id and the subclass's host work on every call);
-- ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout: at one token the kept-weights CUDA kernel from 65 %
+- ``bitmask``: unstructured sparsity in the ``sparse-bitmask`` layout: at one token the walking CUDA kernel from 55 %
   sparsity, else Triton kernels; above 64 tokens the weight unpacked for the call and the dense product
-  (``sparsebench.kernels.bitmask_linear``, ``bitmask_kept``, ``bitmask_unpack``);
+  (``sparsebench.kernels.bitmask_linear``, ``bitmask_walk``, ``bitmask_unpack``);
 - ``cusparselt_gemv24``: 2:4, both cuSPARSELt's packed weight and the ``sparse-24-bitmask`` layout held, the
   kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
 - ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count;
-- ``bitmask_walk``: ``bitmask`` with the walking CUDA kernel at one token at any density
-  (``sparsebench.kernels.bitmask_walk``); measured only where named (``eval.efficiency.paths``), since it has not
-  been timed on a GPU yet.
+- ``bitmask_kept``: ``bitmask`` with the kept-weights CUDA kernel at one token at any density (``bitmask_kept``, the
+  default before the walking kernel): a comparison, measured only where named (``eval.efficiency.paths``).
 
 ``paths_for(pattern)`` gives a pattern's paths measured by default; ``paths_for(pattern, names)`` those named.
 
@@ -55,7 +54,7 @@ PATHS = {
                    "the MLP's input projections hand [out, tokens] on as it lies, read row-major by the output projection", ("2:4",), "sparsebench.kernels.semi_sparse", "SemiSparseLinear.from_linear"),
         SparsePath("semi_structured", "torch.sparse.to_sparse_semi_structured weight under nn.Linear (tensor subclass, default algorithm id)",
                    ("2:4",), "sparsebench.kernels.paths", "semi_structured_linear"),
-        SparsePath("bitmask", "kernels on the sparse-bitmask layout (bitmask + packed non-zeros): one token from 65 % sparsity the kept-weights "
+        SparsePath("bitmask", "kernels on the sparse-bitmask layout (bitmask + packed non-zeros): one token from 55 % sparsity the walking "
                    "CUDA kernel, else Triton; above 64 tokens the weight unpacked for the call and the dense product", ("unstructured",),
                    "sparsebench.kernels.bitmask_linear", "BitmaskLinear.from_linear"),
         SparsePath("cusparselt_gemv24", f"2:4, both forms held: calls of <= {GEMV24_MAX_TOKENS} token(s) through the Triton kernel on the sparse-24-bitmask "
@@ -64,9 +63,9 @@ PATHS = {
         SparsePath("gemv24", "2:4, the Triton kernel on the sparse-24-bitmask layout at every token count (made for 1-16; more tokens "
                    "run as tiles of 16, each decoding the weight again: slow prefill)", ("2:4",), "sparsebench.kernels.gemv24",
                    "Gemv24Linear.any_tokens"),
-        SparsePath("bitmask_walk", "the bitmask path with one token through the walking CUDA kernel (each lane multiplies as it walks "
-                   "its mask word: no column list) at any density; not yet timed on a GPU, so measured only where named",
-                   ("unstructured",), "sparsebench.kernels.bitmask_linear", "BitmaskLinear.walking", by_default=False),
+        SparsePath("bitmask_kept", "the bitmask path with one token through the kept-weights CUDA kernel (a column list in shared "
+                   "memory, then the products) at any density: the default before the walking kernel, measured only where named",
+                   ("unstructured",), "sparsebench.kernels.bitmask_linear", "BitmaskLinear.kept_weights", by_default=False),
     )
 }
 
