@@ -99,8 +99,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk")
 CUDA_ONE_TOKEN_KERNELS = ("kept", "walk")  # CUDA C++ (NVRTC), one warp a row: Triton's interpreter cannot run them
 # the CUDA kernels' cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
-# shapes (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt) walk is 1.00-1.02x as fast as chunks at 60 %
-# for q/k/v/o and down, 0.99x for gate/up, 1.04-1.26x at 70-80 %, 0.87-0.93x at 50 % (and 1.01-1.15x as fast as
+# shapes (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt) walk is 1.02-1.06x as fast as chunks at 60 %
+# for q/k/v/o and down, 0.99x for gate/up, 1.11-1.39x at 70-80 %, 0.89-0.93x at 50 % (and 1.01-1.15x as fast as
 # kept everywhere); so the default takes walk from 55 % sparsity
 WALK_DENSITY_LIMIT = 0.45
 _MAX_TOKENS_PER_PROGRAM = 64
