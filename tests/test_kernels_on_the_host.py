@@ -75,11 +75,12 @@ def _expect_product(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, bi
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
+# one build a kernel and dtype (a build takes about 2 s): eight warps a block for float16, one for bfloat16
 @pytest.mark.parametrize("dtype, warps, rows, cols, density, bias", [
     (torch.float16, 8, 21, 2080, 0.3, True),     # three chunks, the last of two words; 21 rows: a block's last warps idle
-    (torch.bfloat16, 2, 9, 96, 0.7, False),      # one chunk of three words
-    (torch.float16, 1, 4, 4096, 0.95, False),    # denser than the registers hold (the tail loop)
-    (torch.float16, 4, 6, 1024, 0.0, True),      # nothing kept but the full row
+    (torch.bfloat16, 1, 9, 96, 0.7, False),      # one chunk of three words
+    (torch.float16, 8, 4, 4096, 0.95, False),    # denser than the kept kernel's registers hold (its tail loop)
+    (torch.float16, 8, 6, 1024, 0.0, True),      # nothing kept but the full row
 ])
 def test_each_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, tmp_path, kernel, dtype, warps, rows, cols, density, bias):
     weight = _weight(rows, cols, density, dtype, seed=rows + cols)
@@ -94,7 +95,7 @@ def test_the_walking_kernels_warps_take_every_row_of_a_smaller_grid(tmp_path_fac
     weight = _weight(21, 2080, 0.3, torch.float16, seed=7)
     x = torch.randn(2080, generator=torch.Generator().manual_seed(8)).to(torch.float16)
     bias = torch.randn(21, generator=torch.Generator().manual_seed(9)).to(torch.float16)
-    out = _run(_program(tmp_path_factory, "walk", torch.float16, 2, "address"), tmp_path, weight, x, bias, blocks=3)
+    out = _run(_program(tmp_path_factory, "walk", torch.float16, 8, "address"), tmp_path, weight, x, bias, blocks=2)  # 16 warps, 21 rows
     _expect_product(out, weight, x, bias)
 
 
