@@ -155,18 +155,23 @@ def one_token_launch(kernel: str, rows: int) -> Launch:
 
 def default_launch(tokens: int, rows: int, cols: int, capability: tuple[int, int] | None = None,
                    density: float | None = None) -> Launch:
-    """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight.
+    """The launch for ``tokens`` tokens on a ``[rows, cols]`` weight of ``density`` kept weights.
 
-    Chosen from the shapes whose main loop has the fewest instructions per weight in sm_90 machine code
-    (benchmarks/bitmask_kernel_sass.py); at one token, timed on an H100 against the best of a sweep
-    (``bench_bitmask_kernel.py --sweep``, docs/data/efficiency_gpu/h100_2026-12-05b_bitmask.txt), within 3 % of it
-    at 70 % for the three LLaMA-2-7B shapes. Several tokens: the launch below; at 16 tokens the path is
-    0.18-0.30x of dense per linear on that H100 (docs/data/efficiency_gpu/h100_2026-12-05b_bench_gpu_70.txt). One token: the ``chunks`` kernel, a
-    one-warp program of two rows (they share the inputs' conversion to float32: 12.1 instructions a weight
-    against 12.8), or of one row below 8,192 rows, so that a 4,096-row weight still gives each of 132
-    multiprocessors about 31 warps (64 registers a thread allow 32). Several: 32 rows a
-    program with the mask prefetched, the input dimension split in four (fewer than 8,192 rows) or two,
-    so that a 132-multiprocessor GPU gets several programs each.
+    One token, on a GPU of compute capability 8.0 or more, columns a multiple of 32 and a density of at most
+    ``WALK_DENSITY_LIMIT``: the walking CUDA kernel (``bitmask_walk``) with eight warps a block, or the kept-weights
+    kernel where ``x`` is too wide for the walking kernel's shared memory. Eight warps were within 1 % of the best of a
+    sweep for q/k/v/o and gate/up at 70 % on an H100, 4 % behind 16 warps for down_proj
+    (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt).
+
+    Otherwise, chosen from the shapes whose main loop has the fewest instructions per weight in sm_90 machine code
+    (benchmarks/bitmask_kernel_sass.py) and timed on an H100 against the best of a sweep
+    (``bench_bitmask_kernel.py --sweep``, docs/data/efficiency_gpu/h100_2026-12-05b_bitmask.txt), within 3 % of it at
+    70 % for the three LLaMA-2-7B shapes. One token: the ``chunks`` kernel, a one-warp program of two rows (they share
+    the inputs' conversion to float32: 12.1 instructions a weight against 12.8), or of one row below 8,192 rows, so
+    that a 4,096-row weight still gives each of 132 multiprocessors about 31 warps (64 registers a thread allow 32).
+    Several tokens: 32 rows a program with the mask prefetched, the input dimension split in four (fewer than 8,192
+    rows) or two, so that a 132-multiprocessor GPU gets several programs each; at 16 tokens the path is 0.18-0.30x of
+    dense per linear on that H100 (docs/data/efficiency_gpu/h100_2026-12-05b_bench_gpu_70.txt).
     """
     if (tokens == 1 and cols % 32 == 0 and not interpreted() and (capability is None or capability >= bitmask_walk.MIN_CAPABILITY)
             and (density is None or density <= WALK_DENSITY_LIMIT)):
