@@ -33,8 +33,8 @@ machine code step 3 takes 54 instructions for eight bits and step 4 about 9 a ke
 
 Measured on an H100 against the Triton ``chunks`` kernel (docs/efficiency.md, "The kept-weights kernel"): its time
 follows the kept weights, the ``chunks`` kernel's every position, so it is 1.05-1.31x as fast at 70-80 % sparsity
-and 6-19 % slower at 50-60 %; ``bitmask_linear.default_launch`` takes it from 65 %. Two other orders were timed and
-not kept: without step 2 (values loaded after the list) it was slower than ``chunks`` at 70 %; copying the values
+and 6-19 % slower at 50-60 %; ``bitmask_linear.default_launch`` took it from 65 % until the walking kernel
+(``bitmask_walk``, 1.01-1.15x as fast as this one on an H100) replaced it. Two other orders were timed and not kept: without step 2 (values loaded after the list) it was slower than ``chunks`` at 70 %; copying the values
 to shared memory asynchronously (``cp.async``) a chunk ahead was no faster than step 2.
 
 Requirements, checked before the launch with an error that names them: a CUDA tensor, one token, the mask's
