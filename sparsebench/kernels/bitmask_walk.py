@@ -268,9 +268,10 @@ def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bia
 _RESIDENT: dict[tuple, int] = {}
 
 
-def _resident_blocks(kernel: CompiledKernel, device: torch.device, threads: int, shared_bytes: int) -> int:
-    """The grid that fills the GPU once (asked of the driver once per kernel, device and shared memory)."""
-    key = (id(kernel), device.index, threads, shared_bytes)
+def _resident_blocks(kernel: CompiledKernel, device: torch.device, threads: int, shared: int) -> int:
+    """The grid that fills the GPU once with blocks of ``threads`` threads and ``shared`` bytes of shared memory (asked of
+    the driver once per kernel, device and block)."""
+    key = (id(kernel), device.index, threads, shared)
     if key not in _RESIDENT:
-        _RESIDENT[key] = max(1, kernel.resident_blocks(device, threads, shared_bytes))
+        _RESIDENT[key] = max(1, kernel.resident_blocks(device, threads, shared))
     return _RESIDENT[key]
