@@ -33,8 +33,8 @@ bitmask)
     python3 benchmarks/bench_bitmask_kernel.py --sparsities 0.5 0.6 0.7 0.8 --tokens 1 --repeats 20 --json "$out/bitmask_one_token.json" 2>&1 \
         | tee "$out/bitmask_one_token.txt"
     ;;
-memcheck)
-    compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest tests/test_bitmask_gpu.py -q -p no:cacheprovider \
+memcheck)  # compute-sanitizer comes with the CUDA toolkit, in /usr/local/cuda/bin on the GPU image
+    PATH=$PATH:/usr/local/cuda/bin compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest tests/test_bitmask_gpu.py -q -p no:cacheprovider \
         -k "cuda_kernels or kept or walk" 2>&1 | tee "$out/memcheck_cuda_kernels.txt"
     ;;
 e2e)

@@ -91,7 +91,7 @@ def test_each_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, t
 
 
 def test_the_walking_kernels_warps_take_every_row_of_a_smaller_grid(tmp_path_factory, tmp_path):
-    """On a GPU the grid is the blocks it runs at once (``bitmask_walk._resident_blocks``), each warp taking several rows."""
+    """On a GPU the grid is the blocks it runs at once (``CompiledKernel.resident_blocks``), each warp taking several rows."""
     weight = _weight(21, 2080, 0.3, torch.float16, seed=7)
     x = torch.randn(2080, generator=torch.Generator().manual_seed(8)).to(torch.float16)
     bias = torch.randn(21, generator=torch.Generator().manual_seed(9)).to(torch.float16)

@@ -295,7 +295,7 @@ def _path_run(model, linears, features_major, path, spec, device, context, memor
 
 def one_token_kernels(model: nn.Module) -> dict[str, int]:
     """How many of the model's swapped-in linears run each one-token kernel (``BitmaskLinear.one_token_kernel``:
-    ``kept`` or ``chunks`` by the weight's density); empty where no module says."""
+    ``walk`` or ``chunks`` by the weight's density by default); empty where no module says."""
     counts: dict[str, int] = {}
     for module in model.modules():
         kernel = getattr(module, "one_token_kernel", None)

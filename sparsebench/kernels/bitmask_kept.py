@@ -48,7 +48,6 @@ under AddressSanitizer and ThreadSanitizer.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

@@ -87,17 +87,18 @@ import triton.language as tl
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sparsebench.kernels import bitmask_walk
-from sparsebench.kernels.bitmask_kept import kept_gemv, load_kernel
-from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as CUDA_WARPS_PER_BLOCK
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_unpack import unpack_dense
 from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.kernels.launching import INDEX_BYTES, check_one_device, check_powers_of_two, interpreted, split_output, summed
+from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as CUDA_WARPS_PER_BLOCK
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk")
-CUDA_ONE_TOKEN_KERNELS = ("kept", "walk")  # CUDA C++ (NVRTC), one warp a row: Triton's interpreter cannot run them
+# CUDA C++ (NVRTC), one warp a row, Triton's interpreter cannot run them: each one's product and loader
+_CUDA_KERNELS = {"kept": (bitmask_kept.kept_gemv, bitmask_kept.load_kernel), "walk": (bitmask_walk.walk_gemv, bitmask_walk.load_kernel)}
+CUDA_ONE_TOKEN_KERNELS = tuple(_CUDA_KERNELS)
 # the CUDA kernels' cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
 # shapes (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt) walk is 1.02-1.06x as fast as chunks at 60 %
 # for q/k/v/o and down, 0.99x for gate/up, 1.11-1.39x at 70-80 %, 0.89-0.93x at 50 % (and 1.01-1.15x as fast as
@@ -481,7 +482,7 @@ def bitmask_matmul(x2d: Tensor, packed: Bitmask, offsets: Tensor, bias: Tensor |
         if interpreted():
             raise RuntimeError(f"the '{launch.one_token}' kernel is CUDA C++ (NVRTC), which Triton's interpreter cannot run; "
                                "use one_token='chunks' there")
-        product = kept_gemv if launch.one_token == "kept" else bitmask_walk.walk_gemv
+        product, _ = _CUDA_KERNELS[launch.one_token]
         return product(x2d, packed.values, packed.bitmask, offsets, bias, launch.warps)
     x2d = x2d.contiguous()
     n_bytes = packed.bitmask.shape[1]
@@ -564,8 +565,8 @@ class BitmaskLinear(nn.Module):
                                                                       packed.values.numel() / (self.out_features * self.in_features))
         self.one_token_kernel = one_token.one_token  # which kernel a one-token product runs (recorded by eval=efficiency)
         if one_token.one_token in CUDA_ONE_TOKEN_KERNELS and packed.values.device.type == "cuda":  # compiled and loaded now, not in a timed call
-            loader = load_kernel if one_token.one_token == "kept" else bitmask_walk.load_kernel
-            loader(packed.values.device, packed.values.dtype, one_token.warps)
+            _, load = _CUDA_KERNELS[one_token.one_token]
+            load(packed.values.device, packed.values.dtype, one_token.warps)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, launch: Launch | None = None) -> BitmaskLinear:

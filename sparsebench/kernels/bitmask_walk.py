@@ -94,7 +94,7 @@ __device__ __forceinline__ unsigned int shared_address(const void* pointer) {
 __device__ __forceinline__ void copy_16_bytes(unsigned short* destination, const unsigned short* source) {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(shared_address(destination)), "l"(source) : "memory");
-#else  // element by element, so that ThreadSanitizer sees each store (it missed the stores of a memcpy here)
+#else  // element by element, so that ThreadSanitizer sees each store (with g++ 12.2 it missed a memcpy's stores here)
   for (int i = 0; i < 8; ++i) destination[i] = source[i];
 #endif
 }
@@ -259,19 +259,7 @@ def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bia
     out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
     words = bitmask.view(torch.int32)
     threads, shared = 32 * warps_per_block, shared_bytes(cols, warps_per_block)
-    kernel.launch((min(-(-rows // warps_per_block), _resident_blocks(kernel, device, threads, shared)), 1, 1), (threads, 1, 1),
+    kernel.launch((min(-(-rows // warps_per_block), kernel.resident_blocks(device, threads, shared)), 1, 1), (threads, 1, 1),
                   [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
                    int(bias is not None), values.numel()], device, shared_bytes=shared)
     return out
-
-
-_RESIDENT: dict[tuple, int] = {}
-
-
-def _resident_blocks(kernel: CompiledKernel, device: torch.device, threads: int, shared: int) -> int:
-    """The grid that fills the GPU once with blocks of ``threads`` threads and ``shared`` bytes of shared memory (asked of
-    the driver once per kernel, device and block)."""
-    key = (id(kernel), device.index, threads, shared)
-    if key not in _RESIDENT:
-        _RESIDENT[key] = max(1, kernel.resident_blocks(device, threads, shared))
-    return _RESIDENT[key]

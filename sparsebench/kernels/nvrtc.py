@@ -100,6 +100,10 @@ def compile_cubin(source: str, arch: str, defines: dict[str, int] | None = None,
         library.nvrtcDestroyProgram(ctypes.byref(program))
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @lru_cache(maxsize=1)
 def _driver() -> ctypes.CDLL:
     try:
@@ -129,10 +133,11 @@ class CompiledKernel:
         self.name = name
         self._functions: dict[int, ctypes.c_void_p] = {}
         self._dynamic_shared_limit: dict[int, int] = {}
+        self._resident: dict[tuple[int, int, int], int] = {}
 
     def load(self, device: torch.device) -> ctypes.c_void_p:
         """The kernel's handle in ``device``'s context, loading the cubin there the first time."""
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = _index(device)
         if index not in self._functions:
             with torch.cuda.device(index):
                 torch.cuda.init()
@@ -152,7 +157,7 @@ class CompiledKernel:
         """Let launches on ``device`` take ``shared_bytes`` of dynamic shared memory (above 48 KB with the kernel's static
         shared memory, the driver asks for this)."""
         function = self.load(device)
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = _index(device)
         if shared_bytes > self._dynamic_shared_limit[index]:
             _check_driver(_driver().cuFuncSetAttribute(function, _MAX_DYNAMIC_SHARED_SIZE_BYTES, ctypes.c_int(shared_bytes)),
                           f"cuFuncSetAttribute({self.name}, MAX_DYNAMIC_SHARED_SIZE_BYTES, {shared_bytes})")
@@ -160,14 +165,18 @@ class CompiledKernel:
 
     def resident_blocks(self, device: torch.device, block_threads: int, shared_bytes: int = 0) -> int:
         """How many blocks of ``block_threads`` threads and ``shared_bytes`` of dynamic shared memory the whole GPU runs
-        at once: the driver's occupancy for one multiprocessor (registers, shared memory, warps) times their number."""
-        function = self.load(device)
-        self.allow_dynamic_shared(device, shared_bytes)
-        blocks = ctypes.c_int()
-        _check_driver(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(blocks), function, ctypes.c_int(block_threads),
-                                                                           ctypes.c_size_t(shared_bytes)),
-                      f"cuOccupancyMaxActiveBlocksPerMultiprocessor({self.name})")
-        return blocks.value * torch.cuda.get_device_properties(device).multi_processor_count
+        at once (at least one): the driver's occupancy for one multiprocessor (registers, shared memory, warps) times their
+        number, asked once per device and block."""
+        key = (_index(device), block_threads, shared_bytes)
+        if key not in self._resident:
+            function = self.load(device)
+            self.allow_dynamic_shared(device, shared_bytes)
+            blocks = ctypes.c_int()
+            _check_driver(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(blocks), function, ctypes.c_int(block_threads),
+                                                                               ctypes.c_size_t(shared_bytes)),
+                          f"cuOccupancyMaxActiveBlocksPerMultiprocessor({self.name})")
+            self._resident[key] = max(1, blocks.value * torch.cuda.get_device_properties(device).multi_processor_count)
+        return self._resident[key]
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device,
                shared_bytes: int = 0) -> None:

@@ -1,12 +1,12 @@
 // CUDA C++ kernels run on the CPU, one host thread a GPU thread, so that a kernel's own source is checked without a GPU
 // (sparsebench/testing/host_cuda.py builds them; tests/test_kernels_on_the_host.py uses it).
 //
-// What it gives a kernel source: threadIdx, blockIdx, blockDim and gridDim; __shared__ arrays (one copy, shared by the block's threads: the
-// launcher runs one block at a time) and dynamic shared memory (emu::dynamic_shared(), the launch's shared_bytes, 16-byte
-// aligned); __syncthreads; the warp collectives __shfl_sync, __shfl_up_sync, __shfl_down_sync, __shfl_xor_sync,
-// __reduce_max_sync, __reduce_add_sync, __ballot_sync and __syncwarp, for the full warp only (any other mask aborts with
-// a message); __popc, __clz, __ldg, __uint_as_float, __float_as_uint, min and max of ints; and host versions of the conversions that kernels
-// write in PTX (emu_half_to_float, emu_float_to_half, emu_float_to_bf16: round to nearest even).
+// What it gives a kernel source (what the project's kernels use): threadIdx, blockIdx and gridDim; __shared__ arrays
+// (one copy, shared by the block's threads: the launcher runs one block at a time) and dynamic shared memory
+// (emu::dynamic_shared(), the launch's shared_bytes, 16-byte aligned); __syncthreads; the warp collectives __shfl_sync,
+// __shfl_up_sync, __shfl_xor_sync, __reduce_max_sync, __reduce_add_sync and __syncwarp, for the full warp only (any
+// other mask aborts with a message); __popc, __clz, __ldg and __uint_as_float; and host versions of the
+// conversions that kernels write in PTX (emu_half_to_float, emu_float_to_half, emu_float_to_bf16: round to nearest even).
 //
 // Each collective is two barrier phases of the warp's 32 threads (publish, then read), so lanes that a kernel lets run
 // ahead or fall behind meet there, as on a GPU since Volta; lanes of a warp that take part in different numbers of
@@ -51,7 +51,6 @@ inline thread_local long phases_taken = 0;
 inline thread_local uint3 thread_index;
 inline thread_local uint3 block_index;
 inline thread_local dim3 grid_size;
-inline thread_local dim3 block_size;
 inline thread_local std::barrier<>* current_block = nullptr;
 inline thread_local unsigned char* current_dynamic_shared = nullptr;
 inline thread_local long block_phases_taken = 0;
@@ -140,7 +139,6 @@ void launch(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel) {
         thread_index = {t, 0, 0};
         block_index = {b, 0, 0};
         grid_size = grid;
-        block_size = block;
         kernel();
         current_warp->phases_of_lane[current_lane] = phases_taken;
         block_phases[t] = block_phases_taken;
@@ -176,7 +174,6 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
 #define threadIdx emu::thread_index
 #define blockIdx emu::block_index
 #define gridDim emu::grid_size
-#define blockDim emu::block_size
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -205,14 +202,6 @@ inline T __shfl_up_sync(unsigned int mask, T value, unsigned int delta, int widt
 }
 
 template <class T>
-inline T __shfl_down_sync(unsigned int mask, T value, unsigned int delta, int width = 32) {
-  emu::check_mask(mask);
-  if (width != 32) emu::fail("__shfl_down_sync: only width 32 is emulated");
-  const unsigned int source = emu::current_lane + delta;
-  return emu::value_of_lane(value, static_cast<int>(source < 32 ? source : emu::current_lane));
-}
-
-template <class T>
 inline T __shfl_xor_sync(unsigned int mask, T value, int lane_mask, int width = 32) {
   emu::check_mask(mask);
   if (width != 32) emu::fail("__shfl_xor_sync: only width 32 is emulated");
@@ -237,15 +226,6 @@ inline unsigned int __reduce_add_sync(unsigned int mask, unsigned int value) {
   return total;
 }
 
-inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
-  emu::check_mask(mask);
-  int all[32];
-  emu::publish_and_read(predicate, all);
-  unsigned int bits = 0;
-  for (int lane = 0; lane < 32; ++lane) bits |= (all[lane] != 0 ? 1u : 0u) << lane;
-  return bits;
-}
-
 inline void __syncthreads() {
   emu::current_block->arrive_and_wait();
   ++emu::block_phases_taken;
@@ -257,8 +237,6 @@ inline void __syncwarp(unsigned int mask = emu::kFullWarp) {
 }
 
 inline int __popc(unsigned int value) { return __builtin_popcount(value); }
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
 inline int __clz(unsigned int value) { return value == 0 ? 32 : __builtin_clz(value); }
 
 template <class T>
@@ -268,10 +246,4 @@ inline float __uint_as_float(unsigned int bits) {
   float value;
   std::memcpy(&value, &bits, 4);
   return value;
-}
-
-inline unsigned int __float_as_uint(float value) {
-  unsigned int bits;
-  std::memcpy(&bits, &value, 4);
-  return bits;
 }
