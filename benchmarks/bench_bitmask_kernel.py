@@ -16,12 +16,11 @@ It prints, per case: the dense and sparse time, the ratio dense / sparse (above 
 the bytes of the layout over the dense fp16 bytes (``BitmaskLinear.weight_bytes``: values, bitmask,
 row offsets and the kernel's chunk offsets), the effective bandwidth of each (weight bytes read
 over time) and the ratio the bytes alone would give at dense's bandwidth (``1 / bytes ratio``),
-and the largest difference to ``F.linear`` on one copy. At one token it times the five one-token kernels: the
-CUDA C++ ``kept``, ``walk`` and ``stream`` kernels and the two Triton ones in the launches they had as defaults
+and the largest difference to ``F.linear`` on one copy. At one token it times the four one-token kernels: the
+CUDA C++ ``kept`` and ``walk`` kernels and the two Triton ones in the launches they had as defaults
 (``ONE_TOKEN_LABELS``, ``bitmask_linear.one_token_launch``), and prints, per shape and sparsity, dense /
 kept, dense / chunks, chunks / kept (above 1: the kept kernel is faster), dense / walk and kept / walk (above 1: the
-walking kernel is faster), dense / stream and walk / stream (above 1: the streaming kernel is faster), and which kernel
-``default_launch`` takes at that density. ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
+walking kernel is faster), and which kernel ``default_launch`` takes at that density. ``--sweep`` first times each launch of ``LAUNCHES`` at 70 % for the
 ``--sweep-tokens`` (1 and 16) and reports both the default launch and the fastest for those.
 The last line is one JSON object with every figure.
 """
@@ -42,17 +41,15 @@ from sparsebench.kernels.bitmask_linear import BitmaskLinear, Launch, default_la
 
 SHAPES = {"q/k/v/o_proj": (4096, 4096), "gate/up_proj": (11008, 4096), "down_proj": (4096, 11008)}
 # the one-token kernels by name, each in its own launch (bitmask_linear.one_token_launch): the CUDA C++ kernels (kept:
-# sparsebench/kernels/bitmask_kept.py; walk: bitmask_walk.py; stream: bitmask_stream.py) and the Triton ones as they were
-# the default (chunks until the kept kernel, bytes before chunks)
-ONE_TOKEN_LABELS = {"kept": "kept (CUDA)", "walk": "walk (CUDA)", "stream": "stream (CUDA)", "chunks": "chunks (Triton)",
-                    "bytes": "bytes (Triton)"}
+# sparsebench/kernels/bitmask_kept.py; walk: bitmask_walk.py) and the Triton ones as they were the default (chunks until
+# the kept kernel, bytes before chunks)
+ONE_TOKEN_LABELS = {"kept": "kept (CUDA)", "walk": "walk (CUDA)", "chunks": "chunks (Triton)", "bytes": "bytes (Triton)"}
 # candidates of --sweep: one token (one row per program, 32 * warps mask bytes a step, one a thread),
 # several tokens (tensor cores: block_rows >= 16)
 LAUNCHES = {
     "one": [Launch(1, 128, 8, one_token="kept"), Launch(1, 128, 4, one_token="kept"),
             Launch(1, 128, 2, one_token="kept"), Launch(1, 128, 8, one_token="walk"), Launch(1, 128, 4, one_token="walk"),
-            Launch(1, 128, 16, one_token="walk"), Launch(1, 128, 8, one_token="stream"), Launch(1, 128, 4, one_token="stream"),
-            Launch(1, 128, 16, one_token="stream"), Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
+            Launch(1, 128, 16, one_token="walk"), Launch(2, 128, 1), Launch(1, 128, 1), Launch(2, 128, 1, splits=2), Launch(1, 128, 1, splits=2), Launch(2, 128, 1, splits=4),
             Launch(1, 32, 1, one_token="bytes"), Launch(1, 32, 1, prefetch=True, one_token="bytes"),
             Launch(1, 64, 2, prefetch=True, one_token="bytes"), Launch(1, 32, 1, splits=2, prefetch=True, one_token="bytes")],
     "several": [Launch(16, 32, 4), Launch(16, 32, 4, prefetch=True), Launch(32, 32, 4, prefetch=True),
@@ -147,10 +144,6 @@ def one_token_ratios(results: list[dict]) -> list[dict]:
                 walk = timed["walk (CUDA)"]
                 row.update({"walk_us": walk["sparse_us"], "dense_over_walk": walk["dense_over_sparse"],
                             "kept_over_walk": kept["sparse_us"] / walk["sparse_us"]})
-                if "stream (CUDA)" in timed:
-                    stream = timed["stream (CUDA)"]
-                    row.update({"stream_us": stream["sparse_us"], "dense_over_stream": stream["dense_over_sparse"],
-                                "walk_over_stream": walk["sparse_us"] / stream["sparse_us"]})
             rows.append(row)
     return rows
 
@@ -238,9 +231,7 @@ def main() -> None:
               f"chunks {row['chunks_us']:6.1f} us; dense/kept {row['dense_over_kept']:4.2f}x, dense/chunks {row['dense_over_chunks']:4.2f}x, "
               f"chunks/kept {row['chunks_over_kept']:4.2f}x; default {row['default']}"
               + (f"; walk {row['walk_us']:6.1f} us, dense/walk {row['dense_over_walk']:4.2f}x, kept/walk {row['kept_over_walk']:4.2f}x"
-                 if "walk_us" in row else "")
-              + (f"; stream {row['stream_us']:6.1f} us, dense/stream {row['dense_over_stream']:4.2f}x, walk/stream {row['walk_over_stream']:4.2f}x"
-                 if "stream_us" in row else ""), flush=True)
+                 if "walk_us" in row else ""), flush=True)
     line = json.dumps({"device": device, "sweeps": sweeps, "per_linear": results, "one_token": ratios})
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

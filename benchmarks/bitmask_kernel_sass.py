@@ -92,14 +92,13 @@ def main_loop(cubin: bytes) -> tuple[list[str], int]:
 
 
 def cuda_kernel_blocks(kernel: str) -> list[dict]:
-    """A CUDA C++ one-token kernel (``kept``: sparsebench/kernels/bitmask_kept.py, ``walk``: bitmask_walk.py, ``stream``:
-    bitmask_stream.py; fp16, sm_90, compiled by NVRTC): its basic blocks that multiply (``FFMA``: instructions a product;
-    in ``walk`` and ``stream`` the bit is found in the same block; ``stream`` has a second such loop for chunks read from
-    global memory) or only find kept bits (``FLO``, ``kept``'s step 3: instructions a bit)."""
-    from sparsebench.kernels import bitmask_kept, bitmask_stream, bitmask_walk
+    """A CUDA C++ one-token kernel (``kept``: sparsebench/kernels/bitmask_kept.py, ``walk``: bitmask_walk.py; fp16, sm_90,
+    compiled by NVRTC): its basic blocks that multiply (``FFMA``: instructions a product; in ``walk`` the bit is found in
+    the same block) or only find kept bits (``FLO``, ``kept``'s step 3: instructions a bit)."""
+    from sparsebench.kernels import bitmask_kept, bitmask_walk
     from sparsebench.kernels.nvrtc import compile_cubin
 
-    module = {"kept": bitmask_kept, "walk": bitmask_walk, "stream": bitmask_stream}[kernel]
+    module = {"kept": bitmask_kept, "walk": bitmask_walk}[kernel]
     cubin = compile_cubin(module.SOURCE, "sm_90", module.defines(torch.float16))
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{kernel}.cubin"
@@ -153,7 +152,7 @@ def main() -> None:
               f"{row['instructions_per_weight']:5.2f} instructions a weight ({len(loop)} in the loop), {registers} registers, "
               f"STS/LDS/BAR {counts['STS']}/{counts['LDS']}/{counts['BAR']}; {dict(counts.most_common(6))}", flush=True)
     cuda_blocks = []
-    for kernel in ("kept", "walk", "stream"):
+    for kernel in ("kept", "walk"):
         try:
             cuda_blocks += cuda_kernel_blocks(kernel)
         except RuntimeError as error:  # NVRTC missing (pip install nvidia-cuda-nvrtc) or refusing the source

@@ -4,11 +4,9 @@
 # 5 minutes, dense-stored included: 106 s compiling dense-stored, 123 s cusparselt_gemv24).
 #   sh benchmarks/efficiency_gpu.sh tests OUT   the GPU tests (kernels, paths, modes, SparseGPT on the GPU)
 #   sh benchmarks/efficiency_gpu.sh linear OUT  per linear: each LLaMA-2-7B shape at 1, 16, 2,048, 8,192 tokens, every 2:4 path and bitmask at 70 %
-#   sh benchmarks/efficiency_gpu.sh bitmask OUT one token per linear at 50, 60, 70, 80 %: the kept, walk and stream (CUDA C++), chunks and bytes
-#                                               (Triton) kernels
+#   sh benchmarks/efficiency_gpu.sh bitmask OUT one token per linear at 50, 60, 70, 80 %: the kept and walk (CUDA C++), chunks and bytes (Triton) kernels
 #   sh benchmarks/efficiency_gpu.sh memcheck OUT the CUDA C++ kernels' GPU tests under compute-sanitizer (out-of-bounds and misaligned accesses)
-#   sh benchmarks/efficiency_gpu.sh e2e70_b1 OUT whole model, 70 %, decode at batch 1, compiled and graphed: bitmask (the walking kernel), bitmask_kept
-#                                               and bitmask_stream
+#   sh benchmarks/efficiency_gpu.sh e2e70_b1 OUT whole model, 70 %, decode at batch 1, compiled and graphed: bitmask (the walking kernel) and bitmask_kept
 #   sh benchmarks/efficiency_gpu.sh e2e OUT     whole model, 2:4: cusparselt graphed and compiled
 #   sh benchmarks/efficiency_gpu.sh e2e_gemv24 OUT  whole model, 2:4: cusparselt_gemv24 compiled
 #   sh benchmarks/efficiency_gpu.sh e2e70 OUT   whole model, 70 %: bitmask graphed and compiled
@@ -37,7 +35,7 @@ bitmask)
     ;;
 memcheck)  # compute-sanitizer comes with the CUDA toolkit, in /usr/local/cuda/bin on the GPU image
     PATH=$PATH:/usr/local/cuda/bin compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest tests/test_bitmask_gpu.py -q -p no:cacheprovider \
-        -k "cuda_kernels or kept or walk or stream" 2>&1 | tee "$out/memcheck_cuda_kernels.txt"
+        -k "cuda_kernels or kept or walk" 2>&1 | tee "$out/memcheck_cuda_kernels.txt"
     ;;
 e2e)
     $bench --skip-linear --skip-block --modes cuda_graph compiled_graph --sparsity 2:4 --e2e-paths cusparselt \
@@ -48,7 +46,7 @@ e2e_gemv24)
         --out "$out/figures_2of4_gemv24_compiled.json" 2>&1 | tee "$out/bench_2of4_gemv24_compiled.txt"
     ;;
 e2e70_b1)
-    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 0.7 --e2e-paths bitmask bitmask_kept bitmask_stream --decode-batches 1 \
+    $bench --skip-linear --skip-block --modes compiled_graph --sparsity 0.7 --e2e-paths bitmask bitmask_kept --decode-batches 1 \
         --out "$out/figures_70_b1.json" 2>&1 | tee "$out/bench_70_b1.txt"
     ;;
 e2e70)

@@ -112,7 +112,7 @@ class EfficiencyConfig:
     # true: the linears that read one input (q/k/v, gate/up) run as one product on every side; null: false (earlier ids stay)
     fuse_projections: Optional[bool] = field(default=None, metadata=defining("set"))
     # the sparse paths measured (sparsebench/kernels/paths.py): null, each pattern's default paths; a list names them,
-    # paths measured only where named (bitmask_kept, bitmask_stream) included
+    # paths measured only where named (bitmask_kept) included
     paths: Optional[List[str]] = field(default=None, metadata=defining("set"))
 
 

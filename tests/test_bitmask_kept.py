@@ -16,7 +16,7 @@ import tempfile
 import pytest
 import torch
 
-from sparsebench.kernels import bitmask_kept, bitmask_stream, bitmask_walk
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_kept import CHUNK_COLUMNS, SOURCE, WARPS_PER_BLOCK, check_kept_operands, defines
 from sparsebench.kernels.nvrtc import NvrtcError, compile_cubin, nvrtc_library
 
@@ -41,14 +41,14 @@ def _resource_usage(cubin: bytes) -> dict[str, int]:
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kernel", ["kept", "walk", "stream"])
+@pytest.mark.parametrize("kernel", ["kept", "walk"])
 def test_the_kernels_compile_without_spilling(arch, dtype, kernel):
     _nvrtc_or_skip()
-    module = {"kept": bitmask_kept, "walk": bitmask_walk, "stream": bitmask_stream}[kernel]
+    module = bitmask_kept if kernel == "kept" else bitmask_walk
     usage = _resource_usage(compile_cubin(module.SOURCE, arch, module.defines(dtype)))
     assert usage["LOCAL"] == 0 and usage["STACK"] == 0
-    # kept: a list of 16-bit columns a warp; walk and stream: all of it dynamic (their shared_bytes)
-    ours = WARPS_PER_BLOCK * CHUNK_COLUMNS * 2 if kernel == "kept" else 0
+    # kept: a list of 16-bit columns a warp; walk: its value slots (x is dynamic shared memory)
+    ours = WARPS_PER_BLOCK * CHUNK_COLUMNS * 2 if kernel == "kept" else 0  # walk: all of it dynamic (bitmask_walk.shared_bytes)
     assert usage["SHARED"] in (ours, ours + 1024)  # sm_90 reserves 1 KB a block for the system
     assert usage["REG"] <= 64  # eight warps a block leave room for eight blocks (64 warps) on a multiprocessor
 
@@ -92,25 +92,3 @@ def test_the_walking_kernels_operand_checks_name_what_it_needs():
     too_wide = torch.zeros(1, (widest + 32) // 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match=f"at most {widest} columns with 8 warps a block, got {widest + 32}; use Launch.one_token='kept'"):
         bitmask_walk.check_walk_operands(torch.zeros(1, widest + 32), values, too_wide, torch.zeros(1, -(-too_wide.shape[1] // 128), dtype=torch.int32))
-
-
-def test_the_streaming_kernels_operand_checks_and_shared_memory():
-    values, offsets = torch.zeros(16, dtype=torch.float16), torch.zeros(4, 1, dtype=torch.int32)
-    with pytest.raises(ValueError, match="the streaming walk kernel .Launch.one_token='stream'. multiplies one token, got 2"):
-        bitmask_stream.check_stream_operands(torch.zeros(2, 64), values, torch.zeros(4, 8, dtype=torch.uint8), offsets)
-    widest = bitmask_stream.max_columns()
-    assert 70_000 < widest < bitmask_walk.max_columns()  # four whole chunks' slots a warp instead of two
-    assert bitmask_stream.shared_bytes(widest) <= bitmask_walk.SHARED_MEMORY_LIMIT < bitmask_stream.shared_bytes(widest + 32)
-    assert bitmask_stream.shared_bytes(11008, 8, 456) == 2 * (11008 // 32 * 34) + 8 * 4 * 2 * 456  # x already a 16-byte multiple
-    too_wide = torch.zeros(1, (widest + 32) // 8, dtype=torch.uint8)
-    with pytest.raises(ValueError, match=f"at most {widest} columns with 8 warps a block, got {widest + 32}; use Launch.one_token='kept'"):
-        bitmask_stream.check_stream_operands(torch.zeros(1, widest + 32), values, too_wide,
-                                             torch.zeros(1, -(-too_wide.shape[1] // 128), dtype=torch.int32))
-
-
-def test_the_streaming_kernels_slots_hold_a_chunk_of_a_quarter_more_than_the_mean_and_are_16_byte_multiples():
-    rows, cols = 4096, 11008
-    assert bitmask_stream.slot_values(int(0.3 * rows * cols), rows, cols) == 456  # 1.25 * 307.2 + 64 + 7 = 455, rounded up to 8
-    assert bitmask_stream.slot_values(0, rows, cols) == 72
-    assert bitmask_stream.slot_values(rows * cols, rows, cols) == bitmask_stream.FULL_SLOT  # never more than a whole chunk
-    assert all(bitmask_stream.slot_values(n, 7, 1024) % 8 == 0 for n in range(0, 7 * 1024, 97))

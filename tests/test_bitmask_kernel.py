@@ -181,7 +181,7 @@ def test_unsupported_dtypes_and_shapes_name_what_is_allowed():
     for launch in (Launch(4, 128, warps=1), Launch(2, 64, warps=1), Launch(2, 128, warps=2), Launch(1, 128, warps=1, prefetch=True)):
         with pytest.raises(ValueError, match=r"the launch needs block_rows in \(1, 2\), block_bytes=128, warps=1, prefetch=False"):
             bitmask_matmul(torch.randn(1, 64, dtype=torch.float16), packed, offsets, launch=launch)
-    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes', 'kept', 'walk', 'stream'\), got 'words'"):
+    with pytest.raises(ValueError, match=r"Launch.one_token must be one of \('chunks', 'bytes', 'kept', 'walk'\), got 'words'"):
         Launch(1, 128, one_token="words")
     with pytest.raises(ValueError, match="5 tokens run on the tensor cores: the launch needs block_rows >= 16"):
         bitmask_matmul(torch.randn(5, 64, dtype=torch.float16), packed, offsets, launch=Launch(8, 16))
@@ -216,11 +216,9 @@ def test_a_module_can_name_its_one_token_kernel_and_keeps_the_default_launch_for
     kept = BitmaskLinear.kept_weights(linear)  # the bitmask_kept path's converter
     assert kept.one_token_kernel == "kept" and kept.launch is None
     assert kept.one_token_override == one_token_launch("kept", 16) == Launch(1, INDEX_BYTES, 8, one_token="kept")
-    streaming = BitmaskLinear.streaming(linear)  # the bitmask_stream path's converter
-    assert streaming.one_token_kernel == "stream" and streaming.one_token_override == Launch(1, INDEX_BYTES, 8, one_token="stream")
     assert one_token_launch("chunks", 8192) == Launch(2, INDEX_BYTES, 1) and one_token_launch("chunks", 100) == Launch(1, INDEX_BYTES, 1)
     assert one_token_launch("bytes", 100) == Launch(1, 32, 1, one_token="bytes")
-    with pytest.raises(ValueError, match=r"the one-token kernel must be one of \('chunks', 'bytes', 'kept', 'walk', 'stream'\), got 'fast'"):
+    with pytest.raises(ValueError, match=r"the one-token kernel must be one of \('chunks', 'bytes', 'kept', 'walk'\), got 'fast'"):
         one_token_launch("fast", 16)
     with pytest.raises(ValueError, match="a launch for every call or a one_token kernel, not both"):
         BitmaskLinear(pack_bitmask(linear.weight.detach()), launch=Launch(1, 128, 1), one_token="walk")

@@ -98,7 +98,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
         (["eval=efficiency", "eval.efficiency.modes=[eager,compiled]"], r"eval.efficiency.modes=\['eager', 'compiled'\]: a list of distinct values from eager, static_eager, cuda_graph, compiled_graph"),
         (["eval=efficiency", "eval.efficiency.paths=[bitmask,kept]"],
          r"eval.efficiency.paths=\['bitmask', 'kept'\]: null \(each pattern's default paths\) or a list of distinct values from cusparselt, "
-         r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_kept, bitmask_stream"),
+         r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_kept"),
         (["eval=efficiency", "eval.efficiency.paths=[]"], r"eval.efficiency.paths=\[\]: null"),
     ],
 )

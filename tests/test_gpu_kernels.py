@@ -177,14 +177,14 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(path_name):
 
 
 @pytest.mark.parametrize("path_name", [None, "cusparselt", "cusparselt+features_major", "cusparselt_gemv24+features_major", "bitmask", "bitmask_kept",
-                                       "bitmask_stream", "gemv24"])
+                                       "gemv24"])
 def test_compiled_graph_gives_the_eager_logits_and_tokens(path_name):
     """The compiled forward replayed as CUDA graphs: prefill logits within rounding of the eager ones; greedy tokens equal to
     the compiled forward's run without graphs (the same kernels) and, dense-stored in float32, to the eager tokens (fused
     float16 kernels round differently from HF's, which may flip a near tie of a random model)."""
-    if path_name in ("bitmask", "bitmask_kept", "bitmask_stream") and not _bitmask_module():
+    if path_name in ("bitmask", "bitmask_kept") and not _bitmask_module():
         pytest.skip("sparsebench.kernels.bitmask_linear is not in this checkout")
-    model, linears = _sparse_model("unstructured" if path_name in ("bitmask", "bitmask_kept", "bitmask_stream") else "2:4", torch.float32 if path_name is None else torch.float16)
+    model, linears = _sparse_model("unstructured" if path_name in ("bitmask", "bitmask_kept") else "2:4", torch.float32 if path_name is None else torch.float16)
     ids = torch.randint(0, 320, (2, 32), device="cuda", generator=torch.Generator(device="cuda").manual_seed(3))
     prompt = ids[:, :9].clone()
     captured = {}

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsebench.kernels import bitmask_kept, bitmask_stream, bitmask_walk
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_linear import chunk_offsets
 from sparsebench.sparse_layout import pack_bitmask
 from sparsebench.testing.host_cuda import HostKernelError, build_host_program, host_compiler, run_host_program
 
 MAINS = Path(__file__).with_name("host_kernels")
-KERNELS = {"kept": bitmask_kept, "walk": bitmask_walk, "stream": bitmask_stream}
+KERNELS = {"kept": bitmask_kept, "walk": bitmask_walk}
 
 pytestmark = pytest.mark.skipif(host_compiler() is None, reason="needs a C++ compiler (g++ or clang++) to build kernels for the CPU")
 
@@ -45,7 +45,7 @@ def _weight(rows: int, cols: int, density: float, dtype: torch.dtype, seed: int)
     weight[torch.rand(rows, cols, generator=g) >= density] = 0
     if rows > 2:
         weight[1] = 0  # an empty row
-        weight[2] = (torch.rand(cols, generator=g) + 0.5).to(dtype)  # a full row: the streaming kernel's slots hold less, it reads global memory
+        weight[2] = (torch.rand(cols, generator=g) + 0.5).to(dtype)  # a full row
     return weight
 
 
@@ -62,9 +62,6 @@ def _run(program: Path, folder: Path, weight: torch.Tensor, x: torch.Tensor, bia
     arguments = [str(folder), str(rows), str(cols // 32), str(offsets.shape[1]), str(int(bias is not None))]
     if program.name.startswith("bitmask_walk"):
         arguments += [str(bitmask_walk.shared_bytes(cols, _WARPS[program]))] + ([] if blocks is None else [str(blocks)])
-    if program.name.startswith("bitmask_stream"):
-        slot = bitmask_stream.slot_values(packed.values.numel(), rows, cols)
-        arguments += [str(bitmask_stream.shared_bytes(cols, _WARPS[program], slot)), str(slot)] + ([] if blocks is None else [str(blocks)])
     run_host_program(program, arguments)
     out = torch.frombuffer(bytearray((folder / "out.bin").read_bytes()), dtype=torch.int16)
     return out.view(x.dtype)
@@ -93,27 +90,24 @@ def test_each_kernel_computes_the_product_inside_its_buffers(tmp_path_factory, t
     _expect_product(out, weight, x, b)
 
 
-@pytest.mark.parametrize("kernel", ["walk", "stream"])
-def test_the_walking_kernels_warps_take_every_row_of_a_smaller_grid(tmp_path_factory, tmp_path, kernel):
-    """On a GPU the grid is the blocks it runs at once (``CompiledKernel.resident_blocks``), each warp taking several rows
-    (the streaming kernel's pipeline runs on from one row to the next; some warps here have fewer chunks than its stages)."""
+def test_the_walking_kernels_warps_take_every_row_of_a_smaller_grid(tmp_path_factory, tmp_path):
+    """On a GPU the grid is the blocks it runs at once (``CompiledKernel.resident_blocks``), each warp taking several rows."""
     weight = _weight(21, 2080, 0.3, torch.float16, seed=7)
     x = torch.randn(2080, generator=torch.Generator().manual_seed(8)).to(torch.float16)
     bias = torch.randn(21, generator=torch.Generator().manual_seed(9)).to(torch.float16)
-    out = _run(_program(tmp_path_factory, kernel, torch.float16, 8, "address"), tmp_path, weight, x, bias, blocks=2)  # 16 warps, 21 rows
+    out = _run(_program(tmp_path_factory, "walk", torch.float16, 8, "address"), tmp_path, weight, x, bias, blocks=2)  # 16 warps, 21 rows
     _expect_product(out, weight, x, bias)
 
 
 @pytest.mark.parametrize("kernel", sorted(KERNELS))
 def test_each_kernels_threads_share_memory_only_across_a_barrier(tmp_path_factory, tmp_path, kernel):
-    weight = _weight(3, 6144, 0.4, torch.float16, seed=3)  # six chunks a row: the streaming kernel refills its slots
-    x = torch.randn(6144, generator=torch.Generator().manual_seed(4)).to(torch.float16)
+    weight = _weight(3, 2048, 0.4, torch.float16, seed=3)
+    x = torch.randn(2048, generator=torch.Generator().manual_seed(4)).to(torch.float16)
     out = _run(_program(tmp_path_factory, kernel, torch.float16, 2, "thread"), tmp_path, weight, x, None)
     _expect_product(out, weight, x, None)
 
 
-# each kernel's source with one guard or fence taken out: (kernel, what is replaced, by what, sanitizer, its report[,
-# columns of the two rows: 1,024 unless named])
+# each kernel's source with one guard or fence taken out: (kernel, what is replaced, by what, sanitizer, its report)
 BROKEN = {
     "kept reads past its values": ("kept", "held[i] = lane + 32 * i < total ? __ldg(chunk_values + lane + 32 * i) : (unsigned short)0;",
                                    "held[i] = __ldg(chunk_values + lane + 32 * i);", "address", "heap-buffer-overflow"),
@@ -122,22 +116,15 @@ BROKEN = {
     "walk copies whole pieces past its values": ("walk", "else copy_last_bytes(destination, source, 2 * (n_values - index));",
                                                  "else copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
     "walk without the barrier after copying x": ("walk", "  __syncthreads();\n", "", "thread", "data race"),
-    "stream copies whole pieces past its values": ("stream", "else copy_last_bytes(destination, source, 2 * (n_values - index));",
-                                                   "else copy_16_bytes(destination, source);", "address", "heap-buffer-overflow"),
-    "stream without the barrier after copying x": ("stream", "  __syncthreads();\n", "", "thread", "data race"),
-    # eight chunks a row: a slot is refilled four chunks after it was walked, with no collective between
-    "stream without the fence before a slot is refilled": ("stream", "    __syncwarp();  // this slot takes the item STAGES on\n", "",
-                                                           "thread", "data race", 8192),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_broken_source_is_reported_by_its_sanitizer(tmp_path_factory, tmp_path, case):
-    kernel, guarded, unguarded, sanitizer, report, *shape = BROKEN[case]
-    cols = shape[0] if shape else 1024
+    kernel, guarded, unguarded, sanitizer, report = BROKEN[case]
     source = KERNELS[kernel].SOURCE
     assert source.count(guarded) == 1
-    weight = _weight(2, cols, 0.3, torch.float16, seed=5)  # two sparse rows, a warp each: the last row's over-read leaves the buffer
-    x = torch.ones(cols, dtype=torch.float16)
+    weight = _weight(2, 1024, 0.3, torch.float16, seed=5)  # two sparse rows, a warp each: the last row's over-read leaves the buffer
+    x = torch.ones(1024, dtype=torch.float16)
     with pytest.raises(HostKernelError, match=report):
         _run(_program(tmp_path_factory, kernel, torch.float16, 2, sanitizer, source.replace(guarded, unguarded)), tmp_path, weight, x, None)

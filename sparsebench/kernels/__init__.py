@@ -4,8 +4,7 @@
 - ``bitmask_linear``: unstructured weights in the ``sparse-bitmask`` layout, Triton kernels (``BitmaskLinear``);
 - ``bitmask_walk``: the one-token product on that layout in which each lane multiplies as it walks its mask word,
   CUDA C++ (the default from 55 % sparsity); ``bitmask_kept``: the one it replaced, through a list of kept columns;
-  ``bitmask_stream``: the walk with a deeper pipeline across a warp's rows (opt-in, not yet run on a GPU);
-- ``one_token_cuda``: what those CUDA C++ kernels share (conversions, scan, operand checks, compiling and loading);
+- ``one_token_cuda``: what those two CUDA C++ kernels share (conversions, scan, operand checks, compiling and loading);
 - ``bitmask_unpack``: that layout unpacked to the dense weight for one call (a prefill), a Triton kernel;
 - ``nvrtc``: CUDA C++ compiled at run time by NVRTC and launched through the driver (no toolkit needed);
 - ``gemv24``: 2:4 weights in the ``sparse-24-bitmask`` layout, Triton kernels for decode (``Gemv24Linear``);

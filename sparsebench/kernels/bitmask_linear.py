@@ -87,7 +87,7 @@ import triton.language as tl
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from sparsebench.kernels import bitmask_kept, bitmask_stream, bitmask_walk
+from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_unpack import unpack_dense
 from sparsebench.kernels.custom_ops import row_product_op
 from sparsebench.kernels.launching import INDEX_BYTES, check_one_device, check_powers_of_two, interpreted, split_output, summed
@@ -95,10 +95,9 @@ from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as CUDA_WARPS_PER
 from sparsebench.sparse_layout import Bitmask, pack_bitmask
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk", "stream")
+ONE_TOKEN_KERNELS = ("chunks", "bytes", "kept", "walk")
 # CUDA C++ (NVRTC), one warp a row, Triton's interpreter cannot run them: each one's product and loader
-_CUDA_KERNELS = {"kept": (bitmask_kept.kept_gemv, bitmask_kept.load_kernel), "walk": (bitmask_walk.walk_gemv, bitmask_walk.load_kernel),
-                 "stream": (bitmask_stream.stream_gemv, bitmask_stream.load_kernel)}
+_CUDA_KERNELS = {"kept": (bitmask_kept.kept_gemv, bitmask_kept.load_kernel), "walk": (bitmask_walk.walk_gemv, bitmask_walk.load_kernel)}
 CUDA_ONE_TOKEN_KERNELS = tuple(_CUDA_KERNELS)
 # the CUDA kernels' cost follows the kept weights, the chunks kernel's every position: timed on an H100 at LLaMA-2-7B's
 # shapes (docs/data/efficiency_gpu/h100_2026-12-05h_bitmask_one_token.txt) walk is 1.02-1.06x as fast as chunks at 60 %
@@ -124,9 +123,8 @@ class Launch:
     several tokens); ``one_token``: the one-token kernel, ``chunks`` (``_chunk_kernel``), ``bytes``
     (``_one_token_kernel``, the first kernel), ``kept`` (``bitmask_kept``: the CUDA C++ kernel that walks
     only the kept weights, one warp a row and ``warps`` rows a block; ``block_rows=1``,
-    ``block_bytes=INDEX_BYTES``, one split, no prefetch), ``walk`` (``bitmask_walk``: CUDA C++ too, each
-    lane multiplying as it walks its mask word, no column list; the same launch as ``kept``) or ``stream``
-    (``bitmask_stream``: the walk with a four-chunk pipeline across a warp's rows; the same launch; not yet run on a GPU).
+    ``block_bytes=INDEX_BYTES``, one split, no prefetch) or ``walk`` (``bitmask_walk``: CUDA C++ too, each
+    lane multiplying as it walks its mask word, no column list; the same launch as ``kept``).
     """
 
     block_rows: int
@@ -580,18 +578,9 @@ class BitmaskLinear(nn.Module):
     @classmethod
     def kept_weights(cls, linear: nn.Linear) -> BitmaskLinear:
         """``from_linear`` with one-token calls through the kept-weights CUDA kernel at any density (the ``bitmask_kept`` path)."""
-        return cls._one_token_through(linear, "kept", "kept_weights")
-
-    @classmethod
-    def streaming(cls, linear: nn.Linear) -> BitmaskLinear:
-        """``from_linear`` with one-token calls through the streaming walk kernel at any density (the ``bitmask_stream`` path)."""
-        return cls._one_token_through(linear, "stream", "streaming")
-
-    @classmethod
-    def _one_token_through(cls, linear: nn.Linear, kernel: str, constructor: str) -> BitmaskLinear:
         if not isinstance(linear, nn.Linear):
-            raise TypeError(f"BitmaskLinear.{constructor} takes an nn.Linear, got {type(linear).__name__}")
-        return cls(pack_bitmask(linear.weight.detach()), linear.bias, one_token=kernel)
+            raise TypeError(f"BitmaskLinear.kept_weights takes an nn.Linear, got {type(linear).__name__}")
+        return cls(pack_bitmask(linear.weight.detach()), linear.bias, one_token="kept")
 
     def packed(self) -> Bitmask:
         """The weight in the ``sparse-bitmask`` layout (the module's own tensors, not copies)."""

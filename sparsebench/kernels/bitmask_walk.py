@@ -47,8 +47,36 @@ VALUE_SLOTS = CHUNK_COLUMNS + 8  # a chunk's values and up to 7 before its first
 MIN_CAPABILITY = (8, 0)  # cp.async
 SHARED_MEMORY_LIMIT = 227 * 1024  # a block's shared memory on compute capability 8.0 and 9.0
 
-X_AND_COPIES = r"""
+SOURCE = PRELUDE + r"""
+#define VALUE_SLOTS (CHUNK_COLUMNS + 8)
 #define GROUP_SLOTS 34  // shared-memory halves a group of 32 columns of x takes: 32 and 2 of padding
+
+// a row's mask words (one a lane, 32 a chunk) and chunk_offsets entries: each chunk's are loaded while the chunk
+// before is worked on
+struct RowChunks {
+  const unsigned int* row_words;
+  const int* row_chunks;
+  int words_per_row, chunks, lane;
+  unsigned int next_bits;
+  int next_base;
+
+  __device__ __forceinline__ RowChunks(const unsigned int* words, const int* chunk_offsets, int row, int words_per_row_,
+                                       int chunks_, int lane_)
+      : row_words(words + (size_t)row * words_per_row_), row_chunks(chunk_offsets + (size_t)row * chunks_),
+        words_per_row(words_per_row_), chunks(chunks_), lane(lane_) {
+    next_bits = lane < words_per_row ? __ldg(row_words + lane) : 0u;
+    next_base = __ldg(row_chunks);
+  }
+
+  // chunk `chunk`'s mask word of this lane and the index in values of its first kept weight; asks for the next chunk's
+  __device__ __forceinline__ void take(int chunk, unsigned int& bits, int& base) {
+    bits = next_bits;
+    base = next_base;
+    const int next = chunk + 1;
+    next_bits = next < chunks && next * 32 + lane < words_per_row ? __ldg(row_words + next * 32 + lane) : 0u;
+    next_base = next < chunks ? __ldg(row_chunks + next) : 0;
+  }
+};
 
 // where column `column` of x sits in shared memory
 __device__ __forceinline__ int x_slot(int column) { return column + 2 * (column >> 5); }
@@ -82,43 +110,6 @@ __device__ __forceinline__ void copy_last_bytes(unsigned short* destination, con
 #endif
 }
 
-__device__ __forceinline__ void end_copy_group() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-"""
-
-SOURCE = PRELUDE + X_AND_COPIES + r"""
-#define VALUE_SLOTS (CHUNK_COLUMNS + 8)
-
-// a row's mask words (one a lane, 32 a chunk) and chunk_offsets entries: each chunk's are loaded while the chunk
-// before is worked on
-struct RowChunks {
-  const unsigned int* row_words;
-  const int* row_chunks;
-  int words_per_row, chunks, lane;
-  unsigned int next_bits;
-  int next_base;
-
-  __device__ __forceinline__ RowChunks(const unsigned int* words, const int* chunk_offsets, int row, int words_per_row_,
-                                       int chunks_, int lane_)
-      : row_words(words + (size_t)row * words_per_row_), row_chunks(chunk_offsets + (size_t)row * chunks_),
-        words_per_row(words_per_row_), chunks(chunks_), lane(lane_) {
-    next_bits = lane < words_per_row ? __ldg(row_words + lane) : 0u;
-    next_base = __ldg(row_chunks);
-  }
-
-  // chunk `chunk`'s mask word of this lane and the index in values of its first kept weight; asks for the next chunk's
-  __device__ __forceinline__ void take(int chunk, unsigned int& bits, int& base) {
-    bits = next_bits;
-    base = next_base;
-    const int next = chunk + 1;
-    next_bits = next < chunks && next * 32 + lane < words_per_row ? __ldg(row_words + next * 32 + lane) : 0u;
-    next_base = next < chunks ? __ldg(row_chunks + next) : 0;
-  }
-};
-
 // the copies this thread asked for, but for the last group (a chunk's copies are one group)
 __device__ __forceinline__ void wait_for_copies_but_one() {
 #if defined(__CUDA_ARCH__)
@@ -129,6 +120,12 @@ __device__ __forceinline__ void wait_for_copies_but_one() {
 __device__ __forceinline__ void wait_for_all_copies() {
 #if defined(__CUDA_ARCH__)
   asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void end_copy_group() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;" ::: "memory");
 #endif
 }
 
@@ -219,43 +216,29 @@ def defines(dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> dict[
     return KERNEL.defines(dtype, warps_per_block)
 
 
-def x_bytes(cols: int) -> int:
-    """The shared memory ``x`` of ``cols`` columns takes: two halves of padding every 32, rounded up to 16 bytes."""
-    return 2 * (-(-(cols // 32 * 34) // 8) * 8)
-
-
 def shared_bytes(cols: int, warps_per_block: int = WARPS_PER_BLOCK) -> int:
-    """The shared memory a block takes (all of it dynamic): ``x`` (``x_bytes``), then each warp's slots for two chunks' values."""
-    return x_bytes(cols) + 2 * warps_per_block * 2 * VALUE_SLOTS
-
-
-def columns_beside(slot_bytes: int) -> int:
-    """The most input columns whose ``x`` fits a block's shared memory beside ``slot_bytes`` of the warps' slots."""
-    return (SHARED_MEMORY_LIMIT - slot_bytes) // (2 * 34) * 32
+    """The shared memory a block takes (all of it dynamic): ``x`` of ``cols`` columns with two halves of padding every 32,
+    rounded up to 16 bytes, then each warp's slots for two chunks' values."""
+    x_halves = -(-(cols // 32 * 34) // 8) * 8
+    return 2 * (x_halves + warps_per_block * 2 * VALUE_SLOTS)
 
 
 def max_columns(warps_per_block: int = WARPS_PER_BLOCK) -> int:
     """The most input columns whose ``x`` fits a block's shared memory beside the warps' slots."""
-    return columns_beside(shared_bytes(0, warps_per_block))
-
-
-def check_staged_operands(kernel: OneTokenKernel, x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, widest: int,
-                          warps_per_block: int) -> None:
-    """Raise ValueError naming what ``kernel`` (this module's or ``bitmask_stream``'s: ``x`` and values staged in shared
-    memory, at most ``widest`` columns) needs and the operands lack."""
-    kernel.check_operands(x2d, values, bitmask, offsets)
-    if values.data_ptr() % 16:
-        raise ValueError(f"{kernel.what} copies values in 16-byte pieces (cp.async): it needs values starting on a "
-                         f"16-byte boundary, got address {values.data_ptr():#x}")
-    cols = 8 * bitmask.shape[1]
-    if cols > widest:
-        raise ValueError(f"{kernel.what} keeps x in shared memory: at most {widest} columns with "
-                         f"{warps_per_block} warps a block, got {cols}; use Launch.one_token='kept'")
+    room = SHARED_MEMORY_LIMIT - shared_bytes(0, warps_per_block)
+    return room // (2 * 34) * 32
 
 
 def check_walk_operands(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, warps_per_block: int = WARPS_PER_BLOCK) -> None:
     """Raise ValueError naming what the walking kernel needs and the operands lack."""
-    check_staged_operands(KERNEL, x2d, values, bitmask, offsets, max_columns(warps_per_block), warps_per_block)
+    KERNEL.check_operands(x2d, values, bitmask, offsets)
+    if values.data_ptr() % 16:
+        raise ValueError("the walking kernel copies values in 16-byte pieces (cp.async): it needs values starting on a "
+                         f"16-byte boundary, got address {values.data_ptr():#x}")
+    cols = 8 * bitmask.shape[1]
+    if cols > max_columns(warps_per_block):
+        raise ValueError(f"the walking kernel keeps x in shared memory: at most {max_columns(warps_per_block)} columns with "
+                         f"{warps_per_block} warps a block, got {cols}; use Launch.one_token='kept'")
 
 
 def load_kernel(device: torch.device, dtype: torch.dtype, warps_per_block: int = WARPS_PER_BLOCK) -> CompiledKernel:
@@ -264,28 +247,20 @@ def load_kernel(device: torch.device, dtype: torch.dtype, warps_per_block: int =
     return KERNEL.load(device, dtype, warps_per_block)
 
 
-def launch_staged(kernel: CompiledKernel, x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bias: Tensor | None,
-                  warps_per_block: int, shared: int, extra: tuple[int, ...] = ()) -> Tensor:
-    """Launch ``kernel`` (this module's or ``bitmask_stream``'s) on the grid of blocks the GPU runs at once, with ``shared``
-    bytes of dynamic shared memory and ``extra`` int arguments after the common ones: ``[1, out]`` in x's dtype."""
-    rows = bitmask.shape[0]
+def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bias: Tensor | None,
+              warps_per_block: int = WARPS_PER_BLOCK) -> Tensor:
+    """``x2d [1, in] @ W^T (+ bias)``: ``[1, out]`` in x's dtype; operands as ``bitmask_linear`` checks them, plus ``check_walk_operands``."""
+    check_walk_operands(x2d, values, bitmask, offsets, warps_per_block)
+    rows, cols = bitmask.shape[0], 8 * bitmask.shape[1]
     device = x2d.device
+    kernel = load_kernel(device, x2d.dtype, warps_per_block)
     x2d = x2d.contiguous()
     if x2d.data_ptr() % 4:  # x is copied to shared memory two columns at a time
         x2d = x2d.clone()
     out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
     words = bitmask.view(torch.int32)
-    threads = 32 * warps_per_block
+    threads, shared = 32 * warps_per_block, shared_bytes(cols, warps_per_block)
     kernel.launch((min(-(-rows // warps_per_block), kernel.resident_blocks(device, threads, shared)), 1, 1), (threads, 1, 1),
                   [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
-                   int(bias is not None), values.numel(), *extra], device, shared_bytes=shared)
+                   int(bias is not None), values.numel()], device, shared_bytes=shared)
     return out
-
-
-def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bias: Tensor | None,
-              warps_per_block: int = WARPS_PER_BLOCK) -> Tensor:
-    """``x2d [1, in] @ W^T (+ bias)``: ``[1, out]`` in x's dtype; operands as ``bitmask_linear`` checks them, plus ``check_walk_operands``."""
-    check_walk_operands(x2d, values, bitmask, offsets, warps_per_block)
-    kernel = load_kernel(x2d.device, x2d.dtype, warps_per_block)
-    return launch_staged(kernel, x2d, values, bitmask, offsets, bias, warps_per_block,
-                         shared_bytes(8 * bitmask.shape[1], warps_per_block))

@@ -12,9 +12,7 @@ A path turns one pruned ``nn.Linear`` into a module computing the same product f
   kernel picked by token count as serving engines pick one by batch size (``TokenCountLinear``);
 - ``gemv24``: 2:4, the ``sparse-24-bitmask`` Triton kernel (``sparsebench.kernels.gemv24``) at every token count;
 - ``bitmask_kept``: ``bitmask`` with the kept-weights CUDA kernel at one token at any density (``bitmask_kept``, the
-  default before the walking kernel): a comparison, measured only where named (``eval.efficiency.paths``);
-- ``bitmask_stream``: ``bitmask`` with the streaming walk CUDA kernel at one token at any density (``bitmask_stream``):
-  measured only where named.
+  default before the walking kernel): a comparison, measured only where named (``eval.efficiency.paths``).
 
 ``paths_for(pattern)`` gives a pattern's paths measured by default; ``paths_for(pattern, names)`` those named.
 
@@ -68,9 +66,6 @@ PATHS = {
         SparsePath("bitmask_kept", "the bitmask path with one token through the kept-weights CUDA kernel (a column list in shared "
                    "memory, then the products) at any density: the default before the walking kernel, measured only where named",
                    ("unstructured",), "sparsebench.kernels.bitmask_linear", "BitmaskLinear.kept_weights", by_default=False),
-        SparsePath("bitmask_stream", "the bitmask path with one token through the streaming walk CUDA kernel (the walking kernel with "
-                   "a four-chunk pipeline across a warp's rows) at any density: measured only where named",
-                   ("unstructured",), "sparsebench.kernels.bitmask_linear", "BitmaskLinear.streaming", by_default=False),
     )
 }
 
