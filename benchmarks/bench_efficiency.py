@@ -45,7 +45,7 @@ from sparsebench.blockwalk import Execution
 from sparsebench.evaluate.compiled import compiled_forward
 from sparsebench.evaluate.cuda_graphs import graphed
 from sparsebench.evaluate.efficiency import MODES
-from sparsebench.kernels.paths import PATHS, converter, swapped
+from sparsebench.kernels.paths import PATHS, converter, paths_for, swapped
 from sparsebench.sparse_layout import is_2of4
 
 LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
@@ -85,8 +85,7 @@ def prune(weight: torch.Tensor, sparsity: str) -> torch.Tensor:
 
 def paths_of(sparsity: str, everything: bool = False) -> list[str]:
     """The sparse paths of ``sparsity`` (``"2:4"`` or a ratio) measured by default, or with ``everything`` all of them."""
-    pattern = "2:4" if sparsity == "2:4" else "unstructured"
-    return [name for name, path in PATHS.items() if pattern in path.patterns and (everything or path.by_default)]
+    return [path.name for path in paths_for("2:4" if sparsity == "2:4" else "unstructured", list(PATHS) if everything else None)]
 
 
 def _event_median(call, calls: int, repeats: int) -> tuple[float, list[float]]:

@@ -119,14 +119,15 @@ def _replacing(*pairs: tuple[str, str]):
 
 
 COPY_UNROLL1 = _replacing((COPY_LOOP, "#pragma unroll 1\n" + COPY_LOOP))
+POINTER = _replacing((PRODUCT_LOOP, POINTER_LOOP))
 # name: (the source change, chunks a step, which sizes the warps' value slots)
 VARIANTS = {
     "base": (_replacing(), 1),
     "copy_unroll1": (COPY_UNROLL1, 1),
     "products_unroll2": (_replacing((PRODUCT_LOOP, PRODUCT_LOOP.replace("#pragma unroll 4", "#pragma unroll 2"))), 1),
     "products_unroll1": (_replacing((PRODUCT_LOOP, PRODUCT_LOOP.replace("#pragma unroll 4", "#pragma unroll 1"))), 1),
-    "pointer": (_replacing((PRODUCT_LOOP, POINTER_LOOP)), 1),
-    "pointer_copy_unroll1": (_replacing((PRODUCT_LOOP, POINTER_LOOP), (COPY_LOOP, "#pragma unroll 1\n" + COPY_LOOP)), 1),
+    "pointer": (POINTER, 1),
+    "pointer_copy_unroll1": (lambda text: COPY_UNROLL1(POINTER(text)), 1),
     "two_words": (_two_words, 2),
     "two_words_copy_unroll1": (lambda text: COPY_UNROLL1(_two_words(text)), 2),
 }
