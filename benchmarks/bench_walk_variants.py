@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from sparsebench.kernels import bitmask_walk
+from sparsebench.kernels import bitmask_linear, bitmask_walk
 from sparsebench.kernels.one_token_cuda import CHUNK_COLUMNS, OneTokenKernel
+from sparsebench.kernels.one_token_cuda import WARPS_PER_BLOCK as DEFAULT_WARPS
 
 BASE = bitmask_walk.SOURCE
 COPY_LOOP = "  for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {"
@@ -108,6 +109,207 @@ def _two_words(text: str) -> str:
     return text.replace('\nextern "C" __global__', WALK_WORD, 1)
 
 
+LEAN_HELPERS = r"""
+// cp.async's destination as a shared-space byte address on the GPU (computed once a kernel, not a chunk); a pointer on the host
+#if defined(__CUDA_ARCH__)
+typedef unsigned int SharedAddress;
+__device__ __forceinline__ SharedAddress shared_at(SharedAddress base, int halves) { return base + 2u * (unsigned int)halves; }
+__device__ __forceinline__ SharedAddress to_shared_address(unsigned short* pointer) { return shared_address(pointer); }
+__device__ __forceinline__ void copy_16_bytes_to(SharedAddress destination, const unsigned short* source) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(destination), "l"(source) : "memory");
+}
+__device__ __forceinline__ void copy_last_bytes_to(SharedAddress destination, const unsigned short* source, int source_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(destination), "l"(source), "r"(source_bytes) : "memory");
+}
+#else
+typedef unsigned short* SharedAddress;
+inline SharedAddress shared_at(SharedAddress base, int halves) { return base + halves; }
+inline SharedAddress to_shared_address(unsigned short* pointer) { return pointer; }
+inline void copy_16_bytes_to(SharedAddress destination, const unsigned short* source) { copy_16_bytes(destination, source); }
+inline void copy_last_bytes_to(SharedAddress destination, const unsigned short* source, int source_bytes) {
+  copy_last_bytes(destination, source, source_bytes);
+}
+#endif
+
+// copy_chunk_values to a slot given by its shared address, the loop not unrolled
+__device__ __forceinline__ int copy_values_to(SharedAddress slot, const unsigned short* values, int base, int total,
+                                              int n_values, int lane) {
+  const int first = base & ~7;
+  const int stop = base + total;
+  int index = first + 8 * lane;
+  const unsigned short* source = values + index;
+  SharedAddress destination = shared_at(slot, 8 * lane);
+#pragma unroll 1
+  for (; index < stop; index += 256, source += 256, destination = shared_at(destination, 256)) {
+    if (index + 8 <= n_values) copy_16_bytes_to(destination, source);
+    else copy_last_bytes_to(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
+  }
+  end_copy_group();
+  return base - first;
+}
+
+extern "C" __global__"""
+
+LEAN_LOOP = """  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  unsigned short* const warp_slots = value_slots;
+  const SharedAddress slot_addresses[2] = {to_shared_address(warp_slots), to_shared_address(warp_slots + VALUE_SLOTS)};
+  for (int row = blockIdx.x * WARPS_PER_BLOCK + warp; row < rows; row += gridDim.x * WARPS_PER_BLOCK) {
+    RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
+    unsigned int next_bits;
+    int next_base;
+    row_chunks.take(0, next_bits, next_base);
+    SharedAddress copy_to = slot_addresses[0], copy_after = slot_addresses[1];
+    const unsigned short* read_from = warp_slots;
+    const unsigned short* read_after = warp_slots + VALUE_SLOTS;
+    int next_lead = copy_values_to(copy_to, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
+    const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;
+    float sum = 0.0f;
+    for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
+      unsigned int walking = next_bits;
+      const int lead = next_lead;
+      const unsigned short* slots = read_from;
+      if (chunk + 1 < chunks) {
+        row_chunks.take(chunk + 1, next_bits, next_base);
+        next_lead = copy_values_to(copy_after, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
+        wait_for_copies_but_one();
+      } else {
+        wait_for_all_copies();
+      }
+      { const SharedAddress swap = copy_to; copy_to = copy_after; copy_after = swap; }
+      { const unsigned short* swap = read_from; read_from = read_after; read_after = swap; }
+      const int count = __popc(walking);
+      const int end = inclusive_scan(count, lane);
+      __syncwarp();
+      const unsigned short* value = slots + lead + end - 1;
+#pragma unroll 4
+      for (int left = count; left > 0; --left, --value) {
+        const int bit = 31 - __clz(walking);
+        sum += as_float(*value) * as_float(x_word[bit]);
+        walking ^= 1u << bit;
+      }
+      __syncwarp();
+    }
+    store_row(sum, lane, row, bias, has_bias, out);
+  }
+}
+"""
+
+
+def _lean(text: str) -> str:
+    """The ``lean`` variant: the slots' shared addresses computed once a kernel and swapped a chunk (not recomputed from
+    the chunk's parity), the copy loop not unrolled, the product loop on a running value pointer."""
+    start = text.index("  const int lane = threadIdx.x & 31;\n  const int warp = threadIdx.x >> 5;")
+    text = text[:start] + LEAN_LOOP
+    return text.replace('\nextern "C" __global__', LEAN_HELPERS, 1)
+
+
+X_STAGING = """  unsigned short* value_slots = x_shared + ((words_per_row * GROUP_SLOTS + 7) & ~7) + (threadIdx.x >> 5) * 2 * VALUE_SLOTS;
+  // x to shared memory, two columns (4 bytes) a copy, by the whole block
+  const unsigned int* x_pairs = (const unsigned int*)x;
+  for (int pair = threadIdx.x; pair < words_per_row * 16; pair += WARPS_PER_BLOCK * 32)
+    *(unsigned int*)(x_shared + x_slot(2 * pair)) = __ldg(x_pairs + pair);"""
+X_FLOATS_STAGING = """  // x as float32, column 1024 c + 32 w + b at 1024 c + 32 b + w: lane w reads bank w whatever its bit
+  float* const x_float = (float*)x_shared;
+  unsigned short* value_slots = x_shared + 2 * CHUNK_COLUMNS * chunks + (threadIdx.x >> 5) * 2 * VALUE_SLOTS;
+  const unsigned int* x_pairs = (const unsigned int*)x;
+  for (int pair = threadIdx.x; pair < words_per_row * 16; pair += WARPS_PER_BLOCK * 32) {
+    const unsigned int both = __ldg(x_pairs + pair);
+    const int column = 2 * pair;
+    const int slot = (column & ~(CHUNK_COLUMNS - 1)) | ((column & 31) << 5) | ((column >> 5) & 31);
+    x_float[slot] = as_float((unsigned short)(both & 0xffffu));
+    x_float[slot + 32] = as_float((unsigned short)(both >> 16));
+  }"""
+
+
+X_FLOATS_STAGING_BY_WORD = """  // x as float32, column 1024 c + 32 w + b at 1024 c + 32 b + w: lane w reads bank w whatever its bit; a warp
+  // stages one pair of columns of 32 words at a time, so that its stores take 32 banks
+  float* const x_float = (float*)x_shared;
+  unsigned short* value_slots = x_shared + 2 * CHUNK_COLUMNS * chunks + (threadIdx.x >> 5) * 2 * VALUE_SLOTS;
+  const unsigned int* x_pairs = (const unsigned int*)x;
+  for (int index = threadIdx.x; index < chunks * (CHUNK_COLUMNS / 2); index += WARPS_PER_BLOCK * 32) {
+    const int chunk = index / (CHUNK_COLUMNS / 2), w = index & 31, pair_in_word = (index >> 5) & 15;
+    const int column = chunk * CHUNK_COLUMNS + 32 * w + 2 * pair_in_word;
+    if (column < 32 * words_per_row) {
+      const unsigned int both = __ldg(x_pairs + (column >> 1));
+      const int slot = chunk * CHUNK_COLUMNS + (2 * pair_in_word << 5) + w;
+      x_float[slot] = as_float((unsigned short)(both & 0xffffu));
+      x_float[slot + 32] = as_float((unsigned short)(both >> 16));
+    }
+  }"""
+
+
+def _x_floats(text: str, staging: str = X_FLOATS_STAGING) -> str:
+    """``x`` staged as float32 in a bank-conflict-free order (``X_FLOATS_STAGING``): no conversion a product, and the
+    lanes' reads of ``x`` in one wavefront (random columns of the padded float16 layout take about 2.4)."""
+    text = _replacing((X_STAGING, staging))(text)
+    return _replacing(("    const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;\n", "    const float* x_word = x_float + lane;\n"),
+                      ("for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS)",
+                       "for (int chunk = 0; chunk < chunks; ++chunk, x_word += CHUNK_COLUMNS)"),
+                      ("sum += as_float(*value) * as_float(x_word[bit]);", "sum += as_float(*value) * x_word[bit << 5];"))(text)
+
+
+def x_floats_shared_bytes(cols: int, warps_per_block: int = 8) -> int:
+    """``shared_bytes`` of an ``x_floats`` variant: ``x`` as float32, whole chunks, then the warps' slots."""
+    return 4 * CHUNK_COLUMNS * -(-cols // CHUNK_COLUMNS) + 2 * warps_per_block * 2 * bitmask_walk.VALUE_SLOTS
+
+
+X_FLOATS_PRODUCTS = """      const unsigned short* value = slots + lead + end - 1;
+#pragma unroll 4
+      for (int left = count; left > 0; --left, --value) {
+        const int bit = 31 - __clz(walking);
+        sum += as_float(*value) * x_word[bit << 5];
+        walking ^= 1u << bit;
+      }"""
+PAIRS_PRODUCTS = """      const unsigned short* value = slots + lead + end - 1;
+      int left = count;
+      if (left > 0 && ((value - slots) & 1) == 0) {  // the last value opens a 4-byte word: taken alone
+        const int bit = 31 - __clz(walking);
+        sum += as_float(*value) * x_word[bit << 5];
+        walking ^= 1u << bit;
+        --left;
+        --value;
+      }
+      const unsigned int* pair = (const unsigned int*)(value - 1);  // values 2 a load, the upper half first
+#pragma unroll 2
+      for (; left >= 2; left -= 2, --pair) {
+        const unsigned int both = *pair;
+        int bit = 31 - __clz(walking);
+        sum += as_float((unsigned short)(both >> 16)) * x_word[bit << 5];
+        walking ^= 1u << bit;
+        bit = 31 - __clz(walking);
+        sum += as_float((unsigned short)(both & 0xffffu)) * x_word[bit << 5];
+        walking ^= 1u << bit;
+      }
+      if (left > 0) {  // the first value, the upper half of its word
+        const int bit = 31 - __clz(walking);
+        sum += as_float((unsigned short)(*pair >> 16)) * x_word[bit << 5];
+      }"""
+
+
+LEAN_PRODUCTS = """      const unsigned short* value = slots + lead + end - 1;
+#pragma unroll 4
+      for (int left = count; left > 0; --left, --value) {
+        const int bit = 31 - __clz(walking);
+        sum += as_float(*value) * as_float(x_word[bit]);
+        walking ^= 1u << bit;
+      }"""
+SMALL_SLOTS = 520  # halves a slot in the small_slots variants: chunks of at most 512 values (a timing probe, not a kernel)
+
+
+def _small_slots(text: str) -> str:
+    """Slots of ``SMALL_SLOTS`` halves and at least 48 warps a multiprocessor asked of the compiler: whether more resident
+    warps (shared memory allowing) make the kernel faster. Wrong for a chunk of more than 512 values: for timing at
+    70 % only (about 307 values a chunk)."""
+    return _replacing(("#define VALUE_SLOTS (CHUNK_COLUMNS + 8)", f"#define VALUE_SLOTS {SMALL_SLOTS}"),
+                      ("__launch_bounds__(WARPS_PER_BLOCK * 32)", "__launch_bounds__(WARPS_PER_BLOCK * 32, 48 / WARPS_PER_BLOCK)"))(text)
+
+
+def _pairs(products: str, x_read: str):
+    """The product loop ``products`` replaced by ``PAIRS_PRODUCTS`` with ``x`` read as ``x_read``."""
+    return _replacing((products, PAIRS_PRODUCTS.replace("x_word[bit << 5]", x_read)))
+
+
 def _replacing(*pairs: tuple[str, str]):
     """A variant: each ``old`` (found exactly once) replaced by ``new``."""
     def apply(text: str) -> str:
@@ -130,7 +332,20 @@ VARIANTS = {
     "pointer_copy_unroll1": (lambda text: COPY_UNROLL1(POINTER(text)), 1),
     "two_words": (_two_words, 2),
     "two_words_copy_unroll1": (lambda text: COPY_UNROLL1(_two_words(text)), 2),
+    "lean": (_lean, 1),
+    "lean_x_floats": (lambda text: _x_floats(_lean(text)), 1),
+    "lean_x_floats_16_warps": (lambda text: _x_floats(_lean(text)), 1),
+    "lean_x_floats_pairs": (lambda text: _pairs(X_FLOATS_PRODUCTS, "x_word[bit << 5]")(_x_floats(_lean(text))), 1),
+    "lean_x_floats_by_word": (lambda text: _x_floats(_lean(text), X_FLOATS_STAGING_BY_WORD), 1),
+    "lean_x_floats_by_word_pairs": (lambda text: _pairs(X_FLOATS_PRODUCTS, "x_word[bit << 5]")(_x_floats(_lean(text), X_FLOATS_STAGING_BY_WORD)), 1),
+    "lean_pairs": (lambda text: _pairs(LEAN_PRODUCTS, "as_float(x_word[bit])")(_lean(text)), 1),
+    "lean_small_slots": (lambda text: _small_slots(_lean(text)), 1),
+    "lean_pairs_small_slots": (lambda text: _small_slots(_pairs(LEAN_PRODUCTS, "as_float(x_word[bit])")(_lean(text))), 1),
 }
+SLOTS = {"lean_small_slots": SMALL_SLOTS, "lean_pairs_small_slots": SMALL_SLOTS}  # value slots other than a chunk's (halves)
+X_FLOATS = {"lean_x_floats", "lean_x_floats_16_warps", "lean_x_floats_pairs", "lean_x_floats_by_word", "lean_x_floats_by_word_pairs"}  # variants whose x is float32 (x_floats_shared_bytes)
+WARPS = {"lean_x_floats_16_warps": 16}  # variants launched with other than the default eight warps a block
+BASE_SHARED_BYTES = bitmask_walk.shared_bytes
 
 
 def use(name: str) -> None:
@@ -141,7 +356,9 @@ def use(name: str) -> None:
     bitmask_walk.KERNEL = OneTokenKernel(base.name, change(BASE), base.launch_name, base.what, base.min_capability,
                                          base.capability_reason, base.fixed_defines)
     bitmask_walk.SOURCE = bitmask_walk.KERNEL.source
-    bitmask_walk.VALUE_SLOTS = chunks_a_step * CHUNK_COLUMNS + 8  # shared_bytes reads it
+    bitmask_walk.VALUE_SLOTS = SLOTS.get(name, chunks_a_step * CHUNK_COLUMNS + 8)  # shared_bytes reads it
+    bitmask_walk.shared_bytes = x_floats_shared_bytes if name in X_FLOATS else BASE_SHARED_BYTES
+    bitmask_linear.CUDA_WARPS_PER_BLOCK = WARPS.get(name, DEFAULT_WARPS)  # one_token_launch reads it
 
 
 def _benchmark_module(name: str):
@@ -167,11 +384,11 @@ def check() -> None:
         print(f"{name:22s} {usage.split('REG:')[1].split()[0]} registers, {instructions} instructions, {per_product} a product", flush=True)
 
 
-def bench(out: Path) -> None:
+def bench(out: Path, names: list[str]) -> None:
     module = _benchmark_module("bench_bitmask_kernel")
     module.ONE_TOKEN_LABELS = {"kept": "kept (CUDA)", "walk": "walk (CUDA)", "chunks": "chunks (Triton)"}
     figures = {}
-    for name in VARIANTS:
+    for name in names:
         use(name)
         results = []
         try:
@@ -194,13 +411,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["check", "bench"])
     parser.add_argument("out", type=Path, nargs="?", help="bench: the folder for walk_variants.json")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="bench: the variants timed (base always)")
     args = parser.parse_args()
     if args.what == "check":
         check()
     elif args.out is None:
         parser.error("bench needs OUT, the folder for walk_variants.json")
     else:
-        bench(args.out)
+        bench(args.out, ["base"] + [name for name in args.variants if name != "base"])
 
 
 if __name__ == "__main__":
