@@ -91,20 +91,31 @@ __device__ __forceinline__ unsigned int shared_address(const void* pointer) {
 #endif
 }
 
-// 16 bytes from global `source` to shared `destination`, asynchronously
-__device__ __forceinline__ void copy_16_bytes(unsigned short* destination, const unsigned short* source) {
+// cp.async's destination: on the GPU a shared-space byte address, computed once a kernel (a generic pointer turned into
+// one at every chunk cost the chunk about 30 instructions); on the host a pointer
 #if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(shared_address(destination)), "l"(source) : "memory");
+typedef unsigned int SharedAddress;
+__device__ __forceinline__ SharedAddress to_shared_address(unsigned short* pointer) { return shared_address(pointer); }
+__device__ __forceinline__ SharedAddress shared_at(SharedAddress base, int halves) { return base + 2u * (unsigned int)halves; }
+#else
+typedef unsigned short* SharedAddress;
+inline SharedAddress to_shared_address(unsigned short* pointer) { return pointer; }
+inline SharedAddress shared_at(SharedAddress base, int halves) { return base + halves; }
+#endif
+
+// 16 bytes from global `source` to shared `destination`, asynchronously
+__device__ __forceinline__ void copy_16_bytes(SharedAddress destination, const unsigned short* source) {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(destination), "l"(source) : "memory");
 #else  // element by element, so that ThreadSanitizer sees each store (with g++ 12.2 it missed a memcpy's stores here)
   for (int i = 0; i < 8; ++i) destination[i] = source[i];
 #endif
 }
 
 // the same for the last piece of `values`: only `source_bytes` (2 to 14) are read, the rest are zeros
-__device__ __forceinline__ void copy_last_bytes(unsigned short* destination, const unsigned short* source, int source_bytes) {
+__device__ __forceinline__ void copy_last_bytes(SharedAddress destination, const unsigned short* source, int source_bytes) {
 #if defined(__CUDA_ARCH__)
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;"
-               :: "r"(shared_address(destination)), "l"(source), "r"(source_bytes) : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(destination), "l"(source), "r"(source_bytes) : "memory");
 #else
   for (int i = 0; i < 8; ++i) destination[i] = 2 * i < source_bytes ? source[i] : (unsigned short)0;
 #endif
@@ -129,15 +140,18 @@ __device__ __forceinline__ void end_copy_group() {
 #endif
 }
 
-// the `total` values from index `base` to the warp's shared slots, from the 16-byte aligned index at or below `base`,
-// this lane's 16-byte pieces (every 32nd); returns where the first lies in `slots`
-__device__ __forceinline__ int copy_chunk_values(unsigned short* slots, const unsigned short* values, int base, int total,
+// the `total` values from index `base` to the warp's slot at `slot`, from the 16-byte aligned index at or below `base`,
+// this lane's 16-byte pieces (every 32nd; at 70 % a lane copies one or two, so the loop is not unrolled); returns
+// where the first lies in the slot
+__device__ __forceinline__ int copy_chunk_values(SharedAddress slot, const unsigned short* values, int base, int total,
                                                  int n_values, int lane) {
   const int first = base & ~7;
   const int stop = base + total;
-  const unsigned short* source = values + first + 8 * lane;
-  unsigned short* destination = slots + 8 * lane;
-  for (int index = first + 8 * lane; index < stop; index += 256, source += 256, destination += 256) {
+  int index = first + 8 * lane;
+  const unsigned short* source = values + index;
+  SharedAddress destination = shared_at(slot, 8 * lane);
+#pragma unroll 1
+  for (; index < stop; index += 256, source += 256, destination = shared_at(destination, 256)) {
     if (index + 8 <= n_values) copy_16_bytes(destination, source);
     else copy_last_bytes(destination, source, 2 * (n_values - index));  // the piece that runs past the end of values
   }
@@ -164,6 +178,10 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
   __syncthreads();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
+  // the warp's two slots, as cp.async writes them and as the products read them; they swap at every chunk
+  SharedAddress copy_to = to_shared_address(value_slots), copy_next = to_shared_address(value_slots + VALUE_SLOTS);
+  const unsigned short* read_from = value_slots;
+  const unsigned short* read_next = value_slots + VALUE_SLOTS;
   // a warp a row, the grid's warps taking every (gridDim.x * WARPS_PER_BLOCK)-th row: a block copies x once for all its rows
   for (int row = blockIdx.x * WARPS_PER_BLOCK + warp; row < rows; row += gridDim.x * WARPS_PER_BLOCK) {
     RowChunks row_chunks(words, chunk_offsets, row, words_per_row, chunks, lane);
@@ -172,22 +190,22 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
     unsigned int next_bits;
     int next_base;
     row_chunks.take(0, next_bits, next_base);
-    int next_lead = copy_chunk_values(value_slots, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)),
-                                      n_values, lane);
+    int next_lead = copy_chunk_values(copy_to, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
     const unsigned short* x_word = x_shared + lane * GROUP_SLOTS;  // this lane's 32 columns of the chunk
     float sum = 0.0f;
     for (int chunk = 0; chunk < chunks; ++chunk, x_word += 32 * GROUP_SLOTS) {
       unsigned int walking = next_bits;
       const int lead = next_lead;
-      const unsigned short* slots = value_slots + (chunk & 1) * VALUE_SLOTS;
+      const unsigned short* slots = read_from;
       if (chunk + 1 < chunks) {
         row_chunks.take(chunk + 1, next_bits, next_base);
-        next_lead = copy_chunk_values(value_slots + ((chunk + 1) & 1) * VALUE_SLOTS, values, next_base,
-                                      (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
+        next_lead = copy_chunk_values(copy_next, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
         wait_for_copies_but_one();
       } else {
         wait_for_all_copies();
       }
+      { const SharedAddress swap = copy_to; copy_to = copy_next; copy_next = swap; }
+      { const unsigned short* swap = read_from; read_from = read_next; read_next = swap; }
       const int count = __popc(walking);
       const int end = inclusive_scan(count, lane);  // where this lane's kept weights end in the chunk's run
       __syncwarp();  // every lane's copies of this chunk have landed
@@ -195,10 +213,10 @@ bitmask_walk_gemv(const unsigned short* __restrict__ x, const unsigned short* __
       // spent waits for the others: the warp takes as many steps as its densest word has bits)
       const unsigned short* value = slots + lead + end - 1;
 #pragma unroll 4
-      for (int k = 0; k < count; ++k) {
+      for (int left = count; left > 0; --left, --value) {
         const int bit = 31 - __clz(walking);
-        sum += as_float(value[-k]) * as_float(x_word[bit]);
-        walking &= (1u << bit) - 1u;  // the bits below it
+        sum += as_float(*value) * as_float(x_word[bit]);
+        walking ^= 1u << bit;  // that bit cleared
       }
       __syncwarp();  // these slots take the chunk after next
     }
