@@ -16,7 +16,7 @@ last where its first one closes one); ``x_floats`` (``x`` staged as float32 with
 shared memory against 2.1), with ``pairs`` and with 16 warps a block; ``small_slots`` (slots of 520 values, so that
 more warps fit a multiprocessor: a probe of occupancy, wrong for a chunk of more than 512 values, so timed at 70 %
 only; ``bench`` prints its largest difference to F.linear there). ``check`` needs g++ and the NVRTC wheel, ``bench`` a
-CUDA GPU. The variants of the kernel before commit XXXX (the unrolled copy loop, two words a lane, ...) and their
+CUDA GPU. The variants of the kernel before commit 5e0e2df (the unrolled copy loop, two words a lane, ...) and their
 H100 timings are in this script at commit ae5a72d and in docs/efficiency.md.
 """
 import argparse
