@@ -10,7 +10,7 @@ its ``SOURCE``, timed against it in one run: candidates tried here before any of
                                                          # difference to F.linear and base / variant per case (above 1:
                                                          # the variant is faster); writes OUT/walk_variants.json
 
-Variants: ``pairs`` (the values read two a 32-bit load, a lone value first where the lane's last one opens a word and
+Variants: ``two_ended`` (each lane walks its word from both ends, two bits a step into two sums); ``pairs`` (the values read two a 32-bit load, a lone value first where the lane's last one opens a word and
 last where its first one closes one); ``x_floats`` (``x`` staged as float32 with column ``1024 c + 32 w + b`` at
 ``1024 c + 32 b + w``, so that lane ``w`` always reads bank ``w`` and no product converts ``x``; 4 bytes a column of
 shared memory against 2.1), with ``pairs`` and with 16 warps a block; ``small_slots`` (slots of 520 values, so that
@@ -64,6 +64,19 @@ PAIRS_PRODUCTS = """      const unsigned short* value = slots + lead + end - 1;
         const int bit = 31 - __clz(walking);
         sum += as_float((unsigned short)(*pair >> 16)) * X_AT(bit);
       }"""
+TWO_ENDED_PRODUCTS = """      const unsigned short* high = slots + lead + end - 1;  // the run's last value, for the word's highest bit
+      const unsigned short* low = high - count + 1;  // its first, for the lowest bit
+      float low_sum = 0.0f;
+#pragma unroll 2
+      for (int pairs = count >> 1; pairs > 0; --pairs, --high, ++low) {  // two bits a step, one from each end
+        const int top = 31 - __clz(walking);
+        const int bottom = __ffs(walking) - 1;
+        sum += as_float(*high) * as_float(x_word[top]);
+        low_sum += as_float(*low) * as_float(x_word[bottom]);
+        walking = (walking & (walking - 1u)) ^ (1u << top);  // both cleared
+      }
+      if (count & 1) sum += as_float(*high) * as_float(x_word[31 - __clz(walking)]);
+      sum += low_sum;"""
 X_STAGING = """  unsigned short* value_slots = x_shared + ((words_per_row * GROUP_SLOTS + 7) & ~7) + (threadIdx.x >> 5) * 2 * VALUE_SLOTS;
   // x to shared memory, two columns (4 bytes) a copy, by the whole block
   const unsigned int* x_pairs = (const unsigned int*)x;
@@ -136,6 +149,7 @@ VARIANTS = {
     "x_floats": _x_floats,
     "x_floats_pairs": _x_floats_pairs,
     "x_floats_16_warps": _x_floats,
+    "two_ended": _replacing((PRODUCTS, TWO_ENDED_PRODUCTS)),
 }
 SLOTS = {"small_slots": SMALL_SLOTS, "pairs_small_slots": SMALL_SLOTS}  # value slots other than a chunk's (halves)
 X_FLOATS = {"x_floats", "x_floats_pairs", "x_floats_16_warps"}  # variants whose x is float32 (x_floats_shared_bytes)

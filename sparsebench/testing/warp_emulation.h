@@ -5,7 +5,7 @@
 // (one copy, shared by the block's threads: the launcher runs one block at a time) and dynamic shared memory
 // (emu::dynamic_shared(), the launch's shared_bytes, 16-byte aligned); __syncthreads; the warp collectives __shfl_sync,
 // __shfl_up_sync, __shfl_xor_sync, __reduce_max_sync, __reduce_add_sync and __syncwarp, for the full warp only (any
-// other mask aborts with a message); __popc, __clz, __ldg and __uint_as_float; and host versions of the
+// other mask aborts with a message); __popc, __clz, __ffs, __ldg and __uint_as_float; and host versions of the
 // conversions that kernels write in PTX (emu_half_to_float, emu_float_to_half, emu_float_to_bf16: round to nearest even).
 //
 // Each collective is two barrier phases of the warp's 32 threads (publish, then read), so lanes that a kernel lets run
@@ -238,6 +238,7 @@ inline void __syncwarp(unsigned int mask = emu::kFullWarp) {
 
 inline int __popc(unsigned int value) { return __builtin_popcount(value); }
 inline int __clz(unsigned int value) { return value == 0 ? 32 : __builtin_clz(value); }
+inline int __ffs(int value) { return __builtin_ffs(value); }  // 1 + the lowest set bit's position, 0 for none
 
 template <class T>
 inline T __ldg(const T* pointer) { return *pointer; }
