@@ -7,7 +7,7 @@ to measure where its time goes; prints nothing but its shape and one timing.
 One token on a random float16 weight pruned at random (``bench_bitmask_kernel.sparse_weight``), packed as
 ``BitmaskLinear`` packs it, three copies called in turn so that each call reads its weight from HBM, as in the
 benchmark (the L2 cache holds 50 MB). ``--variant NAME`` runs one of ``bench_walk_variants.py``'s variants instead.
-Needs a CUDA GPU; docs/efficiency.md, "Where the walking kernel's time goes", has the counters it gave.
+Needs a CUDA GPU and Nsight Compute (``ncu``); docs/efficiency.md, "Variants of the walking kernel", says what it is for.
 """
 import argparse
 import importlib.util
