@@ -10,19 +10,12 @@ benchmark (the L2 cache holds 50 MB). ``--variant NAME`` runs one of ``bench_wal
 Needs a CUDA GPU and Nsight Compute (``ncu``); docs/efficiency.md, "Variants of the walking kernel", says what it is for.
 """
 import argparse
-import importlib.util
-from pathlib import Path
 
 import torch
 
+import bench_bitmask_kernel  # siblings in benchmarks/, the script's folder and so the first entry of sys.path
+import bench_walk_variants
 from sparsebench.kernels.bitmask_linear import BitmaskLinear
-
-
-def _benchmark_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @torch.inference_mode()
@@ -35,18 +28,17 @@ def main() -> None:
     parser.add_argument("--variant", help="a variant of bench_walk_variants.py")
     args = parser.parse_args()
     if args.variant:
-        _benchmark_module("bench_walk_variants").use(args.variant)
-    bench = _benchmark_module("bench_bitmask_kernel")
+        bench_walk_variants.use(args.variant)
     modules = []
     for seed in range(3):
         linear = torch.nn.Linear(args.cols, args.rows, bias=False, device="cuda", dtype=torch.float16)
-        linear.weight.data = bench.sparse_weight(args.rows, args.cols, args.sparsity, seed)
+        linear.weight.data = bench_bitmask_kernel.sparse_weight(args.rows, args.cols, args.sparsity, seed)
         modules.append(BitmaskLinear.from_linear(linear))
     x = torch.randn(1, args.cols, device="cuda", dtype=torch.float16)
     for call in range(args.calls):
         modules[call % 3](x)
     torch.cuda.synchronize()
-    seconds = bench.graph_time([lambda m=m: m(x) for m in modules], 10)
+    seconds = bench_bitmask_kernel.graph_time([lambda m=m: m(x) for m in modules], 10)
     print(f"walk {args.rows}x{args.cols} at {args.sparsity:.0%}: {seconds * 1e6:.1f} us a call (CUDA graph, median)", flush=True)
 
 
