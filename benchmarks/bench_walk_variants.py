@@ -4,13 +4,19 @@ its ``SOURCE``, timed against it in one run: candidates tried here before any of
 
   python benchmarks/bench_walk_variants.py check        # CPU: each variant compiled by NVRTC for sm_90 (registers,
                                                          # instructions, instructions a product)
-  python benchmarks/bench_walk_variants.py bench OUT [--variants NAME ...]
+  python benchmarks/bench_walk_variants.py bench OUT [--variants NAME ...] [--fused]
                                                          # GPU: one token at 70 % and on an empty weight (the fixed
-                                                         # part), each LLaMA-2-7B shape; prints each variant's largest
-                                                         # difference to F.linear and base / variant per case (above 1:
-                                                         # the variant is faster); writes OUT/walk_variants.json
+                                                         # part), each LLaMA-2-7B shape (--fused: q/k/v and gate/up as
+                                                         # one product each too); prints each variant's largest
+                                                         # difference to F.linear, base / variant per case (above 1:
+                                                         # the variant is faster) and F.linear / variant at 70 %;
+                                                         # writes OUT/walk_variants.json
 
-Variants: ``two_ended`` (each lane walks its word from both ends, two bits a step into two sums); ``pairs`` (the values read two a 32-bit load, a lone value first where the lane's last one opens a word and
+Variants: ``balanced`` (a block's rows split in equal runs of chunks between its warps, a run crossing rows, instead of
+a warp a row: no warp has a row more than another; a block's rows as many as the grid allows; the first loads asked
+for before ``x`` is staged), with 16 warps a block, and ``balanced_pdl`` (the same launched as a programmatic
+dependent launch on compute capability 9.0: it may start while the kernel before it ends, waiting for it before it
+reads ``x``); ``two_ended`` (each lane walks its word from both ends, two bits a step into two sums); ``pairs`` (the values read two a 32-bit load, a lone value first where the lane's last one opens a word and
 last where its first one closes one); ``x_floats`` (``x`` staged as float32 with column ``1024 c + 32 w + b`` at
 ``1024 c + 32 b + w``, so that lane ``w`` always reads bank ``w`` and no product converts ``x``; 4 bytes a column of
 shared memory against 2.1), with ``pairs`` and with 16 warps a block; ``small_slots`` (slots of 520 values, so that
@@ -97,6 +103,145 @@ X_FLOATS_STAGING = """  // x as float32, column 1024 c + 32 w + b at 1024 c + 32
       x_float[slot + 32] = as_float((unsigned short)(both >> 16));
     }
   }"""
+BALANCED_KERNEL = r"""// the mask words (one a lane) and chunk_offsets entries of a warp's run of items (a row's chunk each, row after row),
+// one item a call: each is asked for two items before its values are multiplied
+struct ItemLoads {
+  const unsigned int* word;  // this lane's word of the next item
+  const int* offset;  // the next item's chunk_offsets entry
+  int words_per_row, chunks, chunk, left, lane;
+
+  __device__ __forceinline__ ItemLoads(const unsigned int* words, const int* chunk_offsets, int row, int chunk_, int items,
+                                       int words_per_row_, int chunks_, int lane_)
+      : word(words + (size_t)row * words_per_row_ + 32 * chunk_ + lane_), offset(chunk_offsets + (size_t)row * chunks_ + chunk_),
+        words_per_row(words_per_row_), chunks(chunks_), chunk(chunk_), left(items), lane(lane_) {}
+
+  // the next item's mask word of this lane and the index in values of its first kept weight (0 and 0 past the run)
+  __device__ __forceinline__ void load(unsigned int& bits, int& base) {
+    if (left <= 0) { bits = 0u; base = 0; return; }
+    bits = 32 * chunk + lane < words_per_row ? __ldg(word) : 0u;
+    base = __ldg(offset);
+    --left;
+    ++offset;  // chunk_offsets is [rows, chunks]: an item's entry follows the one before
+    if (++chunk == chunks) { chunk = 0; word += words_per_row - 32 * (chunks - 1); }
+    else word += 32;
+  }
+};
+
+// programmatic dependent launch (compute capability 9.0; no-ops in a plain launch): the next kernel on the stream may
+// start now (it waits for this one before it touches what this one writes), and this one waits for the kernel before
+// it to end (and its writes to be seen) before it reads x or writes anything; what comes before reads only the weight
+__device__ __forceinline__ void let_next_kernel_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_kernel_before() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// the warp's float32 sum (every lane gets it)
+__device__ __forceinline__ float warp_total(float sum) {
+#pragma unroll
+  for (int step = 16; step > 0; step >>= 1) sum += __shfl_xor_sync(FULL, sum, step);
+  return sum;
+}
+
+__device__ __forceinline__ void write_row(float total, int row, const unsigned short* __restrict__ bias, int has_bias,
+                                          unsigned short* __restrict__ out) {
+  if (has_bias) total += as_float(bias[row]);
+  out[row] = from_float(total);
+}
+
+// the first of a block's items (rows row0.. times chunks) that warp `warp` takes
+__device__ __forceinline__ int first_item_of(int warp, int items) { return warp * items / WARPS_PER_BLOCK; }
+
+@SIGNATURE@
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  // after x (rounded up to 16 bytes), each warp's slots for two chunks' values, then a float a warp (first_partial)
+  unsigned short* const all_slots = x_shared + ((words_per_row * GROUP_SLOTS + 7) & ~7);
+  unsigned short* const value_slots = all_slots + warp * 2 * VALUE_SLOTS;
+  float* const first_partial = (float*)(all_slots + WARPS_PER_BLOCK * 2 * VALUE_SLOTS);
+  // the block's rows, row0 to row1, as equal as the grid allows; their chunks ("items", row after row) split between the
+  // warps in equal runs, so that no warp has a row more than another (a warp's run may start or end inside a row)
+  const int row0 = (int)((long long)blockIdx.x * rows / gridDim.x);
+  const int row1 = (int)((long long)(blockIdx.x + 1) * rows / gridDim.x);
+  const int items = (row1 - row0) * chunks;
+  const int first_item = first_item_of(warp, items), end_item = first_item_of(warp + 1, items);
+  int row = row0 + first_item / chunks, chunk = first_item % chunks;
+  let_next_kernel_start();
+  // the first two items' mask words and the first's values are asked for before x is staged, so that their loads overlap
+  ItemLoads loads(words, chunk_offsets, row, chunk, end_item - first_item, words_per_row, chunks, lane);
+  unsigned int walking_next, next_bits;
+  int next_base;
+  loads.load(walking_next, next_base);
+  SharedAddress copy_to = to_shared_address(value_slots), copy_next = to_shared_address(value_slots + VALUE_SLOTS);
+  const unsigned short* read_from = value_slots;
+  const unsigned short* read_next = value_slots + VALUE_SLOTS;
+  const int first_base = next_base;
+  loads.load(next_bits, next_base);
+  wait_for_kernel_before();
+  // x to shared memory, two columns (4 bytes) a copy, by the whole block
+  const unsigned int* x_pairs = (const unsigned int*)x;
+  for (int pair = threadIdx.x; pair < words_per_row * 16; pair += WARPS_PER_BLOCK * 32)
+    *(unsigned int*)(x_shared + x_slot(2 * pair)) = __ldg(x_pairs + pair);
+  int next_lead = copy_chunk_values(copy_to, values, first_base, (int)__reduce_add_sync(FULL, __popc(walking_next)), n_values, lane);
+  __syncthreads();
+  const unsigned short* x_word = x_shared + lane * GROUP_SLOTS + chunk * 32 * GROUP_SLOTS;  // this lane's 32 columns of the chunk
+  bool owns_row = chunk == 0;  // the row's first chunk is the warp's: the warp writes it (its other warps' sums added)
+  bool row_pending = false;  // the warp's last row goes on in the next warps' runs: written after the barrier below
+  float sum = 0.0f, pending = 0.0f;
+  for (int item = first_item; item < end_item; ++item) {
+    unsigned int walking = walking_next;
+    const int lead = next_lead;
+    const unsigned short* slots = read_from;
+    if (item + 1 < end_item) {  // the next item's values are copied (its mask words came an item ago), and the one after's words asked for
+      walking_next = next_bits;
+      next_lead = copy_chunk_values(copy_next, values, next_base, (int)__reduce_add_sync(FULL, __popc(next_bits)), n_values, lane);
+      loads.load(next_bits, next_base);
+      wait_for_copies_but_one();
+    } else {
+      wait_for_all_copies();
+    }
+@CHUNK_WALK@
+    const bool row_ends = chunk == chunks - 1;
+    if (row_ends || item + 1 == end_item) {  // the warp's share of the row is done
+      const float total = warp_total(sum);
+      sum = 0.0f;
+      if (!owns_row) {
+        if (lane == 0) first_partial[warp] = total;  // added by the row's owner after the barrier
+      } else if (row_ends) {
+        if (lane == 0) write_row(total, row, bias, has_bias, out);
+      } else {
+        pending = total;
+        row_pending = true;
+      }
+    }
+    if (row_ends) {
+      ++row;
+      chunk = 0;
+      x_word = x_shared + lane * GROUP_SLOTS;
+      owns_row = true;
+    } else {
+      ++chunk;
+      x_word += 32 * GROUP_SLOTS;
+    }
+  }
+  __syncthreads();  // every warp's first_partial written
+  if (row_pending) {  // the runs of the next warps that start inside this row, in order
+    const int row_end_item = (row - row0 + 1) * chunks;
+    for (int next = warp + 1; next < WARPS_PER_BLOCK; ++next) {
+      const int start = first_item_of(next, items);
+      if (start >= row_end_item) break;
+      if (start < first_item_of(next + 1, items)) pending += first_partial[next];
+    }
+    if (lane == 0) write_row(pending, row, bias, has_bias, out);
+  }
+}
+"""
 SMALL_SLOTS = 520  # halves a slot in the small_slots variants: chunks of at most 512 values (a timing probe, not a kernel)
 
 
@@ -136,6 +281,32 @@ def _small_slots(text: str) -> str:
                       ("__launch_bounds__(WARPS_PER_BLOCK * 32)", "__launch_bounds__(WARPS_PER_BLOCK * 32, 48 / WARPS_PER_BLOCK)"))(text)
 
 
+def _balanced(text: str) -> str:
+    """``balanced``: the kernel of ``BALANCED_KERNEL`` (a block's rows split in equal runs of chunks between its warps;
+    the first loads asked for before ``x`` is staged) in place of the base's row walk, a chunk walked as the base walks
+    it (its lines from the slots' swap to the fence after the products, one level less indented), under the base's
+    signature."""
+    first = "      { const SharedAddress swap = copy_to;"
+    last = "      __syncwarp();  // these slots take the chunk after next\n"
+    walk = text[text.index(first):text.index(last) + len(last)]
+    walk = "\n".join(line[2:] if line.startswith("  ") else line for line in walk.splitlines()).replace("take the chunk after next", "take the item after next")
+    signature = 'extern "C"', "  unsigned short* x_shared = static_cast<unsigned short*>(emu::dynamic_shared());\n#endif\n"
+    head = text[text.index(signature[0]):text.index(signature[1]) + len(signature[1])]  # its signature and x_shared
+    start, end = text.index("// a row's mask words"), text.index("// where column `column` of x sits")
+    text = text[:start] + text[end:]
+    return text[:text.index('extern "C"')] + BALANCED_KERNEL.replace("@SIGNATURE@\n", head).replace("@CHUNK_WALK@", walk)
+
+
+def balanced_shared_bytes(cols: int, warps_per_block: int = DEFAULT_WARPS) -> int:
+    """``shared_bytes`` of ``balanced``: the base's, then a float a warp (its first row's share, when another warp owns it)."""
+    return BASE_SHARED_BYTES(cols, warps_per_block) + 4 * warps_per_block
+
+
+def balanced_grid_blocks(rows: int, chunks: int, warps_per_block: int, resident: int) -> int:
+    """``balanced``'s grid: the resident blocks, or fewer where the weight has less than a chunk a warp."""
+    return max(1, min(resident, -(-rows * chunks // warps_per_block)))
+
+
 def x_floats_shared_bytes(cols: int, warps_per_block: int = DEFAULT_WARPS) -> int:
     """``shared_bytes`` of the ``x_floats`` variants: ``x`` as float32 in whole chunks, then the warps' slots."""
     return 4 * CHUNK_COLUMNS * -(-cols // CHUNK_COLUMNS) + 2 * warps_per_block * 2 * bitmask_walk.VALUE_SLOTS
@@ -150,11 +321,17 @@ VARIANTS = {
     "x_floats_pairs": _x_floats_pairs,
     "x_floats_16_warps": _x_floats,
     "two_ended": _replacing((PRODUCTS, TWO_ENDED_PRODUCTS)),
+    "balanced": _balanced,
+    "balanced_16_warps": _balanced,
+    "balanced_pdl": _balanced,
 }
 SLOTS = {"small_slots": SMALL_SLOTS, "pairs_small_slots": SMALL_SLOTS}  # value slots other than a chunk's (halves)
 X_FLOATS = {"x_floats", "x_floats_pairs", "x_floats_16_warps"}  # variants whose x is float32 (x_floats_shared_bytes)
-WARPS = {"x_floats_16_warps": 16}  # variants launched with other than the default eight warps a block
+WARPS = {"x_floats_16_warps": 16, "balanced_16_warps": 16}  # variants launched with other than the default eight warps a block
 BASE_SHARED_BYTES = bitmask_walk.shared_bytes
+BASE_GRID_BLOCKS = bitmask_walk.grid_blocks
+PROGRAMMATIC = {"balanced_pdl"}  # variants launched as programmatic dependent launches (compute capability 9.0)
+BALANCED = {"balanced", "balanced_16_warps", "balanced_pdl"}  # variants with balanced_shared_bytes and balanced_grid_blocks
 
 
 def use(name: str) -> None:
@@ -165,7 +342,9 @@ def use(name: str) -> None:
                                          base.capability_reason, base.fixed_defines)
     bitmask_walk.SOURCE = bitmask_walk.KERNEL.source
     bitmask_walk.VALUE_SLOTS = SLOTS.get(name, CHUNK_COLUMNS + 8)  # shared_bytes reads it
-    bitmask_walk.shared_bytes = x_floats_shared_bytes if name in X_FLOATS else BASE_SHARED_BYTES
+    bitmask_walk.shared_bytes = x_floats_shared_bytes if name in X_FLOATS else balanced_shared_bytes if name in BALANCED else BASE_SHARED_BYTES
+    bitmask_walk.grid_blocks = balanced_grid_blocks if name in BALANCED else BASE_GRID_BLOCKS
+    bitmask_walk.PROGRAMMATIC_LAUNCH = name in PROGRAMMATIC
     bitmask_linear.CUDA_WARPS_PER_BLOCK = WARPS.get(name, DEFAULT_WARPS)  # one_token_launch reads it
 
 
@@ -192,27 +371,35 @@ def check() -> None:
         print(f"{name:22s} {usage.split('REG:')[1].split()[0]} registers, {instructions} instructions, {per_product} a product", flush=True)
 
 
-def bench(out: Path, names: list[str]) -> None:
+FUSED_SHAPES = {"q/k/v_fused": (3 * 4096, 4096), "gate/up_fused": (2 * 11008, 4096)}  # --fused: as fuse_projections runs them
+
+
+def bench(out: Path, names: list[str], fused: bool = False) -> None:
     module = _benchmark_module("bench_bitmask_kernel")
-    module.ONE_TOKEN_LABELS = {"kept": "kept (CUDA)", "walk": "walk (CUDA)", "chunks": "chunks (Triton)"}
-    figures = {}
+    module.ONE_TOKEN_LABELS = {"walk": "walk (CUDA)"}
+    shapes = {**module.SHAPES, **(FUSED_SHAPES if fused else {})}
+    figures, dense = {}, {}
     for name in names:
         use(name)
         results = []
         try:
-            for shape_name, shape in module.SHAPES.items():
+            for shape_name, shape in shapes.items():
                 results += module.measure(shape_name, shape, [0.7, 1.0], [1], 256 * 2**20, 20, {})
         except Exception as error:  # noqa: BLE001 - a variant that fails is reported, the others still run
             print(name, "failed:", repr(error)[:500], flush=True)
             continue
         walk = [r for r in results if r["launch_label"] == "walk (CUDA)"]
         figures[name] = {f"{r['linear']} {r['sparsity']:.0%}": r["sparse_us"] for r in walk}
+        dense[name] = {f"{r['linear']} {r['sparsity']:.0%}": r["dense_us"] for r in walk}
         # the default launch, this variant at every case here, against F.linear on one copy
         print(name, "largest difference to F.linear:", max(r["max_abs_difference"] for r in walk), flush=True)
         print(name, json.dumps({k: round(v, 2) for k, v in figures[name].items()}), flush=True)
-    (out / "walk_variants.json").write_text(json.dumps(figures) + "\n")
+    (out / "walk_variants.json").write_text(json.dumps({"sparse_us": figures, "dense_us": dense}) + "\n")
     for name in figures:
         print(f"{name:22s}", " ".join(f"{key}: {figures['base'][key] / value:.3f}" for key, value in figures[name].items()), "(base/variant)")
+    for name in figures:  # F.linear timed in the same variant's pass, against the variant
+        print(f"{name:22s}", " ".join(f"{key}: {dense[name][key] / value:.3f}" for key, value in figures[name].items() if key.endswith("70%")),
+              "(F.linear/variant)")
 
 
 def main() -> None:
@@ -220,13 +407,14 @@ def main() -> None:
     parser.add_argument("what", choices=["check", "bench"])
     parser.add_argument("out", type=Path, nargs="?", help="bench: the folder for walk_variants.json")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="bench: the variants timed (base always)")
+    parser.add_argument("--fused", action="store_true", help="bench: also q/k/v and gate/up as one product each (FUSED_SHAPES)")
     args = parser.parse_args()
     if args.what == "check":
         check()
     elif args.out is None:
         parser.error("bench needs OUT, the folder for walk_variants.json")
     else:
-        bench(args.out, ["base"] + [name for name in args.variants if name != "base"])
+        bench(args.out, ["base"] + [name for name in args.variants if name != "base"], args.fused)
 
 
 if __name__ == "__main__":

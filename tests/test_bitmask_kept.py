@@ -8,6 +8,7 @@ cuobjdump that Triton ships (no local memory, no stack: nothing spills). Their p
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import subprocess
@@ -18,7 +19,7 @@ import torch
 
 from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_kept import CHUNK_COLUMNS, SOURCE, WARPS_PER_BLOCK, check_kept_operands, defines
-from sparsebench.kernels.nvrtc import NvrtcError, compile_cubin, nvrtc_library
+from sparsebench.kernels.nvrtc import NvrtcError, programmatic_launch_config, compile_cubin, nvrtc_library
 
 triton = pytest.importorskip("triton")
 
@@ -64,6 +65,19 @@ def test_only_real_architectures_and_half_precision():
         compile_cubin("", "compute_90")
     with pytest.raises(TypeError, match="supports torch.float16 and torch.bfloat16, got torch.float32"):
         defines(torch.float32)
+
+
+def test_a_programmatic_launch_passes_cuda_h_s_structures():
+    """cuLaunchKernelEx reads CUlaunchConfig and CUlaunchAttribute as cuda.h (CUDA 12 and 13) lays them out on 64-bit
+    machines: an attribute is its id, padding to 8 bytes and a 64-byte union; the config's stream follows seven 32-bit
+    fields at byte 32."""
+    config, attribute = programmatic_launch_config((660, 1, 1), (256, 1, 1), 41_584, 0x1234)
+    assert ctypes.sizeof(attribute) == 72 and ctypes.sizeof(config) == 56
+    assert bytes(attribute)[:12] == (6).to_bytes(4, "little") + bytes(4) + (1).to_bytes(4, "little")  # serialization allowed
+    raw = ctypes.string_at(ctypes.addressof(config), 56)
+    assert [int.from_bytes(raw[4 * i:4 * i + 4], "little") for i in range(7)] == [660, 1, 1, 256, 1, 1, 41_584]
+    assert int.from_bytes(raw[32:40], "little") == 0x1234
+    assert int.from_bytes(raw[40:48], "little") == ctypes.addressof(attribute) and int.from_bytes(raw[48:52], "little") == 1
 
 
 def test_operand_checks_name_what_the_kernel_needs():

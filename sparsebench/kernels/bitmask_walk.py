@@ -46,6 +46,7 @@ WARPS_PER_BLOCK = DEFAULT_WARPS  # the default launch's warps (rows) a block
 VALUE_SLOTS = CHUNK_COLUMNS + 8  # a chunk's values and up to 7 before its first (the 16-byte aligned copy)
 MIN_CAPABILITY = (8, 0)  # cp.async
 SHARED_MEMORY_LIMIT = 227 * 1024  # a block's shared memory on compute capability 8.0 and 9.0
+PROGRAMMATIC_LAUNCH = False  # launched as a programmatic dependent launch on compute capability 9.0 (nvrtc.CompiledKernel.launch)
 
 SOURCE = PRELUDE + r"""
 #define VALUE_SLOTS (CHUNK_COLUMNS + 8)
@@ -247,6 +248,12 @@ def max_columns(warps_per_block: int = WARPS_PER_BLOCK) -> int:
     return room // (2 * 34) * 32
 
 
+def grid_blocks(rows: int, chunks: int, warps_per_block: int, resident: int) -> int:
+    """The launch's blocks: a warp a row, at most the ``resident`` blocks the GPU runs at once (a warp then takes every
+    ``grid * warps_per_block``-th row)."""
+    return min(-(-rows // warps_per_block), resident)
+
+
 def check_walk_operands(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, warps_per_block: int = WARPS_PER_BLOCK) -> None:
     """Raise ValueError naming what the walking kernel needs and the operands lack."""
     KERNEL.check_operands(x2d, values, bitmask, offsets)
@@ -278,7 +285,9 @@ def walk_gemv(x2d: Tensor, values: Tensor, bitmask: Tensor, offsets: Tensor, bia
     out = torch.empty(1, rows, dtype=x2d.dtype, device=device)
     words = bitmask.view(torch.int32)
     threads, shared = 32 * warps_per_block, shared_bytes(cols, warps_per_block)
-    kernel.launch((min(-(-rows // warps_per_block), kernel.resident_blocks(device, threads, shared)), 1, 1), (threads, 1, 1),
+    blocks = grid_blocks(rows, offsets.shape[1], warps_per_block, kernel.resident_blocks(device, threads, shared))
+    kernel.launch((blocks, 1, 1), (threads, 1, 1),
                   [x2d, values, words, offsets, bias if bias is not None else x2d, out, rows, words.shape[1], offsets.shape[1],
-                   int(bias is not None), values.numel()], device, shared_bytes=shared)
+                   int(bias is not None), values.numel()], device, shared_bytes=shared,
+                  programmatic=PROGRAMMATIC_LAUNCH and torch.cuda.get_device_capability(device) >= (9, 0))
     return out

@@ -12,7 +12,8 @@ same wheel compiles the sources for a test (tests/test_bitmask_kept.py).
 - ``compile_cubin(source, arch, defines)``: machine code for one architecture (``"sm_90"``), or
   ``NvrtcError`` with the compiler's log;
 - ``CompiledKernel``: one ``extern "C"`` kernel of a cubin, loaded once per device and launched on torch's
-  current stream (so a CUDA graph being captured records it).
+  current stream (so a CUDA graph being captured records it), optionally as a programmatic dependent launch
+  (``programmatic_launch_config``: the kernel may start while the one before it on the stream ends).
 """
 
 from __future__ import annotations
@@ -119,6 +120,29 @@ def _check_driver(result: int, call: str) -> None:
         raise RuntimeError(f"{call} failed: CUDA error {result} ({(message.value or b'unknown').decode()})")
 
 
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_char * 64)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig (cuLaunchKernelEx)
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_bytes", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+def programmatic_launch_config(grid, block, shared_bytes: int, stream: int) -> tuple[_LaunchConfig, _LaunchAttribute]:
+    """A launch whose kernel may start before the one before it on the stream ends (programmatic dependent launch,
+    compute capability 9.0): the kernel must wait (``griddepcontrol.wait``) before it reads what that one wrote or
+    writes anything. Returns the attribute too, which must outlive the call."""
+    attribute = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION)
+    ctypes.memmove(ctypes.addressof(attribute) + _LaunchAttribute.value.offset, ctypes.byref(ctypes.c_int(1)), 4)
+    config = _LaunchConfig((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), shared_bytes, ctypes.c_void_p(stream),
+                           ctypes.pointer(attribute), 1)
+    return config, attribute
+
+
 class CompiledKernel:
     """The ``extern "C"`` kernel ``name`` of ``cubin``, loaded into each device's context on first use.
 
@@ -179,7 +203,8 @@ class CompiledKernel:
         return self._resident[key]
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, device: torch.device,
-               shared_bytes: int = 0) -> None:
+               shared_bytes: int = 0, programmatic: bool = False) -> None:
+        """``programmatic``: a programmatic dependent launch (``programmatic_launch_config``), for kernels written for it."""
         function = self.load(device)
         self.allow_dynamic_shared(device, shared_bytes)
         holders = []
@@ -192,5 +217,9 @@ class CompiledKernel:
                 raise TypeError(f"kernel arguments are tensors or ints, got {type(arg).__name__}")
         params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(holder), ctypes.c_void_p) for holder in holders])
         stream = torch.cuda.current_stream(device).cuda_stream
-        _check_driver(_driver().cuLaunchKernel(function, *grid, *block, shared_bytes, ctypes.c_void_p(stream), params, None),
-                      f"cuLaunchKernel({self.name})")
+        if programmatic:
+            config, _attribute = programmatic_launch_config(grid, block, shared_bytes, stream)
+            _check_driver(_driver().cuLaunchKernelEx(ctypes.byref(config), function, params, None), f"cuLaunchKernelEx({self.name}, programmatic)")
+        else:
+            _check_driver(_driver().cuLaunchKernel(function, *grid, *block, shared_bytes, ctypes.c_void_p(stream), params, None),
+                          f"cuLaunchKernel({self.name})")
