@@ -11,6 +11,9 @@ its ``SOURCE``, timed against it in one run: candidates tried here before any of
                                                          # difference to F.linear, base / variant per case (above 1:
                                                          # the variant is faster) and F.linear / variant at 70 %;
                                                          # writes OUT/walk_variants.json
+  python benchmarks/bench_walk_variants.py e2e NAME ARGS...
+                                                         # GPU: benchmarks/bench_efficiency.py ARGS with the walking
+                                                         # kernel replaced by variant NAME (the whole model)
 
 Variants: ``balanced`` (a block's rows split in equal runs of chunks between its warps, a run crossing rows, instead of
 a warp a row: no warp has a row more than another; a block's rows as many as the grid allows; the first loads asked
@@ -28,7 +31,9 @@ H100 timings are in this script at commit ae5a72d and in docs/efficiency.md.
 import argparse
 import importlib.util
 import json
+import runpy
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -103,7 +108,23 @@ X_FLOATS_STAGING = """  // x as float32, column 1024 c + 32 w + b at 1024 c + 32
       x_float[slot + 32] = as_float((unsigned short)(both >> 16));
     }
   }"""
-BALANCED_KERNEL = r"""// the mask words (one a lane) and chunk_offsets entries of a warp's run of items (a row's chunk each, row after row),
+PDL_HELPERS = r"""// programmatic dependent launch (compute capability 9.0; no-ops in a plain launch): the next kernel on the stream may
+// start now (it waits for this one before it touches what this one writes), and this one waits for the kernel before
+// it to end (and its writes to be seen) before it reads x or writes anything; what comes before reads only the weight
+__device__ __forceinline__ void let_next_kernel_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_kernel_before() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+"""
+BALANCED_KERNEL = r"""@PDL_HELPERS@// the mask words (one a lane) and chunk_offsets entries of a warp's run of items (a row's chunk each, row after row),
 // one item a call: each is asked for two items before its values are multiplied
 struct ItemLoads {
   const unsigned int* word;  // this lane's word of the next item
@@ -126,21 +147,6 @@ struct ItemLoads {
     else word += 32;
   }
 };
-
-// programmatic dependent launch (compute capability 9.0; no-ops in a plain launch): the next kernel on the stream may
-// start now (it waits for this one before it touches what this one writes), and this one waits for the kernel before
-// it to end (and its writes to be seen) before it reads x or writes anything; what comes before reads only the weight
-__device__ __forceinline__ void let_next_kernel_start() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void wait_for_kernel_before() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
 
 // the warp's float32 sum (every lane gets it)
 __device__ __forceinline__ float warp_total(float sum) {
@@ -294,7 +300,16 @@ def _balanced(text: str) -> str:
     head = text[text.index(signature[0]):text.index(signature[1]) + len(signature[1])]  # its signature and x_shared
     start, end = text.index("// a row's mask words"), text.index("// where column `column` of x sits")
     text = text[:start] + text[end:]
-    return text[:text.index('extern "C"')] + BALANCED_KERNEL.replace("@SIGNATURE@\n", head).replace("@CHUNK_WALK@", walk)
+    return text[:text.index('extern "C"')] + BALANCED_KERNEL.replace("@PDL_HELPERS@", PDL_HELPERS).replace("@SIGNATURE@\n", head).replace("@CHUNK_WALK@", walk)
+
+
+def _base_pdl(text: str) -> str:
+    """``base_pdl``: the base kernel written for a programmatic dependent launch: the next kernel may start at once,
+    and this one waits for the one before it before it stages ``x``."""
+    return _replacing(('extern "C"', PDL_HELPERS + 'extern "C"'),
+                      ("  const unsigned int* x_pairs = (const unsigned int*)x;\n",
+                       "  wait_for_kernel_before();\n  const unsigned int* x_pairs = (const unsigned int*)x;\n"),
+                      ("  unsigned short* value_slots = x_shared +", "  let_next_kernel_start();\n  unsigned short* value_slots = x_shared +"))(text)
 
 
 def balanced_shared_bytes(cols: int, warps_per_block: int = DEFAULT_WARPS) -> int:
@@ -324,13 +339,14 @@ VARIANTS = {
     "balanced": _balanced,
     "balanced_16_warps": _balanced,
     "balanced_pdl": _balanced,
+    "base_pdl": _base_pdl,
 }
 SLOTS = {"small_slots": SMALL_SLOTS, "pairs_small_slots": SMALL_SLOTS}  # value slots other than a chunk's (halves)
 X_FLOATS = {"x_floats", "x_floats_pairs", "x_floats_16_warps"}  # variants whose x is float32 (x_floats_shared_bytes)
 WARPS = {"x_floats_16_warps": 16, "balanced_16_warps": 16}  # variants launched with other than the default eight warps a block
 BASE_SHARED_BYTES = bitmask_walk.shared_bytes
 BASE_GRID_BLOCKS = bitmask_walk.grid_blocks
-PROGRAMMATIC = {"balanced_pdl"}  # variants launched as programmatic dependent launches (compute capability 9.0)
+PROGRAMMATIC = {"balanced_pdl", "base_pdl"}  # variants launched as programmatic dependent launches (compute capability 9.0)
 BALANCED = {"balanced", "balanced_16_warps", "balanced_pdl"}  # variants with balanced_shared_bytes and balanced_grid_blocks
 
 
@@ -402,7 +418,20 @@ def bench(out: Path, names: list[str], fused: bool = False) -> None:
               "(F.linear/variant)")
 
 
+def whole_model(name: str, arguments: list[str]) -> None:
+    """``benchmarks/bench_efficiency.py`` with ``arguments``, the walking kernel replaced by variant ``name`` (``use``)."""
+    use(name)
+    print("variant", name, flush=True)
+    sys.argv = ["bench_efficiency.py", *arguments]
+    runpy.run_path(str(Path(__file__).with_name("bench_efficiency.py")), run_name="__main__")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["e2e"]:  # e2e NAME ARGS...: bench_efficiency's own arguments follow, unparsed here
+        if len(sys.argv) < 3 or sys.argv[2] not in VARIANTS:
+            raise SystemExit(f"usage: bench_walk_variants.py e2e NAME ARGS... with NAME one of {', '.join(VARIANTS)}")
+        whole_model(sys.argv[2], sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["check", "bench"])
     parser.add_argument("out", type=Path, nargs="?", help="bench: the folder for walk_variants.json")
