@@ -23,13 +23,16 @@ def die(_: object) -> None:
     os._exit(9)
 
 
-def test_slot_pool_runs_one_task_per_slot_in_parallel():
+def test_slot_pool_runs_the_tasks_on_every_slot_in_parallel():
     outcomes = slot_pool.run_on_slots(report_slot, [1.0, 1.0, 1.0, 1.0], ["a", "b"], "SPARSEBENCH_TEST_SLOT")
+    # a queue: a slot takes the next task when it is free, so the split depends on how fast each worker starts (on a
+    # loaded machine one slot may take three); every task runs, on both slots, one worker each, at the same time
     slots = [slot for slot, *_ in outcomes]
-    assert sorted(slots) == ["a", "a", "b", "b"]
-    assert len({pid for _, pid, *_ in outcomes}) == 2  # one worker per slot
-    (_, _, start_a, end_a), (_, _, start_b, end_b) = [next(o for o in outcomes if o[0] == s) for s in ("a", "b")]
-    assert start_a < end_b and start_b < end_a  # the slots ran at the same time
+    assert len(slots) == 4 and set(slots) == {"a", "b"}
+    workers = {slot: {pid for s, pid, *_ in outcomes if s == slot} for slot in "ab"}
+    assert all(len(pids) == 1 for pids in workers.values()) and workers["a"] != workers["b"]  # one worker per slot
+    spans = {slot: [(start, end) for s, _, start, end in outcomes if s == slot] for slot in "ab"}
+    assert any(start_a < end_b and start_b < end_a for start_a, end_a in spans["a"] for start_b, end_b in spans["b"])  # in parallel
 
 
 def test_slot_pool_survives_a_dead_worker():
