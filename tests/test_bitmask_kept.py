@@ -19,7 +19,7 @@ import torch
 
 from sparsebench.kernels import bitmask_kept, bitmask_walk
 from sparsebench.kernels.bitmask_kept import CHUNK_COLUMNS, SOURCE, WARPS_PER_BLOCK, check_kept_operands, defines
-from sparsebench.kernels.nvrtc import NvrtcError, programmatic_launch_config, compile_cubin, nvrtc_library
+from sparsebench.kernels.nvrtc import NvrtcError, compile_cubin, nvrtc_library, programmatic_launch_config
 
 triton = pytest.importorskip("triton")
 
