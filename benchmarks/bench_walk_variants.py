@@ -29,7 +29,6 @@ CUDA GPU. The variants of the kernel before commit 5e0e2df (the unrolled copy lo
 H100 timings are in this script at commit ae5a72d and in docs/efficiency.md.
 """
 import argparse
-import importlib.util
 import json
 import runpy
 import subprocess
@@ -364,17 +363,9 @@ def use(name: str) -> None:
     bitmask_linear.CUDA_WARPS_PER_BLOCK = WARPS.get(name, DEFAULT_WARPS)  # one_token_launch reads it
 
 
-def _benchmark_module(name: str):
-    """Another script of benchmarks/ as a module (loaded from its file)."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check() -> None:
     """Per variant: registers, instructions and instructions a product in its sm_90 code (NVRTC, no GPU needed)."""
-    sass = _benchmark_module("bitmask_kernel_sass")
+    import bitmask_kernel_sass as sass  # a sibling in benchmarks/, the script's folder and so the first entry of sys.path
     for name in VARIANTS:
         use(name)
         with tempfile.TemporaryDirectory() as folder:
@@ -391,7 +382,7 @@ FUSED_SHAPES = {"q/k/v_fused": (3 * 4096, 4096), "gate/up_fused": (2 * 11008, 40
 
 
 def bench(out: Path, names: list[str], fused: bool = False) -> None:
-    module = _benchmark_module("bench_bitmask_kernel")
+    import bench_bitmask_kernel as module  # a sibling, as above
     module.ONE_TOKEN_LABELS = {"walk": "walk (CUDA)"}
     shapes = {**module.SHAPES, **(FUSED_SHAPES if fused else {})}
     figures, dense = {}, {}

@@ -68,9 +68,10 @@ def test_only_real_architectures_and_half_precision():
 
 
 def test_a_programmatic_launch_passes_cuda_h_s_structures():
-    """cuLaunchKernelEx reads CUlaunchConfig and CUlaunchAttribute as cuda.h (CUDA 12 and 13) lays them out on 64-bit
-    machines: an attribute is its id, padding to 8 bytes and a 64-byte union; the config's stream follows seven 32-bit
-    fields at byte 32."""
+    """cuLaunchKernelEx reads CUlaunchConfig and CUlaunchAttribute as cuda.h lays them out on 64-bit machines (CUDA
+    12.x's definitions, read in copies of the header in public repositories; launches built this way ran on an H100
+    with torch 2.11.0+cu130, docs/efficiency.md): an attribute is its id, padding to 8 bytes and a 64-byte union; the
+    config's stream follows seven 32-bit fields at byte 32."""
     config, attribute = programmatic_launch_config((660, 1, 1), (256, 1, 1), 41_584, 0x1234)
     assert ctypes.sizeof(attribute) == 72 and ctypes.sizeof(config) == 56
     assert bytes(attribute)[:12] == (6).to_bytes(4, "little") + bytes(4) + (1).to_bytes(4, "little")  # serialization allowed
