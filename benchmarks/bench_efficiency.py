@@ -329,6 +329,11 @@ def _print_end_to_end(result: dict) -> None:
                 print(f"[e2e] {sparsity} {path} {mode:14s} decode batch {batch:>2s}: dense {dense[mode]['decode'][batch]['tokens_per_s']:.1f} tok/s, sparse "
                       f"{measured['decode'][batch]['tokens_per_s']:.1f} tok/s, speedup {ratio:.2f}x" if ratio else f"[e2e] {path} {mode} decode {batch}: no rate", flush=True)
     for path, run in runs.items():
+        for mode, measured in run["modes"].items():
+            _print_clocks(f"{sparsity} {path} {mode} prefill", measured.get("prefill", {}))
+            for batch, entry in measured.get("decode", {}).items():
+                _print_clocks(f"{sparsity} {path} {mode} decode batch {batch:>2s}", entry)
+    for path, run in runs.items():
         modes = run["modes"]
         print(f"[e2e] {sparsity} {path}: weights in memory {run['weight_bytes_in_memory'] / 2**30:.2f} GiB"
               f" ({result['weight_memory_vs_dense'].get(path, 1.0):.3f} of dense-stored)", flush=True)
@@ -344,6 +349,25 @@ def _print_end_to_end(result: dict) -> None:
             print(f"[e2e] {sparsity} {path} prefill: {graph * 1e3:.2f} ms as a graph, {compiled * 1e3:.2f} ms compiled and graphed "
                   f"(compiling every shape took {modes['compiled_graph'].get('compile_seconds', float('nan')):.0f} s)", flush=True)
         _print_step_saving(f"{sparsity} {path}", modes, ("cuda_graph", "as a graph"), ("compiled_graph", "compiled and graphed"), "saved by fusing")
+
+
+def _print_clocks(label: str, entry: dict) -> None:
+    """The GPU's SM clock (least and largest sample) and clock-event reasons in each timed repeat of ``entry``."""
+    during = entry.get("gpu_during_repeats")
+    if during is None:
+        return
+    if "unreadable" in during:
+        print(f"[clock] {label}: no samples ({during['unreadable']})", flush=True)
+        return
+    repeats = []
+    for summary in during["per_repeat"]:
+        if not summary["samples"]:
+            repeats.append("no sample")
+            continue
+        reasons = [name for name in summary.get("clock_event_reasons", []) if name != "gpu_idle"]
+        repeats.append(f"{summary['sm_clock_mhz_min']:.0f}-{summary['sm_clock_mhz_max']:.0f} MHz, {summary['power_w_max']:.0f} W"
+                       + (f" ({', '.join(reasons)})" if reasons else ""))
+    print(f"[clock] {label}, each repeat: {'; '.join(repeats)}", flush=True)
 
 
 def _print_step_saving(label: str, modes: dict, slower: tuple[str, str], faster: tuple[str, str], what: str) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from sparsebench.evaluate.gpu_sampling import GpuSampler
+
 GPU_QUERY = "name,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.draw,temperature.gpu,utilization.gpu"
 
 
@@ -70,24 +72,34 @@ def spread(seconds: list[float]) -> dict:
 
 
 def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory, setup=None) -> dict:
-    """``call`` run ``warmup`` times untimed, then ``repeats`` times timed (``setup`` before each, untimed)."""
+    """``call`` run ``warmup`` times untimed, then ``repeats`` times timed (``setup`` before each, untimed). On a CUDA
+    device the GPU's clock, power and clock-event reasons during each timed repeat come with the times
+    (``gpu_during_repeats``, ``sparsebench.evaluate.gpu_sampling``)."""
+    sampler = GpuSampler(device) if device.startswith("cuda") else None
     with torch.inference_mode():
-        for _ in range(warmup):
-            if setup is not None:
-                setup()
-            call()
-        synchronize(device)
-        memory.reset()
-        seconds = []
-        for _ in range(repeats):
-            if setup is not None:
-                setup()
-                synchronize(device)
-            started = time.perf_counter()
-            call()
+        if sampler is not None:
+            sampler.start()
+        try:
+            for _ in range(warmup):
+                if setup is not None:
+                    setup()
+                call()
             synchronize(device)
-            seconds.append(time.perf_counter() - started)
-    return {**spread(seconds), "peak_memory_bytes": memory.read()}
+            memory.reset()
+            seconds = []
+            for _ in range(repeats):
+                if setup is not None:
+                    setup()
+                    synchronize(device)
+                wall, started = time.time(), time.perf_counter()
+                call()
+                synchronize(device)
+                seconds.append(time.perf_counter() - started)
+                if sampler is not None:
+                    sampler.mark(wall, time.time())
+        finally:
+            during = sampler.stop() if sampler is not None else None
+    return {**spread(seconds), "peak_memory_bytes": memory.read(), **({"gpu_during_repeats": during} if during is not None else {})}
 
 
 def conditions(device: str) -> dict:
