@@ -303,7 +303,7 @@ def end_to_end(model, linears, sparsity: str, args) -> dict:
     only = tuple(path for path in paths_of(sparsity, everything=True) if path in args.e2e_paths)
     spec = EfficiencySpec(prefill_batch=1, prefill_seqlen=2048, decode_batches=tuple(args.decode_batches), decode_prompt=128, decode_tokens=args.decode_tokens,
                           warmup=1, repeats=args.e2e_repeats, sparse_kernels="auto", modes=tuple(args.modes), fuse_projections=args.fuse_projections,
-                          paths=only)
+                          paths=only, warmup_seconds=args.warmup_seconds)
     started = time.perf_counter()
     pattern = NMPattern(2, 4) if sparsity == "2:4" else None
     features_major = _mlp_inputs(model) if args.features_major == "on" else []
@@ -517,6 +517,8 @@ def main() -> None:
     g.add_argument("--decode-tokens", type=int, default=64)
     g.add_argument("--decode-batches", type=int, nargs="*", default=[1, 16], help="whole model: decode batch sizes (none: prefill only)")
     g.add_argument("--e2e-repeats", type=int, default=5)
+    g.add_argument("--warmup-seconds", type=float, default=2.0,
+                   help="whole model: untimed calls before each timing until this many seconds have passed (clocks settled under the power limit; 0: one call)")
     g.add_argument("--repeats", type=int, default=7, help="per-linear and per-block timing repeats")
     g.add_argument("--skip-linear", action="store_true", help="leave out the per-linear figures")
     g.add_argument("--skip-block", action="store_true", help="leave out the per-block figures")

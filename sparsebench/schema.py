@@ -105,6 +105,9 @@ class EfficiencyConfig:
     decode_prompt: int = field(default=128, metadata=defining())  # prompt tokens before greedy decoding
     decode_tokens: int = field(default=128, metadata=defining())  # new tokens generated (KV cache)
     warmup: int = field(default=1, metadata=defining())  # untimed calls before each measurement
+    # then more untimed calls until this many seconds have passed, so that a GPU's clocks settle under its power limit;
+    # null: none, the protocol before this key (and the case ids it gave)
+    warmup_seconds: Optional[float] = field(default=2.0, metadata=defining("set"))
     repeats: int = field(default=5, metadata=defining())  # timed calls; the median is reported
     sparse_kernels: str = field(default="auto", metadata=defining())  # auto: the sparse paths of the case's pattern on a CUDA GPU; off
     # eager, static_eager, cuda_graph, compiled_graph (conf/eval/efficiency.yaml sets eager, cuda_graph, compiled_graph)

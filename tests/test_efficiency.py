@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -21,7 +23,7 @@ from sparsebench.testing.tiny_models import tiny_model
 
 TINY_EFFICIENCY = [
     "eval.efficiency.enabled=true", "eval.efficiency.prefill_seqlen=32", "eval.efficiency.decode_batches=[1,2]", "eval.efficiency.warmup=0",
-    "eval.efficiency.decode_prompt=8", "eval.efficiency.decode_tokens=16", "eval.efficiency.repeats=2",
+    "eval.efficiency.warmup_seconds=0", "eval.efficiency.decode_prompt=8", "eval.efficiency.decode_tokens=16", "eval.efficiency.repeats=2",
 ]
 
 
@@ -100,6 +102,7 @@ def test_decode_is_timed_by_difference_and_peak_memory_is_read_per_measurement()
          r"eval.efficiency.paths=\['bitmask', 'kept'\]: null \(each pattern's default paths\) or a list of distinct values from cusparselt, "
          r"semi_structured, bitmask, cusparselt_gemv24, gemv24, bitmask_kept"),
         (["eval=efficiency", "eval.efficiency.paths=[]"], r"eval.efficiency.paths=\[\]: null"),
+        (["eval=efficiency", "eval.efficiency.warmup_seconds=-1"], r"eval.efficiency.warmup_seconds=-1.0: must be a number of seconds >= 0, or null"),
     ],
 )
 def test_bad_export_and_efficiency_settings_fail_before_any_model_loads(override, message):
@@ -121,6 +124,29 @@ def test_fuse_projections_is_a_boolean_off_by_default_and_enters_the_id_only_whe
     earlier = compose_config(["device=cpu", "eval=efficiency"])
     del earlier["eval"]["efficiency"]["fuse_projections"]
     assert case_id(plain, "m", "cpu") == case_id(earlier, "m", "cpu") != case_id(fused, "m", "cpu")
+
+
+def test_warmup_seconds_keeps_calling_untimed_until_they_pass_and_null_gives_the_earlier_protocol_and_id():
+    from sparsebench.evaluate.measure import timed
+
+    calls = []
+
+    def call():
+        calls.append(1)
+        time.sleep(0.01)
+
+    result = timed(call, "cpu", warmup=1, repeats=2, memory=PeakMemory("cpu"), warmup_seconds=0.1)
+    assert result["warmup_calls"] >= 6 and len(calls) == result["warmup_calls"] + 2
+    calls.clear()
+    assert timed(call, "cpu", warmup=1, repeats=2, memory=PeakMemory("cpu"))["warmup_calls"] == 1 and len(calls) == 3
+
+    settled = compose_config(["device=cpu", "eval=efficiency"])
+    assert settled["eval"]["efficiency"]["warmup_seconds"] == 2.0 and validate(settled).efficiency.warmup_seconds == 2.0
+    protocol_before = compose_config(["device=cpu", "eval=efficiency", "eval.efficiency.warmup_seconds=null"])
+    assert validate(protocol_before).efficiency.warmup_seconds == 0.0
+    earlier = compose_config(["device=cpu", "eval=efficiency"])
+    del earlier["eval"]["efficiency"]["warmup_seconds"]
+    assert case_id(protocol_before, "m", "cpu") == case_id(earlier, "m", "cpu") != case_id(settled, "m", "cpu")
 
 
 def test_new_keys_enter_the_case_id_only_when_set():

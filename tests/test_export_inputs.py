@@ -19,7 +19,7 @@ PIQA = SHARED_DATA / "zeroshot" / "piqa"
 EVALUATE_AND_FINETUNE = [
     "metric=none", "eval=full", "eval.zeroshot.tasks=[piqa]", "eval.zeroshot.limit=2", f"data.piqa={PIQA}",
     "eval.efficiency.enabled=true", "eval.efficiency.prefill_seqlen=16", "eval.efficiency.decode_batches=[1]", "eval.efficiency.warmup=0",
-    "eval.efficiency.decode_prompt=4", "eval.efficiency.decode_tokens=3", "eval.efficiency.repeats=1",
+    "eval.efficiency.warmup_seconds=0", "eval.efficiency.decode_prompt=4", "eval.efficiency.decode_tokens=3", "eval.efficiency.repeats=1",
     "finetune=lora", "finetune.steps=2", "finetune.seqlen=32", "finetune.batch_size=2", "finetune.dataset=wikitext2",
 ]
 

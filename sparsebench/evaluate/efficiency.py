@@ -71,6 +71,7 @@ class EfficiencySpec:
     modes: tuple[str, ...] = ("eager", "cuda_graph", "compiled_graph")
     fuse_projections: bool = False  # linears reading one input as one product, on every side (sparsebench.kernels.fused_inputs)
     paths: tuple[str, ...] | None = None  # the sparse paths measured (sparsebench.kernels.paths); None: the pattern's default ones
+    warmup_seconds: float = 0.0  # after the warm-up calls, more until this many seconds have passed (clocks settled)
 
 
 def validate_efficiency(config: dict) -> EfficiencySpec | None:
@@ -84,6 +85,9 @@ def validate_efficiency(config: dict) -> EfficiencySpec | None:
         raise ConfigError(f"eval.efficiency.decode_tokens={config['decode_tokens']!r}: must be an integer >= 2 (decode speed is t(N) - t(1))")
     if not isinstance(config["warmup"], int) or config["warmup"] < 0:
         raise ConfigError(f"eval.efficiency.warmup={config['warmup']!r}: must be an integer >= 0")
+    warmup_seconds = config.get("warmup_seconds")
+    if warmup_seconds is not None and (isinstance(warmup_seconds, bool) or not isinstance(warmup_seconds, (int, float)) or warmup_seconds < 0):
+        raise ConfigError(f"eval.efficiency.warmup_seconds={warmup_seconds!r}: must be a number of seconds >= 0, or null (none)")
     batches = config["decode_batches"]
     if not batches or any(not isinstance(b, int) or b < 1 for b in batches):
         raise ConfigError(f"eval.efficiency.decode_batches={batches!r}: must be a non-empty list of integers >= 1")
@@ -105,6 +109,7 @@ def validate_efficiency(config: dict) -> EfficiencySpec | None:
     return EfficiencySpec(
         config["prefill_batch"], config["prefill_seqlen"], tuple(batches), config["decode_prompt"], config["decode_tokens"],
         config["warmup"], config["repeats"], config["sparse_kernels"], tuple(modes), bool(fuse), None if paths is None else tuple(paths),
+        float(warmup_seconds or 0.0),
     )
 
 
@@ -117,7 +122,7 @@ def _token_ids(vocab_size: int, batch: int, length: int, device: str, seed: int 
 
 
 def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool = False,
-            compiled=None) -> dict:
+            compiled=None, warmup_seconds: float = 0.0) -> dict:
     """One forward of ``batch`` x ``seqlen`` tokens, eager or replayed as one CUDA graph of this shape; through ``compiled``
     (the model compiled, ``sparsebench.evaluate.compiled``) if given."""
     ids = _token_ids(model.config.vocab_size, batch, seqlen, device)
@@ -130,11 +135,12 @@ def prefill(model: nn.Module, batch: int, seqlen: int, device: str, warmup: int,
     if graph:
         with torch.inference_mode():
             call = graphed(forward).replay
-    result = timed(call, device, warmup, repeats, memory)
+    result = timed(call, device, warmup, repeats, memory, warmup_seconds=warmup_seconds)
     return {"batch": batch, "seqlen": seqlen, "tokens_per_s": batch * seqlen / result["seconds_median"], **result}
 
 
-def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory) -> dict:
+def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory,
+           warmup_seconds: float = 0.0) -> dict:
     """Greedy ``generate`` with HF's default KV cache; the decode rate is from t(new_tokens) - t(1 token)."""
     ids = _token_ids(model.config.vocab_size, batch, prompt, device, seed=1)
     attention = torch.ones_like(ids)
@@ -145,8 +151,8 @@ def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: s
             use_cache=True, pad_token_id=0,
         )
 
-    first = timed(generate(1), device, warmup, repeats, memory)
-    full = timed(generate(new_tokens), device, warmup, repeats, memory)
+    first = timed(generate(1), device, warmup, repeats, memory, warmup_seconds=warmup_seconds)
+    full = timed(generate(new_tokens), device, warmup, repeats, memory, warmup_seconds=warmup_seconds)
     decode_seconds = full["seconds_median"] - first["seconds_median"]
     return {
         "batch": batch, "prompt": prompt, "new_tokens": new_tokens,
@@ -158,14 +164,14 @@ def decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: s
 
 
 def static_decode(model: nn.Module, batch: int, prompt: int, new_tokens: int, device: str, warmup: int, repeats: int, memory: PeakMemory, graph: bool,
-                  compiled=None) -> dict:
+                  compiled=None, warmup_seconds: float = 0.0) -> dict:
     """``new_tokens - 1`` greedy steps on a static KV cache after an untimed prefill; one graph per step if ``graph``; the
     steps through ``compiled`` (the model compiled) if given."""
     ids = _token_ids(model.config.vocab_size, batch, prompt, device, seed=1)
     steps = new_tokens - 1
     with torch.inference_mode():
         decoder = StaticDecoder(model, ids, steps, graph, step_model=compiled)
-    result = timed(decoder.decode, device, warmup, repeats, memory, setup=decoder.prefill)
+    result = timed(decoder.decode, device, warmup, repeats, memory, setup=decoder.prefill, warmup_seconds=warmup_seconds)
     del decoder
     return {"batch": batch, "prompt": prompt, "new_tokens": new_tokens, "steps": steps,
             "tokens_per_s": batch * steps / result["seconds_median"], "seconds_per_token": result["seconds_median"] / steps, **result}
@@ -234,11 +240,14 @@ def measure_modes(model: nn.Module, spec: EfficiencySpec, device: str, context: 
                 for batch in tqdm([None, *spec.decode_batches], desc=f"{desc}, {mode}", disable=not progress):
                     if batch is None:
                         if mode != "static_eager":  # prefill has no cache: static_eager is eager there
-                            result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory, graph, compiled)
+                            result["prefill"] = prefill(model, spec.prefill_batch, seqlen, device, spec.warmup, spec.repeats, memory, graph, compiled,
+                                                        spec.warmup_seconds)
                     elif mode == "eager":
-                        result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory)
+                        result["decode"][str(batch)] = decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory,
+                                                                  spec.warmup_seconds)
                     else:
-                        result["decode"][str(batch)] = static_decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats, memory, graph, compiled)
+                        result["decode"][str(batch)] = static_decode(model, batch, spec.decode_prompt, spec.decode_tokens, device, spec.warmup, spec.repeats,
+                                                                         memory, graph, compiled, spec.warmup_seconds)
         except RuntimeError as error:  # a capture, a compilation or a kernel that refuses: reported, never a number
             skipped.append({"what": f"{desc}: mode {mode}", "why": f"{type(error).__name__}: {str(error)[:400]}"})
             continue
@@ -345,6 +354,7 @@ def _evaluate(model, linears, spec, execution, pattern, context, features_major)
         "pattern": pattern_name(pattern),  # whose sparse paths are measured
         "cpu_threads": torch.get_num_threads(),
         "warmup": spec.warmup,
+        "warmup_seconds": spec.warmup_seconds,
         "repeats": spec.repeats,
         "modes": list(spec.modes),
         "memory_source": memory.source,

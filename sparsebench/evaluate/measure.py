@@ -71,8 +71,9 @@ def spread(seconds: list[float]) -> dict:
     }
 
 
-def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory, setup=None) -> dict:
-    """``call`` run ``warmup`` times untimed, then ``repeats`` times timed (``setup`` before each, untimed). On a CUDA
+def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory, setup=None, warmup_seconds: float = 0.0) -> dict:
+    """``call`` run ``warmup`` times untimed, then again untimed until ``warmup_seconds`` have passed since the first
+    (a GPU's clocks settle under its power limit), then ``repeats`` times timed (``setup`` before each, untimed). On a CUDA
     device the GPU's clock, power and clock-event reasons during each timed repeat come with the times
     (``gpu_during_repeats``, ``sparsebench.evaluate.gpu_sampling``)."""
     sampler = GpuSampler(device) if device.startswith("cuda") else None
@@ -80,10 +81,13 @@ def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory, setu
         if sampler is not None:
             sampler.start()
         try:
-            for _ in range(warmup):
+            warming_since, warmed = time.perf_counter(), 0
+            while warmed < warmup or time.perf_counter() - warming_since < warmup_seconds:
                 if setup is not None:
                     setup()
                 call()
+                synchronize(device)
+                warmed += 1
             synchronize(device)
             memory.reset()
             seconds = []
@@ -99,7 +103,8 @@ def timed(call, device: str, warmup: int, repeats: int, memory: PeakMemory, setu
                     sampler.mark(wall, time.time())
         finally:
             during = sampler.stop() if sampler is not None else None
-    return {**spread(seconds), "peak_memory_bytes": memory.read(), **({"gpu_during_repeats": during} if during is not None else {})}
+    return {**spread(seconds), "warmup_calls": warmed, "peak_memory_bytes": memory.read(),
+            **({"gpu_during_repeats": during} if during is not None else {})}
 
 
 def conditions(device: str) -> dict:
