@@ -28,7 +28,7 @@ REASON_BITS = {
     0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost",
     0x20: "sw_thermal_slowdown", 0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown", 0x100: "display_clock_setting",
 }
-# nvidia-smi's name of the reasons' mask: the current one, then the one drivers before R535 used
+# nvidia-smi's name of the reasons' mask: the current one, then the older one (asked for in this order)
 REASON_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")
 _reason_field_found: dict[str, str | None] = {}
 
@@ -151,15 +151,14 @@ class GpuSampler:
         except OSError as error:
             self.problem = f"nvidia-smi could not start: {type(error).__name__}: {error}"
             return
-        waited = 0.0
-        while waited < START_TIMEOUT_S:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
             if self._output.stat().st_size > 0:
                 return
             if self._process.poll() is not None:
                 self.problem = f"nvidia-smi exited {self._process.returncode}: {self._process.stderr.read().strip()[:200]}"
                 return
             time.sleep(0.005)
-            waited += 0.005
         self.problem = f"nvidia-smi sent no sample within {START_TIMEOUT_S:.0f} s"
 
     def mark(self, start: float, end: float) -> None:
